@@ -9,8 +9,8 @@ Format (see deploy/pools.example.yaml):
       - name: cpu
         queues: [transcode-cpu]
         deployment: vidfarm-worker-cpu
-        min_replicas: 0
-        max_replicas: 8
+        min_replicas: 0         # or `min: 0`
+        max_replicas: 8         # or `max: 8`
         ...any other PoolConfig field...
 
 Every mistake raises ValueError naming the pool and the field, so a typo fails at start-up instead of
@@ -32,6 +32,8 @@ DEFAULT_NAMESPACE = "vidfarm"
 DEFAULT_LEASE_NAME = "vidfarm-autoscaler"
 TOP_LEVEL_KEYS = {"namespace", "resync_s", "lease_name", "pools"}
 POOL_ONLY_KEYS = {"deployment", "namespace"}
+# Short spellings people write by hand (`min: 0`, `max: 10`), accepted for the PoolConfig field names.
+ALIASES = {"min": "min_replicas", "max": "max_replicas"}
 INT_FIELDS = {"min_replicas", "max_replicas", "max_scale_up_step"}
 FLOAT_FIELDS = {"target_jobs_per_worker", "target_backlog_seconds", "scale_down_after_s"}
 NULLABLE_FIELDS = {"target_backlog_seconds", "max_scale_up_step"}
@@ -87,7 +89,8 @@ def _parse_pool(raw: Any, index: int, default_namespace: str, source: str) -> Po
     if "name" in raw:
         where = f"{source}: pool {raw['name']!r}"
     pool_fields = {f.name for f in dataclasses.fields(PoolConfig)}
-    _reject_unknown(raw, pool_fields | POOL_ONLY_KEYS, where)
+    _reject_unknown(raw, pool_fields | POOL_ONLY_KEYS | ALIASES.keys(), where)
+    raw = _resolve_aliases(raw, where)
     for required in ("name", "queues", "deployment"):
         if required not in raw:
             raise ValueError(f"{where}: missing required field '{required}'")
@@ -106,6 +109,17 @@ def _parse_pool(raw: Any, index: int, default_namespace: str, source: str) -> Po
         deployment=_string(raw["deployment"], f"{where}: deployment"),
         namespace=_string(raw.get("namespace", default_namespace), f"{where}: namespace"),
     )
+
+
+def _resolve_aliases(raw: dict, where: str) -> dict:
+    resolved = dict(raw)
+    for alias, field in ALIASES.items():
+        if alias not in resolved:
+            continue
+        if field in resolved:
+            raise ValueError(f"{where}: give either '{alias}' or '{field}', not both")
+        resolved[field] = resolved.pop(alias)
+    return resolved
 
 
 def _field_value(key: str, value: Any, where: str) -> Any:
