@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1
+#
+# One image for every role (api, worker, autoscaler): the Kubernetes
+# manifests pick the role with the subcommand in `args`.
+#
+#   docker build -t REGISTRY/vidfarm:TAG .
+
+# --- builder: wheels for vidfarm and all its dependencies -------------------
+FROM python:3.11-slim-bookworm AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /src
+# Only what the wheel needs (see .dockerignore), so editing tests or
+# manifests doesn't invalidate this layer.
+COPY pyproject.toml README.md ./
+COPY vidfarm ./vidfarm
+COPY uploader ./uploader
+COPY transcoder ./transcoder
+COPY autoscaler ./autoscaler
+RUN pip wheel --wheel-dir /wheels .
+
+# --- runtime -----------------------------------------------------------------
+FROM python:3.11-slim-bookworm
+
+# ffmpeg/ffprobe from Debian: its build carries h264_nvenc, which loads the
+# NVIDIA driver libraries at run time on GPU nodes and is simply unused on
+# CPU nodes. tini is PID 1 (see ENTRYPOINT).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg tini \
+    && rm -rf /var/lib/apt/lists/*
+
+# Fixed numeric uid/gid: Kubernetes' runAsNonRoot can only verify a numeric
+# USER, and the shared storage volume is written by this uid from every pod.
+RUN groupadd --system --gid 10001 vidfarm \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/vidfarm \
+       --create-home --shell /usr/sbin/nologin vidfarm
+
+# Install from the builder's wheels without copying them into a layer.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels vidfarm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    VIDFARM_HOME=/home/vidfarm/.vidfarm
+
+USER 10001:10001
+WORKDIR /home/vidfarm
+# API, worker metrics, autoscaler metrics.
+EXPOSE 8000 9100 9101
+
+# tini as PID 1 reaps zombies and forwards SIGTERM to `vidfarm` itself (not
+# to its whole process group: no -g), so on scale-in the worker gets the
+# signal, does RQ's warm shutdown and its running ffmpeg finishes the job.
+ENTRYPOINT ["tini", "--", "vidfarm"]
+CMD ["api"]
