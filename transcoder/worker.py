@@ -1,0 +1,131 @@
+"""The worker process: an RQ SimpleWorker that announces itself and drains cleanly.
+
+SimpleWorker runs the job in this process (ffmpeg is the heavy child anyway): no fork per job, so
+dispatch is fast and job metrics land in this process's /metrics. SIGTERM is RQ's warm shutdown: an
+idle worker exits at once, a busy one finishes its transcode first and shows as `draining`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+
+from prometheus_client import start_http_server
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from transcoder import job as job_module
+from transcoder.command import ENCODERS, NVENC, X264, Encoder
+from vidfarm import presence
+from vidfarm.farm import Farm
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 2.0
+
+
+def detect_encoder() -> Encoder:
+    """NVENC when a tiny test encode works (Debian's ffmpeg lists h264_nvenc even without a GPU)."""
+    probe = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "color=s=256x256:d=0.1",
+             "-c:v", NVENC.codec, "-f", "null", "-"]
+    try:
+        ok = subprocess.run(probe, capture_output=True, timeout=20, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return NVENC if ok else X264
+
+
+def resolve_encoder(name: str) -> Encoder:
+    return detect_encoder() if name == "auto" else ENCODERS[name]
+
+
+class FarmWorker(SimpleWorker):
+    def __init__(self, queues: Sequence[Queue], *, farm: Farm, info: presence.WorkerInfo, **kwargs) -> None:
+        super().__init__(queues, name=info.name, connection=farm.rq_redis, **kwargs)
+        self.farm = farm
+        self.info = info
+        self._beating = threading.Event()
+
+    # -- presence ---------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        try:
+            presence.beat(self.farm.redis, self.info, self.farm.settings.worker_heartbeat_ttl_s)
+        except Exception as exc:  # noqa: BLE001 - Redis may be away; keep beating, it comes back
+            log.warning("worker %s: heartbeat failed: %s", self.info.name, exc)
+
+    def _beat_forever(self) -> None:
+        while not self._beating.wait(HEARTBEAT_EVERY_S):
+            self.beat()
+
+    def start_heartbeat(self) -> None:
+        self.beat()
+        threading.Thread(target=self._beat_forever, name="presence", daemon=True).start()
+
+    def stop_heartbeat(self) -> None:
+        self._beating.set()
+        # Best effort on the way out; the key expires anyway.
+        with contextlib.suppress(Exception):
+            presence.remove(self.farm.redis, self.info.name)
+
+    # -- RQ hooks ---------------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.info.state = presence.DRAINING if self._stop_requested else presence.BUSY
+        self.info.video_id = str(job.args[0]) if job.args else ""
+        self.beat()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.info.video_id = ""
+            self.info.state = presence.DRAINING if self._stop_requested else presence.IDLE
+            self.beat()
+
+    def request_stop(self, signum, frame) -> None:
+        self.info.state = presence.DRAINING if self.info.video_id else self.info.state
+        if self.info.video_id:
+            log.info("worker %s: draining, finishing video %s first", self.info.name, self.info.video_id)
+            self.beat()
+        super().request_stop(signum, frame)
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def run_worker(
+    farm: Farm,
+    queues: Sequence[str],
+    *,
+    encoder: str = "auto",
+    name: str | None = None,
+    pool: str | None = None,
+    metrics_port: int | None = None,
+) -> None:
+    chosen = resolve_encoder(encoder)
+    name = name or default_name()
+    metrics_url = ""
+    if metrics_port is not None:
+        server, _ = start_http_server(metrics_port)
+        metrics_url = f"http://{socket.gethostname()}:{server.server_port}/metrics"
+    job_module.use_farm(farm)
+    job_module.IDENTITY.name = name
+    job_module.IDENTITY.encoder = chosen
+    info = presence.WorkerInfo(
+        name=name, pid=os.getpid(), host=os.environ.get("HOSTNAME", socket.gethostname()),
+        queues=",".join(queues), encoder=chosen.name, pool=pool or queues[0], metrics_url=metrics_url,
+    )
+    farm.catalog  # noqa: B018 - migrate and connect before taking the first job
+    worker = FarmWorker([Queue(q, connection=farm.rq_redis) for q in queues], farm=farm, info=info,
+                        maintenance_interval=60)
+    log.info("worker %s: queues %s, encoder %s", name, ",".join(queues), chosen.name)
+    worker.start_heartbeat()
+    try:
+        worker.work(logging_level="WARNING", with_scheduler=False)
+    finally:
+        worker.stop_heartbeat()

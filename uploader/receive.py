@@ -1,0 +1,153 @@
+"""Stream an upload body to storage in chunks: memory stays flat whatever the size.
+
+Two forms are accepted: multipart (`curl -F file=@movie.mp4`), parsed incrementally as the bytes
+arrive, or a raw body with a video/* or application/octet-stream content type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from uploader.errors import ApiError
+
+MAX_FIELD_BYTES = 64 * 1024
+FILE_FIELD = "file"
+
+
+@dataclass
+class Received:
+    filename: str
+    size_bytes: int
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"the upload is larger than the limit of {limit} bytes")
+
+
+class _Sink:
+    """Counts and writes file bytes, refusing to go past the size limit."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out = out
+        self.limit = limit
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _too_large(self.limit)
+        self.out.write(data)
+
+
+class _MultipartUpload:
+    """Callbacks for python-multipart's streaming parser: the `file` part goes to the sink, other
+    small fields are kept as text."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self._headers: dict[str, str] = {}
+        self._header_name = b""
+        self._header_value = b""
+        self._part_name: str | None = None
+        self._part_is_file = False
+        self._value = bytearray()
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: setattr(self, "_header_name", self._header_name + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "_header_value", self._header_value + d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._value = {}, bytearray()
+        self._part_name, self._part_is_file = None, False
+
+    def _header_end(self) -> None:
+        self._headers[self._header_name.decode("latin-1").lower()] = self._header_value.decode("latin-1")
+        self._header_name, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        name = params.get(b"name", b"").decode("utf-8", errors="replace")
+        self._part_name = name
+        if name == FILE_FIELD and self.filename is None:
+            self._part_is_file = True
+            self.filename = params.get(b"filename", b"upload").decode("utf-8", errors="replace") or "upload"
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part_is_file:
+            self.sink.write(data[start:end])
+            return
+        self._value += data[start:end]
+        if len(self._value) > MAX_FIELD_BYTES:
+            raise ApiError(400, "field_too_large", f"form field {self._part_name!r} is too large")
+
+    def _part_end(self) -> None:
+        if not self._part_is_file and self._part_name:
+            self.fields[self._part_name] = self._value.decode("utf-8", errors="replace")
+
+
+def _declared_length(request: Request, limit: int) -> None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return
+    if not raw.isdigit():
+        raise ApiError(400, "bad_request", "invalid Content-Length header")
+    if int(raw) > limit + MAX_FIELD_BYTES:
+        raise _too_large(limit)
+
+
+async def receive_upload(request: Request, target: Path, limit: int) -> Received:
+    _declared_length(request, limit)
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    content_type = content_type.decode("latin-1").lower()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with target.open("wb") as out:
+            sink = _Sink(out, limit)
+            if content_type == "multipart/form-data":
+                received = await _receive_multipart(request, sink, params.get(b"boundary"))
+            elif content_type.startswith("video/") or content_type == "application/octet-stream":
+                async for chunk in request.stream():
+                    sink.write(chunk)
+                received = Received(request.query_params.get("filename") or "upload", sink.size)
+            else:
+                raise ApiError(
+                    415, "unsupported_media_type",
+                    "send multipart/form-data with a 'file' field, or a raw body with a video/* or "
+                    f"application/octet-stream Content-Type (got {content_type or 'none'!r})",
+                )
+    except ClientDisconnect as exc:
+        raise ApiError(400, "incomplete_upload", "the client disconnected before the upload finished") from exc
+    return received
+
+
+async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | None) -> Received:
+    if not boundary:
+        raise ApiError(400, "bad_request", "multipart body without a boundary")
+    upload = _MultipartUpload(sink)
+    parser = MultipartParser(boundary, upload.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except ApiError:
+        raise
+    except Exception as exc:  # python-multipart raises its own errors on malformed bodies
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
+    if upload.filename is None:
+        raise ApiError(400, "missing_file", "the multipart body has no 'file' field")
+    return Received(upload.filename, sink.size, upload.fields)

@@ -1,0 +1,105 @@
+"""The JSON shapes of API v1, as pydantic models so /openapi.json documents them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+Status = Literal["queued", "processing", "ready", "failed", "canceled"]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SourceOut(BaseModel):
+    filename: str
+    size_bytes: int
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    audio_codec: str | None
+
+
+class RenditionOut(BaseModel):
+    name: str
+    width: int
+    height: int
+    bitrate_kbps: int
+    size_bytes: int
+    url: str
+
+
+class VideoOut(BaseModel):
+    id: str
+    status: Status
+    progress: float
+    attempts: int
+    error: ErrorDetail | None
+    source: SourceOut
+    renditions: list[RenditionOut]
+    poster_url: str | None
+    created_at: str
+    updated_at: str
+
+
+class VideoPage(BaseModel):
+    items: list[VideoOut]
+    next_cursor: str | None
+
+
+class QueueOut(BaseModel):
+    queued: int
+    running: int
+    failed: int
+
+
+class WorkerOut(BaseModel):
+    name: str
+    pid: int
+    host: str
+    queues: list[str]
+    state: Literal["idle", "busy", "draining"]
+    video_id: str | None
+    encoder: str
+    pool: str
+
+
+class FarmOut(BaseModel):
+    queues: dict[str, QueueOut]
+    workers: list[WorkerOut]
+    autoscaler: dict[str, Any] | None
+
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
+
+
+def video_resource(video: dict[str, Any], base_url: str) -> dict[str, Any]:
+    prefix = f"{base_url.rstrip('/')}/v1/videos/{video['id']}"
+    ready = video["status"] == "ready"
+    error = {"code": video["error_code"], "message": video["error_message"]} if video["error_code"] else None
+    return {
+        "id": video["id"],
+        "status": video["status"],
+        "progress": video["progress"] or 0.0,
+        "attempts": video["attempts"],
+        "error": error,
+        "source": {
+            k: video[k]
+            for k in ("filename", "size_bytes", "duration_s", "width", "height", "fps", "video_codec", "audio_codec")
+        },
+        "renditions": [
+            {**r, "url": f"{prefix}/renditions/{r['name']}"} for r in (video["renditions"] or [])
+        ] if ready else [],
+        "poster_url": f"{prefix}/poster.jpg" if ready and video["has_poster"] else None,
+        "created_at": video["created_at"],
+        "updated_at": video["updated_at"],
+    }

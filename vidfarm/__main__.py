@@ -1,0 +1,3 @@
+from vidfarm.cli import main
+
+main()

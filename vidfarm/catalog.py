@@ -1,0 +1,264 @@
+"""The catalog: the database row of every accepted video is the truth.
+
+Redis only caches `get` (read-through). Every write follows one rule: delete the cache key, then
+write the database, then delete the key again (a reader that raced the write cannot leave a stale
+copy behind for longer than that). The cache is never updated in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger(__name__)
+
+QUEUED, PROCESSING, READY, FAILED, CANCELED = "queued", "processing", "ready", "failed", "canceled"
+STATUSES = (QUEUED, PROCESSING, READY, FAILED, CANCELED)
+TERMINAL = frozenset({READY, FAILED, CANCELED})
+ACTIVE = (QUEUED, PROCESSING)
+CACHE_TTL_S = 30
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    filename: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    duration_s: Mapped[float] = mapped_column(Float)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[float] = mapped_column(Float)
+    video_codec: Mapped[str] = mapped_column(String(64))
+    audio_codec: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    requested: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    renditions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    has_poster: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes even for timezone=True columns.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets the API read while a worker writes progress; the busy timeout absorbs
+            # the short write locks several processes take.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def encode_cursor(created_at: str, video_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}|{video_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on anything that is not a cursor this API handed out."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, video_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), video_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+class Catalog:
+    def __init__(self, database_url: str, cache: redis.Redis | None = None) -> None:
+        self.engine = make_engine(database_url)
+        self.cache = cache
+
+    # -- schema -----------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create the schema, then add any column a newer vidfarm knows and the table lacks."""
+        Base.metadata.create_all(self.engine)
+        existing = {c["name"] for c in inspect(self.engine).get_columns("videos")}
+        with self.engine.begin() as conn:
+            for column in Video.__table__.columns:
+                if column.name in existing:
+                    continue
+                ddl = column.type.compile(dialect=self.engine.dialect)
+                conn.execute(text(f'ALTER TABLE videos ADD COLUMN "{column.name}" {ddl}'))
+                log.info("catalog: added column videos.%s", column.name)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def cache_key(video_id: str) -> str:
+        return f"vidfarm:video:{video_id}"
+
+    def _cache_get(self, video_id: str) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        try:
+            raw = self.cache.get(self.cache_key(video_id))
+        except redis.RedisError:
+            return None  # the database still answers; the cache is an optimisation
+        return json.loads(raw) if raw else None
+
+    def _cache_put(self, video: dict[str, Any]) -> None:
+        if self.cache is None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            self.cache.set(self.cache_key(video["id"]), json.dumps(video), ex=CACHE_TTL_S)
+
+    def _cache_drop(self, video_id: str) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.cache.delete(self.cache_key(video_id))
+        except redis.RedisError:
+            # A stale entry can live at most CACHE_TTL_S; the write itself must still happen.
+            log.warning("catalog: could not drop cache key for %s", video_id)
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def get(self, video_id: str, *, cached: bool = True) -> dict[str, Any] | None:
+        if cached and (hit := self._cache_get(video_id)) is not None:
+            return hit
+        rows = self._select_dicts(select(*Video.__table__.columns).where(Video.id == video_id))
+        if not rows:
+            return None
+        if cached:
+            self._cache_put(rows[0])
+        return rows[0]
+
+    def _select_dicts(self, stmt: Any) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        return [
+            {k: (_as_utc(v).isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
+            for r in rows
+        ]
+
+    def list(
+        self, *, tenant: str | None, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first; the cursor names the last item of the previous page."""
+        stmt = select(*Video.__table__.columns)
+        if tenant is not None:
+            stmt = stmt.where(Video.tenant == tenant)
+        if status:
+            stmt = stmt.where(Video.status == status)
+        if cursor:
+            created, last_id = decode_cursor(cursor)
+            stmt = stmt.where(
+                or_(Video.created_at < created, (Video.created_at == created) & (Video.id < last_id))
+            )
+        stmt = stmt.order_by(Video.created_at.desc(), Video.id.desc()).limit(limit + 1)
+        rows = self._select_dicts(stmt)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+        return rows, next_cursor
+
+    def active(self, statuses: Sequence[str] = ACTIVE) -> list[dict[str, Any]]:
+        return self._select_dicts(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
+
+    def work_estimate(self, queues: Iterable[str]) -> tuple[float, float]:
+        """Seconds of source video queued, and seconds still to encode of running jobs."""
+        queues = list(queues)
+        remaining = Video.duration_s * (1 - func.coalesce(Video.progress, 0.0) / 100.0)
+        stmt = select(
+            func.coalesce(func.sum(Video.duration_s).filter(Video.status == QUEUED), 0.0),
+            func.coalesce(func.sum(remaining).filter(Video.status == PROCESSING), 0.0),
+        ).where(Video.queue.in_(queues))
+        with self.engine.connect() as conn:
+            queued, running = conn.execute(stmt).one()
+        return float(queued), float(running)
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def create(self, **fields: Any) -> dict[str, Any]:
+        now = utcnow()
+        fields.setdefault("created_at", now)
+        fields.setdefault("updated_at", now)
+        fields.setdefault("renditions", [])
+        self._cache_drop(fields["id"])
+        with self.engine.begin() as conn:
+            conn.execute(Video.__table__.insert().values(**fields))
+        return self.get(fields["id"], cached=False)  # type: ignore[return-value]
+
+    def update(self, video_id: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Compare-and-set: applies `fields` only if every `expect` column still holds its value
+        (a value that is a tuple means "one of"). Returns whether the row changed."""
+        fields.setdefault("updated_at", utcnow())
+        stmt = update(Video).where(Video.id == video_id)
+        for column, value in (expect or {}).items():
+            col = getattr(Video, column)
+            stmt = stmt.where(col.in_(value) if isinstance(value, tuple) else col == value)
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            changed = conn.execute(stmt.values(**fields)).rowcount > 0
+        self._cache_drop(video_id)
+        return changed
+
+    def delete(self, video_id: str) -> None:
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            conn.execute(Video.__table__.delete().where(Video.id == video_id))
+        self._cache_drop(video_id)

@@ -1,0 +1,252 @@
+"""The `vidfarm` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from vidfarm.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("ready", "failed", "canceled")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "rq.worker", "kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """vidfarm: an autoscaling video transcoding farm.
+
+    Configuration comes from the environment: VIDFARM_HOME, REDIS_URL, DATABASE_URL,
+    VIDFARM_STORAGE_DIR, VIDFARM_API_KEYS (or VIDFARM_API_KEYS_FILE), VIDFARM_MAX_UPLOAD_BYTES,
+    VIDFARM_MAX_DURATION_S, VIDFARM_MAX_PIXELS.
+    """
+    setup_logging(verbose)
+
+
+# -- running the farm ---------------------------------------------------------------------------
+
+
+def _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue):
+    from vidfarm.up import UpOptions
+
+    if max_workers < max(min_workers, 1):
+        raise click.BadParameter("--max-workers must be at least 1 and at least --min-workers")
+    return UpOptions(host=host, port=port, min_workers=min_workers, max_workers=max_workers,
+                     scale_down_after_s=scale_down_after, encoder=encoder, queue=queue)
+
+
+def up_flags(func):
+    for option in reversed([
+        click.option("--host", default="127.0.0.1", show_default=True, help="API listen address."),
+        click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="API port."),
+        click.option("--min-workers", default=0, show_default=True, type=click.IntRange(0), help="Fewest workers."),
+        click.option("--max-workers", default=os.cpu_count() or 2, show_default=True, type=click.IntRange(1),
+                     help="Most workers (default: CPU count)."),
+        click.option("--scale-down-after", default=60.0, show_default=True, type=click.FloatRange(0),
+                     help="Seconds of idle capacity before workers are stopped."),
+        click.option("--encoder", default="x264", show_default=True, type=click.Choice(["x264", "nvenc", "auto"]),
+                     help="Video encoder of the local workers."),
+        click.option("--queue", default="cpu", show_default=True, help="Queue the local workers take."),
+    ]):
+        func = option(func)
+    return func
+
+
+@main.command()
+@up_flags
+def up(host, port, min_workers, max_workers, scale_down_after, encoder, queue) -> None:
+    """Run the whole farm here: Redis (unless REDIS_URL is set), the API and autoscaled workers."""
+    from vidfarm.up import run_up
+
+    run_up(load_settings(), _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue))
+
+
+@main.command()
+@up_flags
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to save the renditions (default: $VIDFARM_HOME/demo).")
+def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queue, out) -> None:
+    """Bring the farm up, transcode a generated sample end to end, download it, stop."""
+    from vidfarm.demo import run_demo
+    from vidfarm.up import run_up
+
+    settings = load_settings()
+    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue)
+    result: dict = {}
+    run_up(settings, options, after_start=lambda procs: result.update(run_demo(procs, out)))
+    if result.get("status") != "ready":
+        raise click.ClickException(f"demo video ended {result.get('status')}: {result.get('error')}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def api(host: str, port: int) -> None:
+    """Run the HTTP API (one process of a cluster deployment)."""
+    import uvicorn
+
+    from uploader.app import create_app
+    from vidfarm.farm import Farm
+
+    settings = load_settings()
+    if not settings.api_keys:
+        raise click.ClickException("no API keys: set VIDFARM_API_KEYS or VIDFARM_API_KEYS_FILE")
+    uvicorn.run(create_app(Farm(settings)), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
+
+
+@main.command()
+@click.option("--queue", "queues", multiple=True, default=["cpu"], show_default=True,
+              help="Queue to take jobs from; repeat for several, in priority order.")
+@click.option("--encoder", default="auto", show_default=True, type=click.Choice(["x264", "nvenc", "auto"]))
+@click.option("--name", default=None, help="Worker name (default: host.pid).")
+@click.option("--pool", default=None, help="Autoscaling pool name (default: the first queue).")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), help="Serve /metrics here.")
+def worker(queues, encoder, name, pool, metrics_port) -> None:
+    """Run one transcoding worker. SIGTERM finishes the current job, then exits."""
+    from transcoder.worker import run_worker
+    from vidfarm.farm import Farm
+
+    run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
+               metrics_port=metrics_port)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="pools.yaml: which Deployments to scale, on which queues.")
+@click.option("--dry-run", is_flag=True, help="Log decisions without changing anything.")
+@click.option("--metrics-port", default=9101, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--resync", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Seconds between passes.")
+def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float) -> None:
+    """Scale worker Deployments in a Kubernetes cluster from queue work."""
+    from autoscaler.cluster import run_cluster_autoscaler
+
+    run_cluster_autoscaler(load_settings(), config_path, dry_run=dry_run, metrics_port=metrics_port,
+                           resync_s=resync)
+
+
+# -- talking to a running farm ------------------------------------------------------------------
+
+
+def client_options(func):
+    func = click.option("--api-key", envvar="VIDFARM_API_KEY", default=None,
+                        help="API key (default: VIDFARM_API_KEY, or the key `vidfarm up` created).")(func)
+    return click.option("--url", envvar="VIDFARM_URL", default=DEFAULT_URL, show_default=True,
+                        help="API base URL.")(func)
+
+
+def make_client(url: str, api_key: str | None):
+    from vidfarm.client import Client
+    from vidfarm.up import key_for_cli
+
+    key = api_key or key_for_cli(load_settings())
+    if not key:
+        raise click.ClickException("no API key: pass --api-key or set VIDFARM_API_KEY")
+    return Client(url, key)
+
+
+def _api_call(fn, *args, **kwargs):
+    import httpx
+
+    from vidfarm.client import ApiClientError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the API: {exc}") from exc
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Wait for the transcode, with a progress bar.")
+@click.option("--renditions", default=None, help="Comma-separated rungs (e.g. 720p); default: all.")
+@client_options
+def upload(file: Path, wait: bool, renditions: str | None, url: str, api_key: str | None) -> None:
+    """Upload FILE; prints the video id (and, with --wait, the rendition URLs)."""
+    client = make_client(url, api_key)
+    with click.progressbar(length=file.stat().st_size, label="upload   ", file=sys.stderr,
+                           show_pos=False, show_percent=True) as bar:
+        video = _api_call(client.upload, file, bar.update, renditions)
+    click.echo(video["id"])
+    if wait:
+        video = wait_with_bar(client, video["id"])
+        print_video(video)
+        if video["status"] != "ready":
+            sys.exit(1)
+
+
+def wait_with_bar(client, video_id: str) -> dict:
+    with click.progressbar(length=100, label="transcode", file=sys.stderr, show_percent=True) as bar:
+        shown = {"value": 0}
+
+        def advance(video: dict) -> None:
+            target = int(video["progress"]) if video["status"] != "ready" else 100
+            if target > shown["value"]:
+                bar.update(target - shown["value"])
+                shown["value"] = target
+
+        return _api_call(client.wait, video_id, advance)
+
+
+def print_video(video: dict) -> None:
+    click.echo(f"{video['id']}  {video['status']}  {video['progress']:.0f}%  attempts={video['attempts']}")
+    if video.get("error"):
+        click.echo(f"  error: {video['error']['code']}: {video['error']['message']}")
+    for rendition in video.get("renditions", []):
+        click.echo(f"  {rendition['name']:>6} {rendition['width']}x{rendition['height']} "
+                   f"{rendition['bitrate_kbps']} kb/s  {rendition['url']}")
+    if video.get("poster_url"):
+        click.echo(f"  poster {video['poster_url']}")
+
+
+@main.command()
+@click.argument("video_id", required=False)
+@client_options
+def status(video_id: str | None, url: str, api_key: str | None) -> None:
+    """Show one video, or (without VIDEO_ID) the farm: queues and workers."""
+    client = make_client(url, api_key)
+    if video_id:
+        print_video(_api_call(client.video, video_id))
+        return
+    farm = _api_call(client.farm)
+    for name, counts in farm["queues"].items():
+        click.echo(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
+    for w in farm["workers"]:
+        click.echo(f"worker {w['name']} ({w['encoder']}): {w['state']} {w['video_id'] or ''}")
+
+
+@main.command(name="ls")
+@click.option("--status", "status_filter", default=None, help="Only videos in this status.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
+@client_options
+def list_videos(status_filter: str | None, limit: int, url: str, api_key: str | None) -> None:
+    """List videos, newest first."""
+    client = make_client(url, api_key)
+    page = _api_call(client.videos, status_filter, limit)
+    for video in page["items"]:
+        click.echo(f"{video['id']}  {video['status']:<10} {video['progress']:>5.1f}%  "
+                   f"{video['created_at'][:19]}  {video['source']['filename']}")

@@ -1,0 +1,45 @@
+"""The handles every process needs: settings, storage, catalog and Redis, built once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from vidfarm.catalog import Catalog
+from vidfarm.redisconn import connect
+from vidfarm.settings import Settings
+from vidfarm.storage import Storage
+
+
+@dataclass
+class Farm:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """String-decoding client for our own keys, cache and pub/sub."""
+        return connect(self._redis_url(), decode=True)
+
+    @cached_property
+    def rq_redis(self) -> redis.Redis:
+        """Bytes client, as RQ requires."""
+        return connect(self._redis_url())
+
+    @cached_property
+    def storage(self) -> Storage:
+        storage = Storage(self.settings.storage_dir)
+        storage.ensure()
+        return storage
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        catalog = Catalog(self.settings.database_url, cache=self.redis)
+        catalog.migrate()
+        return catalog
+
+    def _redis_url(self) -> str:
+        if not self.settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set (vidfarm up sets it for the processes it starts)")
+        return self.settings.redis_url

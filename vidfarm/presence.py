@@ -1,0 +1,89 @@
+"""Worker presence: each worker keeps a short-lived hash in Redis saying who it is and what it does.
+
+It feeds `GET /v1/farm`, the autoscaler (idle or busy, which pod) and the reconciler (a processing
+video whose worker's hash has expired lost its worker). Heartbeats re-create the hash, so it also
+survives a Redis wipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import redis
+
+PREFIX = "vidfarm:worker:"
+IDLE, BUSY, DRAINING = "idle", "busy", "draining"
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    pid: int
+    host: str
+    queues: str          # comma separated, in priority order
+    encoder: str
+    pool: str = ""        # the autoscaling pool (Deployment) this worker belongs to
+    state: str = IDLE
+    video_id: str = ""
+    metrics_url: str = ""
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "host": self.host,
+            "queues": self.queues.split(","),
+            "state": self.state,
+            "video_id": self.video_id or None,
+            "encoder": self.encoder,
+            "pool": self.pool,
+        }
+
+
+def key(name: str) -> str:
+    return PREFIX + name
+
+
+def beat(conn: redis.Redis, info: WorkerInfo, ttl_s: int) -> None:
+    mapping = {f.name: str(getattr(info, f.name)) for f in fields(info)}
+    pipe = conn.pipeline()
+    pipe.hset(key(info.name), mapping=mapping)
+    pipe.expire(key(info.name), ttl_s)
+    pipe.execute()
+
+
+def remove(conn: redis.Redis, name: str) -> None:
+    conn.delete(key(name))
+
+
+def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
+def all_workers(conn: redis.Redis) -> list[WorkerInfo]:
+    names = [k.decode() if isinstance(k, bytes) else k for k in conn.scan_iter(match=PREFIX + "*", count=500)]
+    pipe = conn.pipeline()
+    for name in names:
+        pipe.hgetall(name)
+    workers = []
+    for raw in pipe.execute():
+        data = _decode(raw)
+        if not data.get("name"):
+            continue  # expired between SCAN and HGETALL
+        workers.append(
+            WorkerInfo(
+                name=data["name"], pid=int(data.get("pid") or 0), host=data.get("host", ""),
+                queues=data.get("queues", ""), encoder=data.get("encoder", ""), pool=data.get("pool", ""),
+                state=data.get("state", IDLE), video_id=data.get("video_id", ""),
+                metrics_url=data.get("metrics_url", ""),
+            )
+        )
+    return sorted(workers, key=lambda w: w.name)
+
+
+def alive(conn: redis.Redis, name: str) -> bool:
+    return bool(conn.exists(key(name)))

@@ -1,0 +1,98 @@
+"""Settings shared by every vidfarm process, read from the environment.
+
+One frozen dataclass so that the API, the workers and the autoscaler agree on where data lives and
+which limits apply; CLI flags override single fields with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024**3
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _read_keys_file(path: Path) -> tuple[str, ...]:
+    """A keys file holds one key per line (a mounted Kubernetes Secret works as is)."""
+    lines = path.read_text().splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    redis_url: str | None
+    database_url: str
+    storage_dir: Path
+    api_keys: tuple[str, ...]
+    api_keys_file: Path | None = None
+    max_upload_bytes: int = 20 * GIB
+    max_duration_s: float = 6 * 3600.0
+    max_pixels: int = 7680 * 4320
+    default_queue: str = "cpu"
+    ladder: tuple[str, ...] = ("1080p", "720p")
+    max_attempts: int = 3
+    # Job timeout = base + factor * source duration: RQ's 180 s default kills any real transcode.
+    job_timeout_base_s: int = 300
+    job_timeout_factor: float = 10.0
+    # A worker whose heartbeat key is gone for this long is dead; its job runs again.
+    worker_heartbeat_ttl_s: int = 10
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get("VIDFARM_HOME", "./.vidfarm")).resolve()
+        storage = Path(os.environ.get("VIDFARM_STORAGE_DIR", str(home / "storage"))).resolve()
+        database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{home / 'catalog.db'}"
+        keys_file = os.environ.get("VIDFARM_API_KEYS_FILE")
+        keys = tuple(k.strip() for k in os.environ.get("VIDFARM_API_KEYS", "").split(",") if k.strip())
+        if keys_file:
+            keys += _read_keys_file(Path(keys_file))
+        ladder = tuple(
+            r.strip() for r in os.environ.get("VIDFARM_LADDER", "1080p,720p").split(",") if r.strip()
+        )
+        return cls(
+            home=home,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            database_url=database_url,
+            storage_dir=storage,
+            api_keys=keys,
+            api_keys_file=Path(keys_file) if keys_file else None,
+            max_upload_bytes=_env_int("VIDFARM_MAX_UPLOAD_BYTES", 20 * GIB),
+            max_duration_s=_env_float("VIDFARM_MAX_DURATION_S", 6 * 3600.0),
+            max_pixels=_env_int("VIDFARM_MAX_PIXELS", 7680 * 4320),
+            default_queue=os.environ.get("VIDFARM_DEFAULT_QUEUE", "cpu"),
+            ladder=ladder,
+            max_attempts=_env_int("VIDFARM_MAX_ATTEMPTS", 3),
+            job_timeout_base_s=_env_int("VIDFARM_JOB_TIMEOUT_BASE_S", 300),
+            job_timeout_factor=_env_float("VIDFARM_JOB_TIMEOUT_FACTOR", 10.0),
+            worker_heartbeat_ttl_s=_env_int("VIDFARM_WORKER_HEARTBEAT_TTL_S", 10),
+        )
+
+    def job_timeout_s(self, duration_s: float) -> int:
+        return int(self.job_timeout_base_s + self.job_timeout_factor * max(duration_s, 0.0))
+
+    @property
+    def local_key_file(self) -> Path:
+        """Where `vidfarm up` keeps the key it generated, so the CLI finds it without flags."""
+        return self.home / "api-key"
