@@ -1,0 +1,566 @@
+"""Deployment artefacts: kustomize overlays, Grafana dashboard, Prometheus config, Dockerfile.
+
+Overlays are rendered with `kubectl kustomize` when kubectl is installed, else
+with tests/kustomize_lite.py (and when both are available, they must agree).
+Rendered objects are validated against the Kubernetes 1.30 OpenAPI schema and
+checked against the deployment policy: hardened pods, requests and limits,
+least-privilege RBAC, NetworkPolicies, a grace period that outlasts a job.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+import kustomize_lite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "vidfarm.json"
+K8S_VERSION = "1.30"
+
+OVERLAYS = ["cpu", "gpu"]
+APP_ROLES = {"uploader", "worker", "autoscaler"}
+# Kinds from CRDs (Prometheus Operator): not in the core schema, parse-checked only.
+CRD_GROUPS = ("monitoring.coreos.com/",)
+
+# Every metric the code exports; the dashboard may use nothing else.
+COUNTERS_GAUGES = {
+    "vidfarm_uploads_total",
+    "vidfarm_upload_bytes_total",
+    "vidfarm_jobs_enqueued_total",
+    "vidfarm_queue_jobs",
+    "vidfarm_transcodes_total",
+    "vidfarm_failures_total",
+    "vidfarm_workers",
+    "vidfarm_autoscaler_desired_replicas",
+    "vidfarm_autoscaler_current_replicas",
+    "vidfarm_autoscaler_decisions_total",
+    "vidfarm_autoscaler_backlog_seconds",
+}
+HISTOGRAMS = {
+    "vidfarm_upload_duration_seconds",
+    "vidfarm_http_request_duration_seconds",
+    "vidfarm_job_wait_seconds",
+    "vidfarm_transcode_duration_seconds",
+    "vidfarm_transcode_speed_ratio",
+}
+KNOWN_SERIES = COUNTERS_GAUGES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
+
+
+# --- rendering -----------------------------------------------------------------
+
+
+def _kubectl_build(path: Path) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@functools.cache
+def _render_path(path: str) -> tuple[dict, ...]:
+    build = _kubectl_build if shutil.which("kubectl") else kustomize_lite.build
+    return tuple(build(Path(path)))
+
+
+def render(overlay: str) -> list[dict]:
+    return list(_render_path(str(K8S / "overlays" / overlay)))
+
+
+@pytest.fixture(scope="module")
+def operator_overlay(tmp_path_factory) -> Path:
+    """The cpu overlay plus the optional prometheus-operator component."""
+    d = tmp_path_factory.mktemp("overlay-operator")
+    (d / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "vidfarm",
+                # kustomize refuses absolute paths here.
+                "resources": [os.path.relpath(K8S / "overlays" / "cpu", d)],
+                "components": [os.path.relpath(K8S / "components" / "prometheus-operator", d)],
+            }
+        )
+    )
+    return d
+
+
+def find(resources: list[dict], kind: str, name: str) -> dict:
+    matches = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_templates(resources: list[dict]) -> list[tuple[dict, dict]]:
+    """(workload, pod template) for every workload in the render."""
+    return [
+        (r, r["spec"]["template"])
+        for r in resources
+        if r["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    ]
+
+
+def app_workloads(resources: list[dict]) -> list[dict]:
+    return [
+        r
+        for r, tpl in pod_templates(resources)
+        if tpl["metadata"]["labels"].get("app.kubernetes.io/component") in APP_ROLES
+    ]
+
+
+def container(workload: dict) -> dict:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_map(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+# --- rendering and schema --------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_the_whole_farm(overlay):
+    res = render(overlay)
+    names = {(r["kind"], r["metadata"]["name"]) for r in res}
+    for expected in [
+        ("Namespace", "vidfarm"),
+        ("StatefulSet", "redis"),
+        ("StatefulSet", "postgres"),
+        ("PersistentVolumeClaim", "vidfarm-storage"),
+        ("Deployment", "uploader"),
+        ("Deployment", "worker-cpu"),
+        ("Deployment", "autoscaler"),
+        ("Deployment", "grafana"),
+        ("Deployment", "prometheus"),
+        ("Ingress", "uploader"),
+        ("PodDisruptionBudget", "uploader"),
+    ]:
+        assert expected in names
+    assert (("Deployment", "worker-gpu") in names) == (overlay == "gpu")
+    for r in res:
+        if r["kind"] != "Namespace":
+            assert r["metadata"]["namespace"] == "vidfarm", r["metadata"]["name"]
+    # Secrets are created by hand (deploy/README.md), never shipped.
+    assert not [r for r in res if r["kind"] == "Secret"]
+
+
+def _validate(resources: list[dict]) -> None:
+    for r in resources:
+        assert r.get("apiVersion") and r.get("kind") and r.get("metadata", {}).get("name")
+        if r["apiVersion"].startswith(CRD_GROUPS):
+            assert isinstance(r.get("spec"), dict)
+            continue
+        kubernetes_validate.validate(r, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_against_kubernetes_schema(overlay):
+    _validate(render(overlay))
+
+
+def test_prometheus_operator_component(operator_overlay):
+    res = list(_render_path(str(operator_overlay)))
+    _validate(res)
+    monitors = {r["metadata"]["name"]: r for r in res if r["apiVersion"].startswith("monitoring.coreos.com/")}
+    assert set(monitors) == {"vidfarm-uploader", "vidfarm-workers", "vidfarm-autoscaler"}
+    uploader_svc = find(res, "Service", "uploader")
+    assert monitors["vidfarm-uploader"]["spec"]["endpoints"][0]["port"] in {
+        p["name"] for p in uploader_svc["spec"]["ports"]
+    }
+    # Every PodMonitor selects pods that really have the named port.
+    for m in monitors.values():
+        if m["kind"] != "PodMonitor":
+            continue
+        selector = m["spec"]["selector"]["matchLabels"]
+        selected = [
+            w for w, tpl in pod_templates(res) if selector.items() <= tpl["metadata"]["labels"].items()
+        ]
+        assert selected, m["metadata"]["name"]
+        port = m["spec"]["podMetricsEndpoints"][0]["port"]
+        for w in selected:
+            assert port in {p["name"] for p in container(w).get("ports", [])}
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_lite_agrees_with_kubectl(overlay):
+    path = K8S / "overlays" / overlay
+
+    def key(r):
+        return (r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"])
+
+    real = {key(r): r for r in _kubectl_build(path)}
+    lite = {key(r): r for r in kustomize_lite.build(path)}
+    assert real.keys() == lite.keys()
+    for k, r in real.items():
+        assert lite[k] == r, k
+
+
+# --- policy: every pod --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_hardened_and_bounded(overlay):
+    for workload, tpl in pod_templates(render(overlay)):
+        name = workload["metadata"]["name"]
+        spec = tpl["spec"]
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, name
+        assert pod_sc.get("runAsUser", 1) != 0, name
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, (name, c["name"])
+            assert sc.get("privileged") in (None, False), (name, c["name"])
+            assert "ALL" in sc.get("capabilities", {}).get("drop", []), (name, c["name"])
+            assert not sc.get("capabilities", {}).get("add"), (name, c["name"])
+            for section in ("requests", "limits"):
+                got = c.get("resources", {}).get(section, {})
+                assert {"cpu", "memory"} <= got.keys(), (name, c["name"], section)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_autoscaler_and_prometheus_talk_to_the_api_server(overlay):
+    for workload, tpl in pod_templates(render(overlay)):
+        if workload["metadata"]["name"] not in ("autoscaler", "prometheus"):
+            assert tpl["spec"].get("automountServiceAccountToken") is False, workload["metadata"]["name"]
+
+
+# --- workers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_start_at_zero_and_outlive_a_job(overlay):
+    workers = [w for w in app_workloads(render(overlay)) if w["metadata"]["name"].startswith("worker-")]
+    assert workers
+    for w in workers:
+        assert w["spec"]["replicas"] == 0
+        # Must cover the longest job timeout, or scale-in kills transcodes.
+        assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 600
+        c = container(w)
+        # Entrypoint is the image's `tini -- vidfarm`; no command override
+        # that could put a shell between tini and the worker.
+        assert "command" not in c
+        assert c["args"][0] == "worker"
+        assert "--metrics-port" in c["args"]
+        assert "livenessProbe" not in c
+
+
+def _queues(args: list[str]) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == "--queue"]
+
+
+def test_cpu_and_gpu_workers():
+    res = render("gpu")
+    cpu, gpu = container(find(res, "Deployment", "worker-cpu")), find(res, "Deployment", "worker-gpu")
+    assert _queues(cpu["args"]) == ["cpu"]
+    assert cpu["args"][cpu["args"].index("--encoder") + 1] == "x264"
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+
+    gpu_spec = gpu["spec"]["template"]["spec"]
+    gc = container(gpu)
+    # Own queue first: RQ checks queues in order, so CPU work only when idle.
+    assert _queues(gc["args"]) == ["gpu", "cpu"]
+    assert gc["args"][gc["args"].index("--encoder") + 1] == "nvenc"
+    assert gc["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu_spec["nodeSelector"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu_spec["tolerations"])
+    assert "video" in env_map(gc)["NVIDIA_DRIVER_CAPABILITIES"]["value"]
+
+
+# --- app pods ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_app_pods_share_one_image_and_the_environment(overlay):
+    res = render(overlay)
+    apps = app_workloads(res)
+    assert {w["metadata"]["name"] for w in apps} >= {"uploader", "worker-cpu", "autoscaler"}
+    assert len({container(w)["image"] for w in apps}) == 1
+    for w in apps:
+        name, c = w["metadata"]["name"], container(w)
+        env = env_map(c)
+        assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vidfarm", "key": "REDIS_URL"}
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vidfarm", "key": "DATABASE_URL"}
+        assert env["VIDFARM_STORAGE_DIR"]["value"] == "/data/storage"
+        assert env["VIDFARM_API_KEYS_FILE"]["value"] == "/etc/vidfarm/api-keys/keys"
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mounts["/etc/vidfarm/api-keys"]]["secret"]["secretName"] == "vidfarm-api-keys"
+        if name != "autoscaler":
+            claim = volumes[mounts["/data/storage"]]["persistentVolumeClaim"]["claimName"]
+            assert claim == "vidfarm-storage"
+        # Scrape annotations point at a port the container really opens.
+        ann = w["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true"
+        assert ann["prometheus.io/path"] == "/metrics"
+        assert int(ann["prometheus.io/port"]) in {p["containerPort"] for p in c["ports"]}
+    assert find(res, "PersistentVolumeClaim", "vidfarm-storage")["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_uploader_api_probes_pdb_and_ingress():
+    res = render("cpu")
+    up = find(res, "Deployment", "uploader")
+    c = container(up)
+    assert up["spec"]["replicas"] == 2
+    assert c["args"] == ["api", "--host", "0.0.0.0", "--port", "8000"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    labels = up["spec"]["template"]["metadata"]["labels"]
+    pdb = find(res, "PodDisruptionBudget", "uploader")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = find(res, "Service", "uploader")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    ann = find(res, "Ingress", "uploader")["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+    assert ann["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
+    assert int(ann["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 600
+
+
+def _pools(res: list[dict]) -> dict:
+    asc = find(res, "Deployment", "autoscaler")
+    c = container(asc)
+    config_path = c["args"][c["args"].index("--config") + 1]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == config_path)
+    volume = next(v for v in asc["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    cm = find(res, "ConfigMap", volume["configMap"]["name"])
+    return {p["name"]: p for p in yaml.safe_load(cm["data"][mount["subPath"]])["pools"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaler_runs_two_replicas_with_its_pools(overlay):
+    res = render(overlay)
+    asc = find(res, "Deployment", "autoscaler")
+    c = container(asc)
+    assert asc["spec"]["replicas"] == 2
+    assert asc["spec"]["template"]["spec"]["serviceAccountName"] == "vidfarm-autoscaler"
+    assert c["args"] == ["autoscaler", "--config", "/etc/vidfarm/pools.yaml", "--metrics-port", "9101"]
+    pools = _pools(res)
+    expected = {"cpu": ("worker-cpu", ["cpu"], 0, 10)}
+    if overlay == "gpu":
+        expected["gpu"] = ("worker-gpu", ["gpu"], 0, 4)
+    assert {n: (p["deployment"], p["queues"], p["min"], p["max"]) for n, p in pools.items()} == expected
+    for p in pools.values():
+        find(res, "Deployment", p["deployment"])
+
+
+# --- RBAC --------------------------------------------------------------------------
+
+
+def _rules(role: dict) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_is_least_privilege(overlay):
+    res = render(overlay)
+    assert not [r for r in res if r["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for role in (r for r in res if r["kind"] == "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
+    assert _rules(find(res, "Role", "vidfarm-autoscaler")) == {
+        ("apps", "deployments/scale", "get"),
+        ("apps", "deployments/scale", "patch"),
+        ("apps", "deployments", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "patch"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+    }
+    # Prometheus only discovers pods.
+    assert _rules(find(res, "Role", "prometheus")) <= {("", "pods", v) for v in ("get", "list", "watch")}
+    for binding in (r for r in res if r["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["kind"] == "Role"
+        role = find(res, "Role", binding["roleRef"]["name"])
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount"
+            assert subject["namespace"] == role["metadata"]["namespace"]
+            find(res, "ServiceAccount", subject["name"])
+
+
+# --- data stores ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store, port", [("redis", 6379), ("postgres", 5432)])
+def test_data_stores_reachable_only_from_farm_pods(store, port):
+    res = render("gpu")
+    sts = find(res, "StatefulSet", store)
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        p
+        for p in res
+        if p["kind"] == "NetworkPolicy" and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert policies, f"no NetworkPolicy selects {store}"
+    for p in policies:
+        assert p["spec"]["policyTypes"] == ["Ingress"]
+        for rule in p["spec"]["ingress"]:
+            assert [pt["port"] for pt in rule["ports"]] == [port]
+            for peer in rule["from"]:
+                # Same-namespace pods with the farm label; no namespaceSelector or ipBlock.
+                assert peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "vidfarm"}}}
+    # ...and every app pod carries that label.
+    for w in app_workloads(res):
+        assert w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "vidfarm"
+    assert sts["spec"]["volumeClaimTemplates"]
+    assert sts["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 999
+
+
+def test_redis_is_durable_and_password_protected():
+    res = render("cpu")
+    conf = find(res, "ConfigMap", "redis-config")["data"]["redis.conf"]
+    lines = {line.strip() for line in conf.splitlines()}
+    assert {"appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"} <= lines
+    assert any(line.startswith("save ") for line in lines)
+    c = container(find(res, "StatefulSet", "redis"))
+    assert "--requirepass" in " ".join(c["args"])
+    assert env_map(c)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "vidfarm"
+
+
+def test_secret_example_covers_every_secret_reference():
+    """secret.example.yaml documents every key the manifests read (and is not applied)."""
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in base["resources"]
+    examples = {
+        s["metadata"]["name"]: set(s["stringData"])
+        for s in yaml.safe_load_all((K8S / "base" / "secret.example.yaml").read_text())
+    }
+    for workload, tpl in pod_templates(render("gpu")):
+        spec = tpl["spec"]
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and not ref.get("optional"):
+                    assert ref["key"] in examples.get(ref["name"], set()), (workload["metadata"]["name"], ref)
+        for v in spec.get("volumes", []):
+            if "secret" in v:
+                assert v["secret"]["secretName"] in examples
+
+
+# --- Grafana and Prometheus ------------------------------------------------------------
+
+
+def _dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _panels(dash: dict) -> list[dict]:
+    out = []
+    for p in dash["panels"]:
+        out.extend(p.get("panels", []) if p["type"] == "row" else [p])
+    return out
+
+
+def test_dashboard_queries_use_only_exported_metrics():
+    dash = _dashboard()
+    panels = _panels(dash)
+    assert len(panels) >= 10
+    for p in panels:
+        exprs = [t.get("expr", "") for t in p.get("targets", []) if t.get("expr")]
+        assert exprs, f"panel {p['title']!r} has no query"
+        assert p["datasource"]["uid"] == "prometheus"
+        for expr in exprs:
+            names = set(re.findall(r"\bvidfarm_[a-z0-9_]+", expr))
+            assert names, (p["title"], expr)
+            assert names <= KNOWN_SERIES, (p["title"], names - KNOWN_SERIES)
+    for var in dash["templating"]["list"]:
+        assert set(re.findall(r"\bvidfarm_[a-z0-9_]+", var["query"]["query"])) <= KNOWN_SERIES
+    # Panel ids unique (Grafana links and provisioning depend on it).
+    ids = [p["id"] for p in dash["panels"]] + [c["id"] for p in dash["panels"] for c in p.get("panels", [])]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_opens_on_the_scaling_view():
+    first = _panels(_dashboard())[0]
+    text = " ".join(t["expr"] for t in first["targets"])
+    for metric in (
+        "vidfarm_queue_jobs",
+        "vidfarm_autoscaler_desired_replicas",
+        "vidfarm_autoscaler_current_replicas",
+    ):
+        assert metric in text
+
+
+def test_provisioning_files():
+    ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    assert [d["uid"] for d in ds["datasources"]] == ["prometheus"]
+    prov = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "vidfarm.yaml").read_text())
+    assert prov["providers"][0]["type"] == "file"
+
+
+def test_cluster_grafana_files_are_copies_of_deploy_grafana():
+    """kustomize can't read outside its root: the component holds a copy that must not drift."""
+    copy_root = K8S / "components" / "observability" / "grafana"
+    canonical = {p.relative_to(GRAFANA): p.read_bytes() for p in GRAFANA.rglob("*") if p.is_file()}
+    copied = {p.relative_to(copy_root): p.read_bytes() for p in copy_root.rglob("*") if p.is_file()}
+    assert canonical == copied, "copy deploy/grafana/ to deploy/k8s/components/observability/grafana/"
+
+
+def test_cluster_grafana_mounts_what_provisioning_expects():
+    res = render("cpu")
+    graf = find(res, "Deployment", "grafana")
+    c = container(graf)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in graf["spec"]["template"]["spec"]["volumes"]}
+    dash_cm = find(res, "ConfigMap", volumes[mounts[env["VIDFARM_DASHBOARDS_DIR"]]]["configMap"]["name"])
+    assert json.loads(dash_cm["data"]["vidfarm.json"]) == _dashboard()
+    assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].startswith(env["VIDFARM_DASHBOARDS_DIR"])
+    for sub in ("datasources", "dashboards"):
+        assert f"/etc/grafana/provisioning/{sub}" in mounts
+    assert find(res, "Service", "prometheus")["spec"]["ports"][0]["port"] == int(
+        env["PROMETHEUS_URL"].rsplit(":", 1)[1]
+    )
+
+
+def test_local_prometheus_reads_the_vidfarm_up_targets_file():
+    config_path = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(config_path.read_text())
+    files = [f for job in config["scrape_configs"] for sd in job["file_sd_configs"] for f in sd["files"]]
+    # Prometheus resolves relative paths against the config file's directory:
+    # this is the default VIDFARM_HOME (./.vidfarm) of a farm run from the repo root.
+    assert [(config_path.parent / f).resolve() for f in files] == [
+        ROOT / ".vidfarm" / "prometheus" / "targets.json"
+    ]
+
+
+# --- image --------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_one_non_root_image_with_signal_forwarding():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert len(stages) >= 2 and stages[-1] == "python:3.11-slim-bookworm"
+    assert "pip wheel" in text
+    assert re.search(r"apt-get install[^\n]*\bffmpeg\b[^\n]*\btini\b", text)
+    assert re.search(r"^USER 10001(:10001)?$", text, re.M)
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
+    # exec form, tini first, and no -g (that would SIGTERM ffmpeg along with the worker).
+    assert entrypoint[:2] == ["tini", "--"] and entrypoint[-1] == "vidfarm"
+    assert json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1)) == ["api"]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".git" in ignored and "README.md" not in ignored
