@@ -106,9 +106,7 @@ def find(resources: list[dict], kind: str, name: str) -> dict:
 def pod_templates(resources: list[dict]) -> list[tuple[dict, dict]]:
     """(workload, pod template) for every workload in the render."""
     return [
-        (r, r["spec"]["template"])
-        for r in resources
-        if r["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+        (r, r["spec"]["template"]) for r in resources if r["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
     ]
 
 
@@ -187,9 +185,7 @@ def test_prometheus_operator_component(operator_overlay):
         if m["kind"] != "PodMonitor":
             continue
         selector = m["spec"]["selector"]["matchLabels"]
-        selected = [
-            w for w, tpl in pod_templates(res) if selector.items() <= tpl["metadata"]["labels"].items()
-        ]
+        selected = [w for w, tpl in pod_templates(res) if selector.items() <= tpl["metadata"]["labels"].items()]
         assert selected, m["metadata"]["name"]
         port = m["spec"]["podMetricsEndpoints"][0]["port"]
         for w in selected:
@@ -358,6 +354,21 @@ def test_autoscaler_runs_two_replicas_with_its_pools(overlay):
     assert {n: (p["deployment"], p["queues"], p["min"], p["max"]) for n, p in pools.items()} == expected
     for p in pools.values():
         find(res, "Deployment", p["deployment"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pools_config_loads_with_the_autoscaler(overlay):
+    """The shipped pools file is one the real loader accepts, for this namespace and Lease."""
+    config_mod = pytest.importorskip("autoscaler.config")
+    res = render(overlay)
+    asc = find(res, "Deployment", "autoscaler")
+    c = container(asc)
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/vidfarm/pools.yaml")
+    volume = next(v for v in asc["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    text = find(res, "ConfigMap", volume["configMap"]["name"])["data"][mount["subPath"]]
+    config = config_mod.parse_config(yaml.safe_load(text), source=f"{overlay} pools.yaml")
+    assert config.lease_name == "vidfarm-autoscaler"
+    assert {p.namespace for p in config.pools} == {asc["metadata"]["namespace"]}
 
 
 # --- RBAC --------------------------------------------------------------------------
@@ -543,9 +554,7 @@ def test_local_prometheus_reads_the_vidfarm_up_targets_file():
     files = [f for job in config["scrape_configs"] for sd in job["file_sd_configs"] for f in sd["files"]]
     # Prometheus resolves relative paths against the config file's directory:
     # this is the default VIDFARM_HOME (./.vidfarm) of a farm run from the repo root.
-    assert [(config_path.parent / f).resolve() for f in files] == [
-        ROOT / ".vidfarm" / "prometheus" / "targets.json"
-    ]
+    assert [(config_path.parent / f).resolve() for f in files] == [ROOT / ".vidfarm" / "prometheus" / "targets.json"]
 
 
 # --- image --------------------------------------------------------------------------
