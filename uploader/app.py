@@ -34,6 +34,13 @@ from vidfarm.storage import InvalidKey, is_video_id, new_video_id
 log = logging.getLogger(__name__)
 
 AUTOSCALER_STATUS_KEY = "vidfarm:autoscaler:status"
+
+
+def require_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    return request.app.state.keys.tenant(authorization)
+
+
+Tenant = Annotated[str, Depends(require_tenant)]
 VideoId = Annotated[str, Path(description="Video id (32 hex characters)", max_length=64)]
 
 
@@ -45,13 +52,8 @@ def create_app(farm: Farm) -> FastAPI:
     )
     errors.install(app)
     _install_dependency_errors(app)
-    keys = KeyRing(farm.settings.api_keys)
+    app.state.keys = KeyRing(farm.settings.api_keys)
     settings, storage, catalog = farm.settings, farm.storage, farm.catalog
-
-    def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
-        return keys.tenant(authorization)
-
-    Tenant = Annotated[str, Depends(tenant)]
 
     def owned(video_id: str, tenant_id: str) -> dict[str, Any]:
         """Another tenant's video is indistinguishable from a missing one."""

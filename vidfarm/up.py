@@ -164,7 +164,7 @@ class FarmProcesses:
         if self.backend is not None:
             busy = [w for w in self.backend.workers.values() if w.proc.poll() is None]
             if busy and not force:
-                log.info("waiting for %d worker(s) to finish their current transcode "
+                log.info("stopping %d worker(s); busy ones finish their current transcode first "
                          "(Ctrl-C again to interrupt; interrupted videos are re-queued)", len(busy))
             self.backend.stop_all(force=force)
         if self.api is not None and self.api.poll() is None:
