@@ -1,0 +1,222 @@
+"""Shared fixtures: real Redis, real ffmpeg clips, real databases, the API over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from vidfarm.farm import Farm
+from vidfarm.localredis import LocalRedis, free_port
+from vidfarm.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "test-key-" + uuid.uuid4().hex[:8]
+OTHER_KEY = "other-key-" + uuid.uuid4().hex[:8]
+PG_URL = os.environ.get("VIDFARM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+# Clips the tests transcode: (lavfi video, audio?, extra encode args). Short and small keeps CI fast.
+CLIPS = {
+    "landscape1080": ("testsrc2=size=1920x1080:rate=30:duration=2", True, []),
+    "landscape720": ("testsrc2=size=1280x720:rate=25:duration=2", True, []),
+    "portrait": ("testsrc2=size=1080x1920:rate=30:duration=2", True, []),
+    "noaudio": ("testsrc2=size=1280x720:rate=30:duration=2", False, []),
+    "tenbit": ("testsrc2=size=1280x720:rate=30:duration=2", True, ["-pix_fmt", "yuv420p10le", "-profile:v", "high10"]),
+    "odd": ("testsrc2=size=853x481:rate=24:duration=2", True, []),
+    "small": ("testsrc2=size=320x240:rate=15:duration=1", True, []),
+}
+
+
+def make_clip(path: Path, lavfi: str, audio: bool, extra: list[str], codec: str = "libx264") -> Path:
+    duration = lavfi.rsplit("duration=", 1)[1]
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", lavfi]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=330:duration={duration}", "-c:a", "aac", "-shortest"]
+    cmd += ["-c:v", codec, "-preset", "ultrafast", *extra, str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return {name: make_clip(folder / f"{name}.mp4", *spec) for name, spec in CLIPS.items()}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path_factory.mktemp("redis"), persistent=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path, redis_server) -> Settings:
+    # Each test gets its own Redis database number? RQ keys are global, so flush instead.
+    redis.Redis.from_url(redis_server.url).flushall()
+    home = tmp_path / "home"
+    return replace(
+        Settings.from_env(),
+        home=home,
+        redis_url=redis_server.url,
+        database_url=f"sqlite:///{home / 'catalog.db'}",
+        storage_dir=tmp_path / "storage",
+        api_keys=(API_KEY, OTHER_KEY),
+        api_keys_file=None,
+    )
+
+
+@pytest.fixture
+def farm(settings) -> Farm:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Farm(settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "VIDFARM_HOME": str(settings.home),
+        "REDIS_URL": settings.redis_url or "",
+        "DATABASE_URL": settings.database_url,
+        "VIDFARM_STORAGE_DIR": str(settings.storage_dir),
+        "VIDFARM_API_KEYS": ",".join(settings.api_keys),
+        "VIDFARM_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+        "VIDFARM_MAX_DURATION_S": str(settings.max_duration_s),
+        "VIDFARM_MAX_PIXELS": str(settings.max_pixels),
+        "VIDFARM_WORKER_HEARTBEAT_TTL_S": str(settings.worker_heartbeat_ttl_s),
+        "VIDFARM_MAX_ATTEMPTS": str(settings.max_attempts),
+    })
+    env.pop("VIDFARM_API_KEYS_FILE", None)
+    return env
+
+
+class ApiServer:
+    """The real app under uvicorn in a thread, spoken to over HTTP."""
+
+    def __init__(self, farm: Farm) -> None:
+        from uploader.app import create_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(farm), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("API did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def api(farm) -> Iterator[ApiServer]:
+    server = ApiServer(farm).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def http(api) -> Iterator[httpx.Client]:
+    with api.client() as client:
+        yield client
+
+
+class WorkerProcess:
+    """A real `vidfarm worker` process."""
+
+    def __init__(self, settings: Settings, name: str | None = None, queues: tuple[str, ...] = ("cpu",)) -> None:
+        self.name = name or f"test-worker-{uuid.uuid4().hex[:6]}"
+        cmd = [sys.executable, "-m", "vidfarm", "worker", "--encoder", "x264", "--name", self.name]
+        for queue in queues:
+            cmd += ["--queue", queue]
+        self.proc = subprocess.Popen(cmd, env=settings_env(settings), cwd=ROOT, start_new_session=True)
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(settings) -> Iterator:
+    started: list[WorkerProcess] = []
+
+    def _start(**kwargs) -> WorkerProcess:
+        worker = WorkerProcess(settings, **kwargs)
+        started.append(worker)
+        return worker
+
+    yield _start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker) -> WorkerProcess:
+    return start_worker()
+
+
+def upload(client: httpx.Client, path: Path, **params) -> httpx.Response:
+    with path.open("rb") as handle:
+        return client.post("/v1/videos", files={"file": (path.name, handle, "video/mp4")}, data=params)
+
+
+def wait_for(client: httpx.Client, video_id: str, timeout_s: float = 120, statuses=("ready", "failed", "canceled")):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        video = client.get(f"/v1/videos/{video_id}").json()
+        if video["status"] in statuses:
+            return video
+        time.sleep(0.2)
+    raise AssertionError(f"video {video_id} still {video['status']} after {timeout_s} s")
+
+
+def pg_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ffprobe(path: Path, *args: str) -> dict:
+    import json
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", *args, str(path)],
+                         capture_output=True, check=True)
+    return json.loads(out.stdout)
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None
