@@ -64,10 +64,19 @@ def rungs_named(names: Sequence[str]) -> list[Rung]:
     return [RUNGS[name] for name in names]
 
 
+def _snap_rate(fps: float) -> Fraction:
+    """Recover exact NTSC rates (29.97 -> 30000/1001) that float storage blurred."""
+    whole = round(fps)
+    ntsc = round(fps * 1.001)
+    if abs(fps - whole) > 0.001 and abs(fps * 1.001 - ntsc) < 0.005:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
 def output_fps(source_fps: float) -> Fraction:
     """Keep the source rate up to 60; above, divide by the smallest integer that gets under 60
     (120 -> 60, 100 -> 50) so motion stays even."""
-    rate = Fraction(source_fps).limit_denominator(1001)
+    rate = _snap_rate(source_fps)
     if rate <= MAX_FPS:
         return rate
     return rate / math.ceil(rate / MAX_FPS)
