@@ -1,0 +1,303 @@
+"""Helpers shared by the benchmarks: clips, timing, /proc scanning, a private farm, tables.
+
+Everything here runs real binaries (ffmpeg, redis-server, `vidfarm up`) in temporary directories;
+nothing touches the developer's own `.vidfarm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from vidfarm.localredis import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDFARM = [sys.executable, "-m", "vidfarm"]
+TERMINAL = ("ready", "failed", "canceled")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- clips --------------------------------------------------------------------------------------
+
+
+def make_clip(path: Path, seconds: float, *, size: str = "1920x1080", rate: int = 30, audio: bool = True) -> Path:
+    """testsrc2 (+ a sine tone) encoded fast with x264 ultrafast: a stand-in for an upload."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+           "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-shortest"]
+    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    wall_s: float
+    cpu_s: float
+
+    def __add__(self, other: Measure) -> Measure:
+        return Measure(self.wall_s + other.wall_s, self.cpu_s + other.cpu_s)
+
+
+def run_measured(cmd: Sequence[str]) -> Measure:
+    """Run a command to completion; wall time and the child's own user+sys CPU (from wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, list(cmd))
+    return Measure(wall, usage.ru_utime + usage.ru_stime)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100), exact for small samples."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.4999)))
+    return ordered[rank - 1]
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+# -- /proc --------------------------------------------------------------------------------------
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def descendants(root: int) -> list[int]:
+    parents = {pid: parent_of(pid) for pid in all_pids()}
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == current]
+        found += children
+        frontier += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def is_worker(args: Sequence[str]) -> bool:
+    return "vidfarm" in args and "worker" in args
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def upload_file(http: httpx.Client, path: Path) -> dict:
+    """Raw-body upload (what `vidfarm upload` sends); raises on anything but 201."""
+    response = http.post("/v1/videos", params={"filename": path.name}, content=path.read_bytes(),
+                         headers={"Content-Type": "application/octet-stream"})
+    if response.status_code != 201:
+        raise RuntimeError(f"upload of {path.name}: {response.status_code} {response.text[:300]}")
+    return response.json()
+
+
+def wait_terminal(http: httpx.Client, ids: Iterable[str], poll_s: float = 0.05,
+                  timeout_s: float = 900) -> dict[str, tuple[str, float]]:
+    """Poll until every video is ready/failed/canceled: {id: (status, perf_counter when seen)}."""
+    pending = set(ids)
+    seen: dict[str, tuple[str, float]] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} video(s) not finished after {timeout_s} s")
+        for video_id in sorted(pending):
+            status = http.get(f"/v1/videos/{video_id}").json()["status"]
+            if status in TERMINAL:
+                seen[video_id] = (status, time.perf_counter())
+                pending.discard(video_id)
+        time.sleep(poll_s)
+    return seen
+
+
+# -- a private farm -----------------------------------------------------------------------------
+
+
+def farm_env(home: Path) -> dict[str, str]:
+    """The caller's environment without any vidfarm settings, so `vidfarm up` starts its own Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFARM_")
+           and k not in ("REDIS_URL", "DATABASE_URL")}
+    env["VIDFARM_HOME"] = str(home)
+    return env
+
+
+class LocalFarm:
+    """`vidfarm up` as a subprocess with its own VIDFARM_HOME; stopped with SIGTERM, leaving no process."""
+
+    def __init__(self, home: Path, *, min_workers: int, max_workers: int, scale_down_after_s: float,
+                 log_path: Path | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [*VIDFARM, "up", "--port", str(self.port), "--min-workers", str(min_workers),
+                     "--max-workers", str(max_workers), "--scale-down-after", str(scale_down_after_s),
+                     "--encoder", "x264"]
+        self.log_path = log_path or home.parent / f"{home.name}-up.log"
+        self.proc: subprocess.Popen | None = None
+        self.leftovers: list[int] = []
+
+    def start(self, timeout_s: float = 60) -> LocalFarm:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.args, env=farm_env(self.home), cwd=ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vidfarm up exited with {self.proc.returncode}; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"vidfarm up not ready after {timeout_s} s; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def api_key(self) -> str:
+        return (self.home / "api-key").read_text().strip()
+
+    def client(self, timeout_s: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"},
+                            timeout=timeout_s)
+
+    def redis_url(self) -> str:
+        for pid in descendants(self.pid):
+            args = cmdline(pid)
+            if args and args[0].endswith("redis-server") and "--port" in args:
+                return f"redis://127.0.0.1:{args[args.index('--port') + 1]}/0"
+        raise RuntimeError("the farm's redis-server was not found")
+
+    def worker_pids(self) -> list[int]:
+        return [pid for pid in descendants(self.pid) if is_worker(cmdline(pid))]
+
+    def stop(self, timeout_s: float = 120) -> None:
+        """SIGTERM, wait, then check every process the farm had is gone (kill and record any that is not)."""
+        if self.proc is None:
+            return
+        family = descendants(self.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        time.sleep(0.2)
+        self.leftovers = [pid for pid in family if alive(pid)]
+        for pid in self.leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalFarm:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        if self.leftovers:
+            print(f"WARNING: {len(self.leftovers)} process(es) outlived `vidfarm up`: {self.leftovers}",
+                  file=sys.stderr)
+
+
+def wait_until(predicate, timeout_s: float, poll_s: float = 0.05, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(poll_s)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table (readable as plain text too)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores ({model}), no GPU, shared VM"
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        if not keep:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""One ffmpeg decoding once and `split`ting into every rendition vs one ffmpeg per rendition.
+
+Both sides use exactly the arguments `transcoder.command.transcode_args` builds (x264, the farm's
+ladder); the per-rendition side calls it with one output at a time. Each ffmpeg's own CPU time comes
+from wait4; the order of the two sides alternates between repetitions.
+
+    python bench/one_decode.py --seconds 20 --reps 5 --rungs 1080p,720p
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import Measure, machine, make_clip, median, run_measured, table, temp_dir
+
+from transcoder.command import X264, transcode_args
+from transcoder.ladder import OutputPlan, plan_outputs, rungs_named
+from vidfarm.probe import SourceInfo, probe
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10, help="clip length (default 10)")
+    parser.add_argument("--size", default="1920x1080", help="clip size (default 1920x1080)")
+    parser.add_argument("--rate", type=int, default=30, help="clip frame rate (default 30)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each side (default 3)")
+    parser.add_argument("--rungs", default="1080p,720p", help="ladder (default 1080p,720p)")
+    return parser.parse_args()
+
+
+def ffmpeg_cmd(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan, Path]]) -> list[str]:
+    return ["ffmpeg", *transcode_args(source, outputs, has_audio=info.has_audio, encoder=X264)]
+
+
+def run_split(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan, Path]]) -> Measure:
+    return run_measured(ffmpeg_cmd(source, info, outputs))
+
+
+def run_separate(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan, Path]]) -> Measure:
+    total = Measure(0.0, 0.0)
+    for output in outputs:
+        total = total + run_measured(ffmpeg_cmd(source, info, [output]))
+    return total
+
+
+def main() -> None:
+    args = parse_args()
+    with temp_dir("bench-one-decode-") as work:
+        source = make_clip(work / "source.mp4", args.seconds, size=args.size, rate=args.rate)
+        info = probe(source, max_duration_s=1e9, max_pixels=1 << 40)
+        plans = plan_outputs(info, rungs_named(args.rungs.split(",")))
+        outputs = [(plan, work / f"out-{plan.name}.mp4") for plan in plans]
+        split: list[Measure] = []
+        separate: list[Measure] = []
+        for rep in range(args.reps):
+            order = [(split, run_split), (separate, run_separate)]
+            for results, func in order if rep % 2 == 0 else reversed(order):
+                results.append(func(source, info, outputs))
+            print(f"rep {rep + 1}: split cpu {split[-1].cpu_s:.2f} s wall {split[-1].wall_s:.2f} s | "
+                  f"per-rendition cpu {separate[-1].cpu_s:.2f} s wall {separate[-1].wall_s:.2f} s", flush=True)
+    report(args, plans, split, separate)
+
+
+def report(args: argparse.Namespace, plans: list[OutputPlan], split: list[Measure], separate: list[Measure]) -> None:
+    cpu_ratios = [s.cpu_s / o.cpu_s for s, o in zip(separate, split, strict=True)]
+    wall_ratios = [s.wall_s / o.wall_s for s, o in zip(separate, split, strict=True)]
+    print()
+    print(f"clip: {args.size}@{args.rate} {args.seconds:g} s testsrc2+sine; renditions: "
+          f"{', '.join(f'{p.name} {p.width}x{p.height}' for p in plans)}; x264 veryfast; {args.reps} reps; "
+          f"{machine()}")
+    print()
+    print(table(
+        ["mode", "median CPU s", "median wall s", "min CPU s", "max CPU s"],
+        [["one ffmpeg + split", median(m.cpu_s for m in split), median(m.wall_s for m in split),
+          min(m.cpu_s for m in split), max(m.cpu_s for m in split)],
+         ["one ffmpeg per rendition", median(m.cpu_s for m in separate), median(m.wall_s for m in separate),
+          min(m.cpu_s for m in separate), max(m.cpu_s for m in separate)]],
+    ))
+    print()
+    print(table(
+        ["ratio (per-rendition / split)", "median of per-rep ratios", "min", "max"],
+        [["CPU seconds", median(cpu_ratios), min(cpu_ratios), max(cpu_ratios)],
+         ["wall time", median(wall_ratios), min(wall_ratios), max(wall_ratios)]],
+    ))
+    verdict = "met" if median(cpu_ratios) >= 1.15 else "MISSED"
+    print(f"\ntarget >= 1.15x fewer CPU seconds: {verdict} ({median(cpu_ratios):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
