@@ -24,6 +24,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from autoscaler.backend import WorkerRef
+from autoscaler.config import PoolDeployment
+from autoscaler.policy import PoolConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,11 @@ class KubeCaller:
         self._namespace = namespace
         self.backoff = Backoff(clock)
 
-    def __call__(
-        self, verb: str, resource: tuple[str, str], fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
+    def __call__(self, verb: str, resource: tuple[str, str], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call `fn`; `verb` and `resource` ((apiGroup, resource) as RBAC spells them) feed the logs."""
         wait_s = self.backoff.seconds_to_wait()
         if wait_s > 0:
-            raise ApiUnavailable(
-                f"Kubernetes API server {self._host} unreachable; next attempt in {wait_s:.1f}s"
-            )
+            raise ApiUnavailable(f"Kubernetes API server {self._host} unreachable; next attempt in {wait_s:.1f}s")
         try:
             result = fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as exc:
@@ -200,9 +198,7 @@ class KubernetesDeployment:
         log.info("%s: scaled down %d -> %d removing pods %s", self.name, current, target, ", ".join(marked))
 
     def _mark_victims(self, selector: str, victims: Sequence[WorkerRef]) -> list[str]:
-        pods = self._call(
-            "list", PODS, self._core.list_namespaced_pod, self.namespace, label_selector=selector
-        ).items
+        pods = self._call("list", PODS, self._core.list_namespaced_pod, self.namespace, label_selector=selector).items
         live = {p.metadata.name: p for p in pods if p.metadata.deletion_timestamp is None}
         wanted = [v.pod for v in victims if v.pod]
         missing = [name for name in wanted if name not in live]
@@ -293,3 +289,14 @@ def _selector(scale: Any) -> str:
 def _deletion_cost(pod: Any) -> str | None:
     annotations = pod.metadata.annotations or {}
     return annotations.get(DELETION_COST_ANNOTATION)
+
+
+def deployments_for(
+    pools: Sequence[PoolDeployment], *, dry_run: bool = False, api_client: kclient.ApiClient | None = None
+) -> list[tuple[PoolConfig, KubernetesDeployment]]:
+    """(pool, backend) pairs for `Controller`, from `load_config(...).pools`, sharing one API client."""
+    api_client = api_client or load_kube_client()
+    return [
+        (entry.pool, KubernetesDeployment(entry.namespace, entry.deployment, api_client=api_client, dry_run=dry_run))
+        for entry in pools
+    ]

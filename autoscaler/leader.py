@@ -98,9 +98,7 @@ class LeaseElector:
 
     def _attempt(self, now: float) -> bool:
         try:
-            lease = self._api.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT
-            )
+            lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -113,9 +111,7 @@ class LeaseElector:
         if not self._expired(spec, now):
             return False
         # The holder stopped renewing for a whole lease duration: take over.
-        log.info(
-            "lease %s/%s: holder %r expired, taking over", self.namespace, self.name, spec.holder_identity
-        )
+        log.info("lease %s/%s: holder %r expired, taking over", self.namespace, self.name, spec.holder_identity)
         return self._replace(lease, spec, acquired=True)
 
     def _expired(self, spec: kclient.V1LeaseSpec, now: float) -> bool:
@@ -162,9 +158,7 @@ class LeaseElector:
         lease.spec = spec
         try:
             # `lease.metadata.resource_version` is the version we read: a concurrent writer makes this 409.
-            self._api.replace_namespaced_lease(
-                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
-            )
+            self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 409:
                 log.info("lease %s/%s: lost the race to another candidate", self.namespace, self.name)

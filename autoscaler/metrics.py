@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-DESIRED_REPLICAS = Gauge(
-    "vidfarm_autoscaler_desired_replicas", "Replicas the autoscaler last asked for", ["pool"]
-)
+DESIRED_REPLICAS = Gauge("vidfarm_autoscaler_desired_replicas", "Replicas the autoscaler last asked for", ["pool"])
 CURRENT_REPLICAS = Gauge(
     "vidfarm_autoscaler_current_replicas", "Replicas the backend reported before the decision", ["pool"]
 )

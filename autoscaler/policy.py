@@ -51,17 +51,14 @@ class PoolConfig:
             )
         if self.target_backlog_seconds is not None and not self.target_backlog_seconds > 0:
             raise ValueError(
-                f"pool {self.name!r}: target_backlog_seconds must be > 0 or null, "
-                f"got {self.target_backlog_seconds}"
+                f"pool {self.name!r}: target_backlog_seconds must be > 0 or null, got {self.target_backlog_seconds}"
             )
         if self.max_scale_up_step is not None and self.max_scale_up_step < 1:
             raise ValueError(
                 f"pool {self.name!r}: max_scale_up_step must be >= 1 or null, got {self.max_scale_up_step}"
             )
         if not self.scale_down_after_s >= 0:
-            raise ValueError(
-                f"pool {self.name!r}: scale_down_after_s must be >= 0, got {self.scale_down_after_s}"
-            )
+            raise ValueError(f"pool {self.name!r}: scale_down_after_s must be >= 0, got {self.scale_down_after_s}")
 
 
 @dataclass(frozen=True)
@@ -142,9 +139,7 @@ def bounded_target(snapshot: Snapshot, config: PoolConfig) -> _Target:
         )
     if needed < config.min_replicas:
         # The operator wants a warm floor even when idle.
-        return _Target(
-            config.min_replicas, "min_replicas", f"load needs {needed}, keeping min {config.min_replicas}"
-        )
+        return _Target(config.min_replicas, "min_replicas", f"load needs {needed}, keeping min {config.min_replicas}")
     return _Target(needed, load_reason, _load_message(snapshot, config, needed))
 
 

@@ -93,9 +93,7 @@ class FakeKube:
 
     # -- fixtures ----------------------------------------------------------------------------------
 
-    def add_deployment(
-        self, ns: str, name: str, pods: list[str], labels: dict[str, str] | None = None
-    ) -> None:
+    def add_deployment(self, ns: str, name: str, pods: list[str], labels: dict[str, str] | None = None) -> None:
         labels = labels or {"app": name}
         with self.lock:
             self.deployments[(ns, name)] = {"replicas": len(pods), "rv": self._bump(), "labels": labels}

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from kube_fake import DELETION_COST, FakeKube, Request
 from kubernetes.client.exceptions import ApiException
 
 from autoscaler.backend import WorkerRef
 from autoscaler.k8s import ApiForbidden, ApiUnavailable, KubernetesDeployment
+from tests.kube_fake import DELETION_COST, FakeKube, Request
 
 NS = "vidfarm"
 DEPLOY = "worker-cpu"
@@ -97,9 +97,7 @@ def test_no_change_no_write(fake: FakeKube) -> None:
     assert fake.writes() == []
 
 
-def test_only_as_many_pods_removed_as_victims_marked(
-    fake: FakeKube, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_only_as_many_pods_removed_as_victims_marked(fake: FakeKube, caplog: pytest.LogCaptureFixture) -> None:
     # Asked for 4 -> 1 but only one victim has a live pod: remove that one, let nothing be guessed.
     victims = [idle("worker-cpu-b"), idle("gone-pod"), WorkerRef("no-pod-worker", "idle")]
     with caplog.at_level(logging.WARNING):

@@ -6,13 +6,13 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from kube_fake import FakeKube, Request
 
 from autoscaler.backend import WorkerRef
 from autoscaler.controller import Controller
 from autoscaler.k8s import KubernetesDeployment
 from autoscaler.leader import AlwaysLeader, LeaseElector
 from autoscaler.policy import PoolConfig, Snapshot
+from tests.kube_fake import FakeKube, Request
 
 NS = "vidfarm"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/vidfarm-autoscaler"

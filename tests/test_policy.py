@@ -201,9 +201,7 @@ states = st.builds(PolicyState, st.none() | st.floats(0.0, 1e6))
 def check_invariants(s: Snapshot, c: PoolConfig, d: Decision) -> None:
     assert (
         d.direction
-        == {1: "up", -1: "down", 0: "none"}[
-            (d.desired > s.current_replicas) - (d.desired < s.current_replicas)
-        ]
+        == {1: "up", -1: "down", 0: "none"}[(d.desired > s.current_replicas) - (d.desired < s.current_replicas)]
     )
     assert d.desired >= c.min_replicas
     # Never shrink below the busy workers.
@@ -218,9 +216,7 @@ def check_invariants(s: Snapshot, c: PoolConfig, d: Decision) -> None:
         assert d.desired <= s.current_replicas
     # Scale up bounded by the step, except to reach min.
     if c.max_scale_up_step is not None and d.desired > s.current_replicas:
-        assert d.desired - s.current_replicas <= c.max_scale_up_step or d.desired <= max(
-            c.min_replicas, s.busy_workers
-        )
+        assert d.desired - s.current_replicas <= c.max_scale_up_step or d.desired <= max(c.min_replicas, s.busy_workers)
 
 
 @settings(max_examples=400, deadline=None)
