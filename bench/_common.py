@@ -30,14 +30,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- clips --------------------------------------------------------------------------------------
 
 
-def make_clip(path: Path, seconds: float, *, size: str = "1920x1080", rate: int = 30, audio: bool = True) -> Path:
-    """testsrc2 (+ a sine tone) encoded fast with x264 ultrafast: a stand-in for an upload."""
+def make_clip(path: Path, seconds: float, *, size: str = "1920x1080", rate: int = 30, audio: bool = True,
+              encode: Sequence[str] = ("-preset", "ultrafast")) -> Path:
+    """testsrc2 (+ a sine tone) encoded with x264 (ultrafast unless `encode` says otherwise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
     if audio:
         cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-shortest"]
-    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]
+    cmd += ["-c:v", "libx264", *encode, "-pix_fmt", "yuv420p", str(path)]
     subprocess.run(cmd, check=True)
     return path
 
@@ -217,9 +218,11 @@ class LocalFarm:
 
     def redis_url(self) -> str:
         for pid in descendants(self.pid):
-            args = cmdline(pid)
-            if args and args[0].endswith("redis-server") and "--port" in args:
-                return f"redis://127.0.0.1:{args[args.index('--port') + 1]}/0"
+            # redis-server rewrites its title to "redis-server 127.0.0.1:PORT"
+            words = " ".join(cmdline(pid)).split()
+            if words and words[0].endswith("redis-server"):
+                port = words[words.index("--port") + 1] if "--port" in words else words[1].rsplit(":", 1)[1]
+                return f"redis://127.0.0.1:{port}/0"
         raise RuntimeError("the farm's redis-server was not found")
 
     def worker_pids(self) -> list[int]:

@@ -26,6 +26,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=30, help="clip frame rate (default 30)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each side (default 3)")
     parser.add_argument("--rungs", default="1080p,720p", help="ladder (default 1080p,720p)")
+    parser.add_argument("--source-encode", default="-preset ultrafast",
+                        help="x264 options of the generated source, e.g. '-preset veryfast -b:v 16M' for a "
+                             "phone-like file that costs more to decode (default '-preset ultrafast')")
     return parser.parse_args()
 
 
@@ -47,7 +50,8 @@ def run_separate(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan,
 def main() -> None:
     args = parse_args()
     with temp_dir("bench-one-decode-") as work:
-        source = make_clip(work / "source.mp4", args.seconds, size=args.size, rate=args.rate)
+        source = make_clip(work / "source.mp4", args.seconds, size=args.size, rate=args.rate,
+                           encode=args.source_encode.split())
         info = probe(source, max_duration_s=1e9, max_pixels=1 << 40)
         plans = plan_outputs(info, rungs_named(args.rungs.split(",")))
         outputs = [(plan, work / f"out-{plan.name}.mp4") for plan in plans]
@@ -66,7 +70,7 @@ def report(args: argparse.Namespace, plans: list[OutputPlan], split: list[Measur
     cpu_ratios = [s.cpu_s / o.cpu_s for s, o in zip(separate, split, strict=True)]
     wall_ratios = [s.wall_s / o.wall_s for s, o in zip(separate, split, strict=True)]
     print()
-    print(f"clip: {args.size}@{args.rate} {args.seconds:g} s testsrc2+sine; renditions: "
+    print(f"clip: {args.size}@{args.rate} {args.seconds:g} s testsrc2+sine (x264 {args.source_encode}); renditions: "
           f"{', '.join(f'{p.name} {p.width}x{p.height}' for p in plans)}; x264 veryfast; {args.reps} reps; "
           f"{machine()}")
     print()

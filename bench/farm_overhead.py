@@ -1,0 +1,135 @@
+"""The farm end to end on a batch of clips vs the same ffmpeg commands run directly, K at a time.
+
+Farm: `vidfarm up --min-workers K --max-workers K` (own Redis, own VIDFARM_HOME in a temp dir), the
+K workers already up; every clip is uploaded over HTTP, then we wait until all are ready. Measured
+from the first upload's start to the last `ready` seen (status polled every 50 ms); upload time is
+shown apart. Direct: for each clip the worker's two ffmpeg commands (the ladder transcode built by
+`transcode_args` and the poster built by `poster_args`), K clips at a time in a thread pool.
+
+    python bench/farm_overhead.py --clips 8 --seconds 10 --workers 2 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import redis
+from _common import LocalFarm, machine, make_clip, median, table, temp_dir, upload_file, wait_terminal, wait_until
+
+from transcoder.command import X264, poster_args, transcode_args
+from transcoder.ladder import plan_outputs, poster_size, rungs_named
+from vidfarm.presence import PREFIX
+from vidfarm.probe import probe
+from vidfarm.settings import Settings
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=4, help="clips in the batch (default 4)")
+    parser.add_argument("--seconds", type=float, default=6, help="length of each clip (default 6)")
+    parser.add_argument("--size", default="1920x1080", help="clip size (default 1920x1080)")
+    parser.add_argument("--workers", type=int, default=2, help="parallelism K on both sides (default 2)")
+    parser.add_argument("--reps", type=int, default=2, help="repetitions, order alternating (default 2)")
+    return parser.parse_args()
+
+
+# -- direct ---------------------------------------------------------------------------------------
+
+
+def worker_commands(source: Path, out: Path) -> list[list[str]]:
+    """What a worker runs for one video with the default ladder: the transcode, then the poster."""
+    info = probe(source, max_duration_s=1e9, max_pixels=1 << 40)
+    plans = plan_outputs(info, rungs_named(Settings.from_env().ladder))
+    outputs = [(plan, out / f"{source.stem}-{plan.name}.mp4") for plan in plans]
+    width, height = poster_size(info)
+    at_s = min(info.duration_s * 0.1, 5.0)
+    return [
+        ["ffmpeg", *transcode_args(source, outputs, has_audio=info.has_audio, encoder=X264)],
+        ["ffmpeg", *poster_args(source, out / f"{source.stem}.jpg", at_s=at_s, width=width, height=height)],
+    ]
+
+
+def run_direct(clips: list[Path], out: Path, workers: int) -> float:
+    import subprocess
+
+    commands = [worker_commands(clip, out) for clip in clips]
+
+    def one(cmds: list[list[str]]) -> None:
+        for cmd in cmds:
+            subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, commands))
+    return time.perf_counter() - started
+
+
+# -- farm -----------------------------------------------------------------------------------------
+
+
+def run_farm(farm: LocalFarm, clips: list[Path]) -> tuple[float, float]:
+    """(first upload start -> last ready, time spent uploading)."""
+    with farm.client() as http:
+        started = time.perf_counter()
+        ids = [upload_file(http, clip)["id"] for clip in clips]
+        uploaded = time.perf_counter() - started
+        seen = wait_terminal(http, ids)
+    failed = {vid: status for vid, (status, _) in seen.items() if status != "ready"}
+    if failed:
+        raise RuntimeError(f"videos not ready: {failed}")
+    return max(at for _, at in seen.values()) - started, uploaded
+
+
+def wait_workers(farm: LocalFarm, count: int) -> None:
+    conn = redis.Redis.from_url(farm.redis_url())
+    wait_until(lambda: len(conn.keys(PREFIX + "*")) >= count, 60, what=f"{count} workers registered")
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    direct: list[float] = []
+    farm_times: list[tuple[float, float]] = []
+    with temp_dir("bench-farm-overhead-") as work:
+        clips = [make_clip(work / "clips" / f"clip{i}.mp4", args.seconds, size=args.size)
+                 for i in range(args.clips)]
+        with LocalFarm(work / "home", min_workers=args.workers, max_workers=args.workers,
+                       scale_down_after_s=600) as farm:
+            wait_workers(farm, args.workers)
+            for rep in range(args.reps):
+                sides = ["farm", "direct"] if rep % 2 == 0 else ["direct", "farm"]
+                for side in sides:
+                    if side == "farm":
+                        farm_times.append(run_farm(farm, clips))
+                    else:
+                        out = work / f"direct{rep}"
+                        out.mkdir()
+                        direct.append(run_direct(clips, out, args.workers))
+                print(f"rep {rep + 1}: farm {farm_times[-1][0]:.2f} s (upload {farm_times[-1][1]:.2f} s), "
+                      f"direct {direct[-1]:.2f} s", flush=True)
+        print(f"farm stopped with SIGTERM; processes left behind: {len(farm.leftovers)}")
+    report(args, direct, farm_times)
+
+
+def report(args: argparse.Namespace, direct: list[float], farm_times: list[tuple[float, float]]) -> None:
+    overheads = [100 * (f / d - 1) for (f, _), d in zip(farm_times, direct, strict=True)]
+    print()
+    print(f"batch: {args.clips} clips {args.size}@30 {args.seconds:g} s testsrc2+sine, ladder 1080p+720p + poster, "
+          f"x264 veryfast, K={args.workers}; {args.reps} reps; {machine()}")
+    print()
+    rows = [[i + 1, d, f, u, o] for i, (d, (f, u), o) in enumerate(zip(direct, farm_times, overheads, strict=True))]
+    rows.append(["median", median(direct), median(f for f, _ in farm_times), median(u for _, u in farm_times),
+                 median(overheads)])
+    print(table(["rep", "direct wall s", "farm wall s (1st upload -> last ready)", "of which uploading s",
+                 "overhead %"], rows))
+    verdict = "met" if median(overheads) <= 5 else "MISSED"
+    print(f"\ntarget overhead <= 5 %: {verdict} ({median(overheads):.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
