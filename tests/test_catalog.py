@@ -1,0 +1,127 @@
+"""The catalog on SQLite and on the real PostgreSQL: schema, compare-and-set, cache rule, paging."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from tests.conftest import PG_URL
+from vidfarm.catalog import Catalog, utcnow
+from vidfarm.redisconn import connect
+from vidfarm.storage import new_video_id
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A throwaway database on the machine's PostgreSQL, so schema tests start empty."""
+    name = f"vidfarm_test_{uuid.uuid4().hex[:8]}"
+    admin = PG_URL.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+def cache(redis_server) -> redis.Redis:
+    conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    conn.flushall()
+    return conn
+
+
+@pytest.fixture
+def catalog(database_url, cache) -> Catalog:
+    catalog = Catalog(database_url, cache=cache)
+    catalog.migrate()
+    return catalog
+
+
+def new_video(catalog: Catalog, tenant: str = "t1", **overrides) -> dict:
+    fields = dict(
+        id=new_video_id(), tenant=tenant, status="queued", progress=0.0, attempts=0, filename="a.mp4",
+        size_bytes=10, duration_s=12.5, width=1920, height=1080, fps=30.0, video_codec="h264",
+        audio_codec="aac", queue="cpu", job_id="j1", requested=None, has_poster=0,
+    )
+    fields.update(overrides)
+    return catalog.create(**fields)
+
+
+def test_create_and_read_back(catalog):
+    video = new_video(catalog)
+    again = catalog.get(video["id"])
+    assert again["status"] == "queued" and again["duration_s"] == 12.5 and again["renditions"] == []
+    assert again["created_at"].endswith("+00:00")
+
+
+def test_compare_and_set_applies_only_when_expectations_hold(catalog):
+    video = new_video(catalog)
+    assert catalog.update(video["id"], expect={"job_id": "j1", "status": ("queued", "processing")},
+                          status="processing")
+    assert not catalog.update(video["id"], expect={"job_id": "stale"}, status="ready")
+    assert catalog.get(video["id"], cached=False)["status"] == "processing"
+
+
+def test_a_write_drops_the_cached_copy(catalog, cache):
+    video = new_video(catalog)
+    catalog.get(video["id"])  # fills the cache
+    assert cache.exists(Catalog.cache_key(video["id"]))
+    catalog.update(video["id"], progress=50.0)
+    assert not cache.exists(Catalog.cache_key(video["id"]))
+    assert catalog.get(video["id"])["progress"] == 50.0
+
+
+def test_reads_survive_a_dead_cache(database_url):
+    dead = connect("redis://127.0.0.1:1/0", decode=True)  # nothing listens there
+    catalog = Catalog(database_url, cache=dead)
+    catalog.migrate()
+    video = new_video(catalog)
+    assert catalog.update(video["id"], status="processing")
+    assert catalog.get(video["id"])["status"] == "processing"
+
+
+def test_list_is_newest_first_with_cursor_pages_and_tenant_scope(catalog):
+    tenant = uuid.uuid4().hex[:8]
+    ids = [new_video(catalog, tenant, created_at=utcnow())["id"] for _ in range(5)]
+    new_video(catalog, tenant="someone-else")
+    first, cursor = catalog.list(tenant=tenant, limit=2)
+    second, cursor2 = catalog.list(tenant=tenant, limit=2, cursor=cursor)
+    third, cursor3 = catalog.list(tenant=tenant, limit=2, cursor=cursor2)
+    seen = [v["id"] for v in first + second + third]
+    assert sorted(seen) == sorted(ids) and len(set(seen)) == 5 and cursor3 is None
+    stamps = [v["created_at"] for v in first + second + third]
+    assert stamps == sorted(stamps, reverse=True)
+    with pytest.raises(ValueError):
+        catalog.list(tenant="t1", cursor="not-a-cursor")
+
+
+def test_work_estimate_sums_queued_and_remaining_seconds(catalog):
+    queue = f"q-{uuid.uuid4().hex[:6]}"
+    new_video(catalog, duration_s=100.0, queue=queue)
+    new_video(catalog, duration_s=60.0, status="processing", progress=50.0, queue=queue)
+    new_video(catalog, duration_s=999.0, status="ready", queue=queue)
+    new_video(catalog, duration_s=999.0, queue="elsewhere")
+    assert catalog.work_estimate([queue]) == pytest.approx((100.0, 30.0))
+
+
+def test_migration_adds_missing_columns(database_url, cache):
+    engine = create_engine(database_url)
+    Catalog(database_url).migrate()
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE videos DROP COLUMN enqueued_at"))
+    catalog = Catalog(database_url, cache=cache)
+    catalog.migrate()  # a newer vidfarm starting on an older schema
+    video = new_video(catalog)
+    assert "enqueued_at" in catalog.get(video["id"])
