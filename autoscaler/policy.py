@@ -197,12 +197,11 @@ def _scale_down(snapshot: Snapshot, config: PoolConfig, state: PolicyState, targ
     desired = target.replicas
     # Going to zero gets its own code so dashboards can tell "farm asleep" from "farm shrank".
     reason = "scale_to_zero" if desired == 0 else "idle_scale_down"
-    detail = target.message if target.reason in ("busy_floor", "min_replicas") else "idle workers"
     return Decision(
         desired=desired,
         direction="down",
         reason=reason,
-        message=f"scale down {current} -> {desired} after {waited:.0f}s of surplus: {detail}",
+        message=f"scale down {current} -> {desired} after {waited:.0f}s of surplus: {target.message}",
         state=PolicyState(surplus_since=None),
     )
 

@@ -154,7 +154,7 @@ class Cluster:
         self._requeue_abandoned(now)
         self._run_jobs(now)
         self._finish_terminations(now)
-        self._dispatch(now)
+        self.dispatch(now)
         self.worker_seconds += len(self.pods) * TICK_S
 
     def _requeue_abandoned(self, now: float) -> None:
@@ -193,7 +193,7 @@ class Cluster:
         self.kills += 1
         self.requeue.append((now + 90.0 + self.rng.uniform(0.0, 600.0), job))
 
-    def _dispatch(self, now: float) -> None:
+    def dispatch(self, now: float) -> None:
         for pod in self.pods:
             if not self.queue:
                 return
@@ -405,7 +405,7 @@ def simulate(trace: str, latency: str, policy_name: str, seed: int) -> Result:
             arrived.append(arrivals.popleft())
         cluster.advance(now, arrived)
         policy.act(now, cluster, woke=bool(arrived))
-        cluster._dispatch(now)  # a worker that just became free or ready takes work in the same tick
+        cluster.dispatch(now)  # a worker that just became free or ready takes work in the same tick
         _record(series, now, cluster)
     return _result(trace, latency, policy_name, jobs, cluster, series)
 
