@@ -1,0 +1,105 @@
+"""API v1 behaviour over real HTTP: auth, listing, cancel, farm view, ops endpoints."""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import OTHER_KEY, upload, wait_for
+from vidfarm.storage import Storage
+
+
+def test_every_v1_route_needs_a_key(api, clips):
+    with api.client(key=None) as anonymous:
+        for method, path in [("GET", "/v1/videos"), ("GET", "/v1/farm"), ("POST", "/v1/videos"),
+                             ("GET", "/v1/videos/" + "0" * 32), ("DELETE", "/v1/videos/" + "0" * 32)]:
+            response = anonymous.request(method, path)
+            assert response.status_code == 401, (method, path)
+            assert response.json()["error"]["code"] == "unauthorized"
+    with api.client(key="wrong") as wrong:
+        assert wrong.get("/v1/videos").status_code == 401
+
+
+def test_open_ops_endpoints(api, http, clips):
+    with api.client(key=None) as anonymous:
+        assert anonymous.get("/healthz").json() == {"status": "ok"}
+        ready = anonymous.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "database": "ok", "storage": "ok"}
+        assert upload(http, clips["small"]).status_code == 201
+        metrics = anonymous.get("/metrics").text
+        assert 'vidfarm_uploads_total{result="accepted"} 1.0' in metrics
+        assert "vidfarm_http_request_duration_seconds_bucket" in metrics
+        schema = anonymous.get("/openapi.json").json()
+        assert {"/v1/videos", "/v1/videos/{video_id}", "/v1/farm"} <= set(schema["paths"])
+
+
+def test_raw_body_upload_with_filename(http, clips):
+    body = clips["small"].read_bytes()
+    response = http.post("/v1/videos", params={"filename": "holiday clip.mp4"}, content=body,
+                         headers={"Content-Type": "video/mp4"})
+    assert response.status_code == 201, response.text
+    video = response.json()
+    assert video["status"] == "queued"
+    assert video["source"]["filename"] == "holiday clip.mp4"
+    assert video["source"]["size_bytes"] == len(body)
+    assert (video["source"]["width"], video["source"]["height"]) == (320, 240)
+
+
+def test_listing_pages_and_filters(http, clips):
+    ids = [upload(http, clips["small"]).json()["id"] for _ in range(3)]
+    first = http.get("/v1/videos", params={"limit": 2}).json()
+    second = http.get("/v1/videos", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [v["id"] for v in first["items"] + second["items"]] == ids[::-1]
+    assert second["next_cursor"] is None
+    assert http.get("/v1/videos", params={"status": "ready"}).json()["items"] == []
+    assert http.get("/v1/videos", params={"status": "bogus"}).status_code == 400
+    assert http.get("/v1/videos", params={"cursor": "garbage"}).status_code == 400
+
+
+def test_tenants_only_see_their_own_videos(api, http, clips):
+    video_id = upload(http, clips["small"]).json()["id"]
+    with api.client(key=OTHER_KEY) as other:
+        assert other.get(f"/v1/videos/{video_id}").status_code == 404
+        assert other.delete(f"/v1/videos/{video_id}").status_code == 404
+        assert other.get("/v1/videos").json()["items"] == []
+    assert http.get(f"/v1/videos/{video_id}").status_code == 200
+
+
+def test_delete_a_queued_video_cancels_it_and_removes_files(http, clips, farm):
+    video_id = upload(http, clips["small"]).json()["id"]
+    storage = Storage(farm.settings.storage_dir)
+    assert storage.source_path(video_id).exists()
+    assert http.delete(f"/v1/videos/{video_id}").status_code == 204
+    assert http.get(f"/v1/videos/{video_id}").json()["status"] == "canceled"
+    assert not storage.video_dir(video_id).exists()
+    assert http.delete(f"/v1/videos/{video_id}").status_code == 204  # idempotent
+
+
+def test_delete_stops_a_running_transcode(http, clips, farm, start_worker, tmp_path):
+    long_clip = tmp_path / "long.mp4"
+    from tests.conftest import make_clip
+
+    make_clip(long_clip, "testsrc2=size=1920x1080:rate=30:duration=40", True, [])
+    start_worker()
+    video_id = upload(http, long_clip).json()["id"]
+    wait_for(http, video_id, statuses=("processing",), timeout_s=30)
+    assert http.delete(f"/v1/videos/{video_id}").status_code == 204
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        farm_view = http.get("/v1/farm").json()
+        if all(w["state"] == "idle" for w in farm_view["workers"]):
+            break
+        time.sleep(0.2)
+    assert [w["state"] for w in farm_view["workers"]] == ["idle"], "the worker kept transcoding"
+    assert http.get(f"/v1/videos/{video_id}").json()["status"] == "canceled"
+    assert not Storage(farm.settings.storage_dir).video_dir(video_id).exists()
+
+
+def test_farm_view_shows_queues_and_workers(http, clips, worker):
+    deadline = time.monotonic() + 20
+    while not http.get("/v1/farm").json()["workers"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    farm_view = http.get("/v1/farm").json()
+    assert farm_view["queues"]["cpu"] == {"queued": 0, "running": 0, "failed": 0}
+    (only,) = farm_view["workers"]
+    assert only["name"] == worker.name and only["state"] == "idle" and only["encoder"] == "x264"
+    assert only["pid"] == worker.proc.pid
