@@ -12,8 +12,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,68 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def now() -> float:
+    """CLOCK_BOOTTIME: the clock /proc/PID/stat start times count in."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def start_time(pid: int) -> float | None:
+    """When the process was forked, in `now()` seconds (resolution 1/CLK_TCK, 10 ms)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19]) / CLK_TCK
+
+
+@dataclass(frozen=True)
+class Seen:
+    pid: int
+    label: str
+    seen_at: float       # now() when the watcher first saw it match
+    started_at: float    # its fork time from /proc, 10 ms resolution
+
+
+class ProcWatcher(threading.Thread):
+    """Polls /proc for new processes that `match` (pid, argv) -> label, recording when each appeared.
+
+    A new pid is re-read for a second, so a fork that has not exec'd yet is classified once it has.
+    Processes that exist when the watcher starts are ignored."""
+
+    def __init__(self, match: Callable[[int, list[str]], str | None], every_s: float = 0.002) -> None:
+        super().__init__(daemon=True)
+        self.match, self.every_s = match, every_s
+        self.found: list[Seen] = []
+        self._first: dict[int, float] = {}
+        self._done: set[int] = set(all_pids())
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        t = now()
+        for pid in all_pids():
+            if pid in self._done:
+                continue
+            if t - self._first.setdefault(pid, t) > 1.0:
+                self._done.add(pid)
+                continue
+            label = self.match(pid, cmdline(pid))
+            started = start_time(pid)
+            if label is not None and started is not None:
+                self.found.append(Seen(pid, label, t, started))
+                self._done.add(pid)
+
+    def first(self, contains: str) -> Seen | None:
+        return next((s for s in list(self.found) if contains in s.label), None)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
 
 
 def rss_bytes(pid: int) -> int:
