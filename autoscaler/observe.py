@@ -4,11 +4,11 @@ estimated work left from the catalog's source durations."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from rq import Queue
 
-from autoscaler.backend import Backend, WorkerRef
+from autoscaler.backend import WorkerRef
 from autoscaler.policy import PoolConfig, Snapshot
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
@@ -21,11 +21,9 @@ class FarmObserver:
     of worker time (about 1 for x264 veryfast at 1080p on one core; lower on NVENC)."""
 
     def __init__(
-        self, farm: Farm, backends: Mapping[str, Backend], *, cost_factor: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
+        self, farm: Farm, *, cost_factor: float = 1.0, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.farm = farm
-        self.backends = backends
         self.cost_factor = cost_factor
         self.clock = clock
 
@@ -47,7 +45,7 @@ class FarmObserver:
             running_jobs=busy,
             idle_workers=idle,
             busy_workers=busy,
-            current_replicas=self.backends[pool.name].current_replicas(),
+            current_replicas=0,  # the controller asks the backend itself, once per pass
             queued_work_s=queued_s * self.cost_factor,
             running_work_s=running_s * self.cost_factor,
         )

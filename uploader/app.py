@@ -33,7 +33,6 @@ from vidfarm.storage import InvalidKey, is_video_id, new_video_id
 
 log = logging.getLogger(__name__)
 
-AUTOSCALER_STATUS_KEY = "vidfarm:autoscaler:status"
 
 
 def require_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
@@ -207,7 +206,7 @@ def farm_snapshot(farm: Farm) -> dict[str, Any]:
             "running": StartedJobRegistry(name, connection=farm.rq_redis).count,
             "failed": FailedJobRegistry(name, connection=farm.rq_redis).count,
         }
-    raw = farm.redis.get(AUTOSCALER_STATUS_KEY)
+    raw = farm.redis.get(presence.AUTOSCALER_STATUS_KEY)
     return {
         "queues": queues,
         "workers": [w.to_api() for w in workers],

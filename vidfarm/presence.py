@@ -13,6 +13,8 @@ from typing import Any
 import redis
 
 PREFIX = "vidfarm:worker:"
+# The autoscaler's view of its pools (JSON), shown by `GET /v1/farm`.
+AUTOSCALER_STATUS_KEY = "vidfarm:autoscaler:status"
 IDLE, BUSY, DRAINING = "idle", "busy", "draining"
 
 

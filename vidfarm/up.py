@@ -8,7 +8,6 @@ interrupts them; those videos are re-queued on the next start), then the API and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,23 +20,18 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import redis
 from prometheus_client import start_http_server
 
+from autoscaler import runtime
 from autoscaler.controller import Controller
 from autoscaler.local import LocalProcesses
 from autoscaler.observe import FarmObserver
 from autoscaler.policy import PoolConfig
 from vidfarm.farm import Farm
-from vidfarm.jobs import ENQUEUED_CHANNEL
 from vidfarm.localredis import LocalRedis, free_port
-from vidfarm.reconciler import Reconciler
 from vidfarm.settings import Settings
 
 log = logging.getLogger("vidfarm.up")
-
-AUTOSCALER_STATUS_KEY = "vidfarm:autoscaler:status"
-
 
 @dataclass
 class UpOptions:
@@ -130,14 +124,10 @@ class FarmProcesses:
         self.backend = LocalProcesses(pool.name, pool.queues, encoder=self.options.encoder,
                                       on_change=self.write_targets)
         controller = Controller(
-            [(pool, self.backend)], FarmObserver(farm, {pool.name: self.backend}),
-            resync_s=self.options.resync_s, on_status=lambda s: _publish_status(farm, s),
+            [(pool, self.backend)], FarmObserver(farm),
+            resync_s=self.options.resync_s, on_status=lambda status: runtime.publish_status(farm, status),
         )
-        reconciler = Reconciler(farm)
-        threading.Thread(target=_listen_for_enqueues, args=(farm, controller, self.stop), daemon=True).start()
-        threading.Thread(target=_reconcile_forever, args=(reconciler, self.options.resync_s, self.stop),
-                         daemon=True).start()
-        threading.Thread(target=controller.run, args=(self.stop,), name="controller", daemon=True).start()
+        runtime.start(farm, controller, self.stop, resync_s=self.options.resync_s)
         self.write_targets()
         return controller
 
@@ -176,33 +166,6 @@ class FarmProcesses:
         if self.redis is not None:
             self.redis.stop()
         log.info("farm stopped")
-
-
-def _publish_status(farm: Farm, status: dict) -> None:
-    with contextlib.suppress(redis.RedisError):
-        farm.redis.set(AUTOSCALER_STATUS_KEY, json.dumps(status), ex=300)
-
-
-def _listen_for_enqueues(farm: Farm, controller: Controller, stop: threading.Event) -> None:
-    """Wake the controller the moment a job is queued (the periodic resync is only a safety net)."""
-    while not stop.is_set():
-        try:
-            pubsub = farm.redis.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(ENQUEUED_CHANNEL)
-            while not stop.is_set():
-                if pubsub.get_message(timeout=0.5) is not None:
-                    controller.wake()
-        except redis.RedisError as exc:
-            log.warning("enqueue notifications interrupted (%s); reconnecting", type(exc).__name__)
-            stop.wait(1.0)
-
-
-def _reconcile_forever(reconciler: Reconciler, every_s: float, stop: threading.Event) -> None:
-    while not stop.wait(every_s):
-        try:
-            reconciler.step()
-        except Exception as exc:  # noqa: BLE001 - Redis or the database away: try again next pass
-            log.warning("reconciler pass failed: %s: %s", type(exc).__name__, exc)
 
 
 def run_up(settings: Settings, options: UpOptions, *, after_start=None) -> None:

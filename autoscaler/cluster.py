@@ -1,0 +1,51 @@
+"""`vidfarm autoscaler`: scale worker Deployments in a Kubernetes cluster.
+
+Several replicas may run for availability; a Lease elects the one that acts (scales and reconciles).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from prometheus_client import start_http_server
+
+from autoscaler import runtime
+from autoscaler.config import load_config
+from autoscaler.controller import Controller
+from autoscaler.k8s import deployments_for, load_kube_client
+from autoscaler.leader import LeaseElector
+from autoscaler.observe import FarmObserver
+from vidfarm.farm import Farm
+from vidfarm.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_cluster_autoscaler(
+    settings: Settings, config_path: str, *, dry_run: bool, metrics_port: int, resync_s: float | None = None
+) -> None:
+    config = load_config(config_path)
+    resync = resync_s or config.resync_s
+    api_client = load_kube_client()
+    pools = deployments_for(config.pools, dry_run=dry_run, api_client=api_client)
+    identity = os.environ.get("POD_NAME") or socket.gethostname()
+    leader = LeaseElector(config.namespace, config.lease_name, identity, api_client=api_client)
+    farm = Farm(settings)
+    controller = Controller(
+        pools, FarmObserver(farm),
+        resync_s=resync, leader=leader, on_status=lambda status: runtime.publish_status(farm, status),
+    )
+    start_http_server(metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("autoscaler %s: %d pool(s), resync %.1f s%s", identity, len(config.pools), resync,
+             " (dry run: no changes are made)" if dry_run else "")
+    # In dry-run nothing may change, and the reconciler re-queues jobs: it only runs for real.
+    runtime.start(farm, controller, stop, resync_s=resync, may_act=lambda: leader.is_leader and not dry_run)
+    stop.wait()
+    log.info("autoscaler stopping")
