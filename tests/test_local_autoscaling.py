@@ -1,0 +1,83 @@
+"""The autoscaler with the local-process backend, as `vidfarm up` runs it: real Redis, real workers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, ROOT, make_clip, settings_env, upload, wait_for
+from vidfarm.localredis import free_port
+
+SCALE_DOWN_AFTER_S = 3
+
+
+@pytest.fixture
+def farm_up(settings) -> Iterator[httpx.Client]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidfarm", "up", "--port", str(port), "--min-workers", "0", "--max-workers", "2",
+         "--scale-down-after", str(SCALE_DOWN_AFTER_S)],
+        env=settings_env(settings), cwd=ROOT,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"},
+                          timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield client
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    client.close()
+
+
+def workers(client: httpx.Client) -> list[dict]:
+    return client.get("/v1/farm").json()["workers"]
+
+
+def wait_until(predicate, timeout_s: float, every_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, clips, settings):
+    assert workers(farm_up) == []
+    started = time.monotonic()
+    ids = [upload(farm_up, clips["landscape720"]).json()["id"] for _ in range(4)]
+    wait_until(lambda: workers(farm_up), timeout_s=2.0)
+    assert time.monotonic() - started < 2.0 + 1.0  # uploads included
+    wait_until(lambda: len(workers(farm_up)) == 2, timeout_s=10)
+    finished = [wait_for(farm_up, video_id) for video_id in ids]
+    assert [v["status"] for v in finished] == ["ready"] * 4
+    assert [v["attempts"] for v in finished] == [1] * 4, "no job may be interrupted or retried"
+    status = farm_up.get("/v1/farm").json()["autoscaler"]["pools"]["cpu"]
+    assert status["max"] == 2 and status["last_decision"]["reason"]
+    wait_until(lambda: workers(farm_up) == [], timeout_s=SCALE_DOWN_AFTER_S + 10, every_s=0.2)
+
+
+def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path):
+    long_clip = make_clip(tmp_path / "long.mp4", "testsrc2=size=1920x1080:rate=30:duration=12", True, [])
+    long_id = upload(farm_up, long_clip).json()["id"]
+    short_id = upload(farm_up, clips["small"]).json()["id"]
+    assert wait_for(farm_up, short_id)["status"] == "ready"
+    # The short job's worker goes idle and is stopped after SCALE_DOWN_AFTER_S; the long one keeps going.
+    long_worker = wait_until(
+        lambda: next((w for w in workers(farm_up) if w["video_id"] == long_id), None), timeout_s=10)
+    wait_until(lambda: len(workers(farm_up)) == 1, timeout_s=SCALE_DOWN_AFTER_S + 15, every_s=0.2)
+    (survivor,) = workers(farm_up)
+    assert survivor["name"] == long_worker["name"] and survivor["state"] == "busy"
+    video = wait_for(farm_up, long_id, timeout_s=180)
+    assert video["status"] == "ready" and video["attempts"] == 1
