@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rq import Queue
-
 from autoscaler.backend import WorkerRef
 from autoscaler.policy import PoolConfig, Snapshot
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
+from vidfarm.queues import queue_counts
 
 RUNNING_STATES = (presence.BUSY, presence.DRAINING)
 
@@ -30,9 +29,10 @@ class FarmObserver:
     def __call__(self, pool: PoolConfig) -> tuple[Snapshot, list[WorkerRef]]:
         queued = 0
         for name in pool.queues:
-            count = Queue(name, connection=self.farm.rq_redis).count
-            metrics.QUEUE_JOBS.labels(name, "queued").set(count)
-            queued += count
+            counts = queue_counts(self.farm.rq_redis, name)
+            for state, count in counts.items():
+                metrics.QUEUE_JOBS.labels(name, state).set(count)
+            queued += counts["queued"]
         workers = [w for w in presence.all_workers(self.farm.redis) if w.pool == pool.name]
         busy = sum(1 for w in workers if w.state in RUNNING_STATES)
         idle = sum(1 for w in workers if w.state == presence.IDLE)

@@ -93,9 +93,11 @@ class Attempt:
         try:
             renditions, poster = self.encode(video)
             if not self.finish(renditions, poster):
+                metrics.TRANSCODES.labels(self.encoder.name, CANCELED).inc()
                 return CANCELED
         except Canceled:
             self.discard()
+            metrics.TRANSCODES.labels(self.encoder.name, CANCELED).inc()
             return CANCELED
         except FfmpegError as exc:
             return self.fail("media_error", f"ffmpeg could not transcode the source: {exc.stderr_tail}")
@@ -110,8 +112,8 @@ class Attempt:
         except BaseException:
             # Transient (database, Redis, a signal): outputs stay unpublished, the video stays
             # `processing` and the reconciler re-queues it once this worker is no longer on it.
+            # The reconciler counts the retry when it re-queues (it also sees workers that died).
             self.discard()
-            metrics.TRANSCODES.labels(self.encoder.name, "retried").inc()
             raise
         self.observe_success(video, time.monotonic() - started)
         return READY

@@ -21,7 +21,7 @@ from rq.job import Job
 
 from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
-from vidfarm import presence
+from vidfarm import metrics, presence
 from vidfarm.farm import Farm
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ def run_worker(
     job_module.use_farm(farm)
     job_module.IDENTITY.name = name
     job_module.IDENTITY.encoder = chosen
+    for result in ("ready", "failed", "canceled"):
+        metrics.TRANSCODES.labels(chosen.name, result)  # present at zero from the start
     info = presence.WorkerInfo(
         name=name, pid=os.getpid(), host=os.environ.get("HOSTNAME", socket.gethostname()),
         queues=",".join(queues), encoder=chosen.name, pool=pool or queues[0], metrics_url=metrics_url,

@@ -16,7 +16,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
 from uploader import errors, live
@@ -29,9 +28,12 @@ from vidfarm.catalog import ACTIVE, CANCELED, QUEUED, STATUSES
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue, new_job_id
 from vidfarm.probe import ProbeError, probe
+from vidfarm.queues import queue_counts
 from vidfarm.storage import InvalidKey, is_video_id, new_video_id
 
 log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 32 * 1024
 
 
 
@@ -60,6 +62,17 @@ def create_app(farm: Farm) -> FastAPI:
         if video is None or video["tenant"] != tenant_id:
             raise ApiError(404, "not_found", f"no video with id {video_id!r}")
         return video
+
+    @app.middleware("http")
+    async def _limit_header_size(request: Request, call_next):
+        # uvicorn's httptools parser buffers headers of any size; answer a flood with a clear 431
+        # here (`vidfarm api` also caps the bytes the parser buffers: see cli.api).
+        size = sum(len(name) + len(value) for name, value in request.scope["headers"])
+        if size > MAX_HEADER_BYTES:
+            return JSONResponse(errors.error_body("headers_too_large",
+                                                  f"request headers exceed {MAX_HEADER_BYTES} bytes"),
+                                status_code=431)
+        return await call_next(request)
 
     @app.middleware("http")
     async def _observe_latency(request: Request, call_next):
@@ -198,14 +211,7 @@ def farm_snapshot(farm: Farm) -> dict[str, Any]:
     workers = presence.all_workers(farm.redis)
     names = {farm.settings.default_queue} | {q for w in workers for q in w.queues.split(",") if q}
     names |= {q.name for q in Queue.all(connection=farm.rq_redis)}
-    queues = {}
-    for name in sorted(names):
-        queue = Queue(name, connection=farm.rq_redis)
-        queues[name] = {
-            "queued": queue.count,
-            "running": StartedJobRegistry(name, connection=farm.rq_redis).count,
-            "failed": FailedJobRegistry(name, connection=farm.rq_redis).count,
-        }
+    queues = {name: queue_counts(farm.rq_redis, name) for name in sorted(names)}
     raw = farm.redis.get(presence.AUTOSCALER_STATUS_KEY)
     return {
         "queues": queues,

@@ -27,3 +27,11 @@ TRANSCODE_SPEED = Histogram("vidfarm_transcode_speed_ratio", "Seconds of video t
 TRANSCODES = Counter("vidfarm_transcodes_total", "Finished transcode attempts by result.", ["encoder", "result"])
 FAILURES = Counter("vidfarm_failures_total", "Videos failed, by reason.", ["reason"])
 WORKERS = Gauge("vidfarm_workers", "Workers by pool and state.", ["pool", "state"])
+
+# Known label values start at zero, so dashboards show a flat line instead of "no data" until the
+# first failure (and rate() has a series to work on).
+FAILURE_REASONS = ("media_error", "stalled", "timeout", "storage_error", "worker_lost")
+for _reason in FAILURE_REASONS:
+    FAILURES.labels(_reason)
+for _result in ("accepted", "rejected"):
+    UPLOADS.labels(_result)

@@ -70,7 +70,7 @@ class Reconciler:
 
     def _retry_or_fail(self, video: dict[str, Any]) -> int:
         if video["attempts"] < self.farm.settings.max_attempts:
-            metrics.TRANSCODES.labels("any", "retried").inc()
+            metrics.TRANSCODES.labels("unknown", "retried").inc()  # the lost worker took its encoder name along
             return self._requeue(video, f"worker {video['worker']} stopped working on it")
         message = f"the worker was lost during each of {video['attempts']} attempts"
         failed = self.farm.catalog.update(

@@ -1,0 +1,90 @@
+"""A real Prometheus scrapes a running local farm through the targets file `vidfarm up` writes;
+every query of every Grafana panel must return data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, ROOT, settings_env, upload, wait_for
+from vidfarm.localredis import free_port
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "vidfarm.json"
+SCRAPE_S = 1
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the prometheus binary")
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "1m").replace("$pool", ".*").replace("$queue", ".*")
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def start_prometheus(home: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: {SCRAPE_S}s\n"
+        "scrape_configs:\n  - job_name: vidfarm\n    file_sd_configs:\n"
+        f"      - files: ['{home / 'prometheus' / 'targets.json'}']\n        refresh_interval: 1s\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def query(url: str, expr: str) -> list:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_every_dashboard_panel_has_data(settings, clips, tmp_path):
+    port = free_port()
+    farm = subprocess.Popen(
+        [sys.executable, "-m", "vidfarm", "up", "--port", str(port), "--max-workers", "1",
+         "--scale-down-after", "600"],
+        env=settings_env(settings), cwd=ROOT,
+    )
+    prometheus, prom_url = start_prometheus(settings.home, tmp_path)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                              headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        ids = [upload(client, clips[name]).json()["id"] for name in ("small", "noaudio", "small")]
+        bad = client.post("/v1/videos", files={"file": ("x.mp4", b"not a video", "video/mp4")})
+        assert bad.status_code == 422
+        assert all(wait_for(client, video_id)["status"] == "ready" for video_id in ids)
+        # Let Prometheus take enough scrapes after the jobs for rate() windows to hold two samples.
+        time.sleep(4 * SCRAPE_S)
+        up = query(prom_url, "up")
+        assert len(up) >= 3 and all(s["value"][1] == "1" for s in up), up
+        empty = [(title, expr) for title, expr in panel_queries() if not query(prom_url, expr)]
+        assert not empty, f"panels without data: {empty}"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        farm.send_signal(signal.SIGTERM)
+        farm.wait(timeout=60)
