@@ -16,6 +16,8 @@ from starlette.requests import ClientDisconnect, Request
 from uploader.errors import ApiError
 
 MAX_FIELD_BYTES = 64 * 1024
+# Form fields are held in memory: the limit is on all of them together (python-multipart bounds part
+# headers itself), or a chunked body of many small fields would grow the API's memory without limit.
 FILE_FIELD = "file"
 
 
@@ -59,6 +61,7 @@ class _MultipartUpload:
         self._part_name: str | None = None
         self._part_is_file = False
         self._value = bytearray()
+        self._field_bytes = 0
 
     def callbacks(self) -> dict:
         return {
@@ -86,13 +89,17 @@ class _MultipartUpload:
         if name == FILE_FIELD and self.filename is None:
             self._part_is_file = True
             self.filename = params.get(b"filename", b"upload").decode("utf-8", errors="replace") or "upload"
+        elif b"filename" in params:
+            # `curl -F video=@movie.mp4`: say where the file belongs instead of "field too large".
+            raise ApiError(400, "missing_file", f"send the video in the form field {FILE_FIELD!r}, not {name!r}")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part_is_file:
             self.sink.write(data[start:end])
             return
         self._value += data[start:end]
-        if len(self._value) > MAX_FIELD_BYTES:
+        self._field_bytes += end - start
+        if self._field_bytes > MAX_FIELD_BYTES:
             raise ApiError(400, "field_too_large", f"form field {self._part_name!r} is too large")
 
     def _part_end(self) -> None:

@@ -113,7 +113,9 @@ def api(host: str, port: int) -> None:
     settings = load_settings()
     if not settings.api_keys:
         raise click.ClickException("no API keys: set VIDFARM_API_KEYS or VIDFARM_API_KEYS_FILE")
-    uvicorn.run(create_app(Farm(settings)), host=host, port=port, log_level="warning",
+    # h11, not httptools: only h11 bounds the header bytes it buffers (httptools takes 100 MB of
+    # headers and more); the app itself answers 431 above 32 KiB.
+    uvicorn.run(create_app(Farm(settings)), host=host, port=port, log_level="warning", http="h11",
                 timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
 
 

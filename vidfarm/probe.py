@@ -18,6 +18,7 @@ MAX_FPS = 240.0
 # Demuxers that only read still pictures, or that open other files named inside the upload
 # (playlists, concat lists): an upload must be a media file, never a pointer to other files.
 REJECTED_FORMATS = {"image2", "hls", "concat", "ffconcat", "tee", "lavfi", "dash", "imf", "tty", "subviewer"}
+MP4_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2"}
 STILL_IMAGE_CODECS = {"png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpegls", "jpeg2000", "pam", "ppm", "qoi"}
 
 
@@ -157,9 +158,34 @@ def check_limits(source: SourceInfo, *, max_duration_s: float, max_pixels: int) 
         )
 
 
+def truncated_mp4(path: Path) -> bool:
+    """Whether a top-level MP4/MOV box runs past the end of the file. ffprobe reads only the index
+    (moov), so a faststart file cut short probes as complete and would transcode to a video that
+    silently stops early; its box sizes still tell that the data is not all there."""
+    size = path.stat().st_size
+    offset = 0
+    with path.open("rb") as handle:
+        while offset + 8 <= size:
+            handle.seek(offset)
+            header = handle.read(16)
+            box_size = int.from_bytes(header[:4], "big")
+            if box_size == 1 and len(header) == 16:      # 64-bit size follows the type
+                box_size = int.from_bytes(header[8:16], "big")
+            if box_size == 0:                            # "extends to the end of the file"
+                return False
+            if box_size < 8:                             # not a box layout: let ffmpeg judge it
+                return False
+            offset += box_size
+    return offset > size
+
+
 def probe(path: Path, *, max_duration_s: float, max_pixels: int) -> SourceInfo:
     if path.stat().st_size == 0:
         raise ProbeError("empty_file", "the uploaded file is empty")
-    source = describe(run_ffprobe(path))
+    info = run_ffprobe(path)
+    source = describe(info)
     check_limits(source, max_duration_s=max_duration_s, max_pixels=max_pixels)
+    if set(info.get("format", {}).get("format_name", "").split(",")) & MP4_FORMATS and truncated_mp4(path):
+        raise ProbeError("truncated", "the file is cut short: its MP4 boxes declare more data than it "
+                         "holds; upload the complete file")
     return source
