@@ -22,7 +22,7 @@ def farm_up(settings) -> Iterator[httpx.Client]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "vidfarm", "up", "--port", str(port), "--min-workers", "0", "--max-workers", "2",
-         "--scale-down-after", str(SCALE_DOWN_AFTER_S)],
+         "--scale-down-after", str(SCALE_DOWN_AFTER_S), "--resync", "0.5"],
         env=settings_env(settings), cwd=ROOT,
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"},
@@ -69,7 +69,7 @@ def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, c
 
 
 def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path):
-    long_clip = make_clip(tmp_path / "long.mp4", "testsrc2=size=1920x1080:rate=30:duration=12", True, [])
+    long_clip = make_clip(tmp_path / "long.mp4", "testsrc2=size=1920x1080:rate=30:duration=15", True, [])
     long_id = upload(farm_up, long_clip).json()["id"]
     short_id = upload(farm_up, clips["small"]).json()["id"]
     assert wait_for(farm_up, short_id)["status"] == "ready"
@@ -81,3 +81,17 @@ def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path):
     assert survivor["name"] == long_worker["name"] and survivor["state"] == "busy"
     video = wait_for(farm_up, long_id, timeout_s=180)
     assert video["status"] == "ready" and video["attempts"] == 1
+
+
+def test_top_shows_the_scaling_picture(farm_up, clips, settings):
+    video_id = upload(farm_up, clips["small"]).json()["id"]
+    assert wait_for(farm_up, video_id)["status"] == "ready"
+    shown = subprocess.run(
+        [sys.executable, "-m", "vidfarm", "top", "--once", "--url", str(farm_up.base_url)],
+        env=settings_env(settings), capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    assert "QUEUE" in shown and "cpu" in shown
+    pool_line = next(line for line in shown.splitlines() if line.startswith("cpu ") and "[" in line)
+    assert pool_line.split()[1:3] == ["0", "2"]  # min and max of the pool
+    recent = shown.split("RECENT DECISIONS\n", 1)[1]
+    assert recent.startswith(tuple("0123456789")) and " cpu: " in recent  # "HH:MM:SS cpu: <why>"

@@ -48,13 +48,13 @@ def main(verbose: bool) -> None:
 # -- running the farm ---------------------------------------------------------------------------
 
 
-def _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue):
+def _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync):
     from vidfarm.up import UpOptions
 
     if max_workers < max(min_workers, 1):
         raise click.BadParameter("--max-workers must be at least 1 and at least --min-workers")
     return UpOptions(host=host, port=port, min_workers=min_workers, max_workers=max_workers,
-                     scale_down_after_s=scale_down_after, encoder=encoder, queue=queue)
+                     scale_down_after_s=scale_down_after, encoder=encoder, queue=queue, resync_s=resync)
 
 
 def up_flags(func):
@@ -69,6 +69,8 @@ def up_flags(func):
         click.option("--encoder", default="x264", show_default=True, type=click.Choice(["x264", "nvenc", "auto"]),
                      help="Video encoder of the local workers."),
         click.option("--queue", default="cpu", show_default=True, help="Queue the local workers take."),
+        click.option("--resync", default=5.0, show_default=True, type=click.FloatRange(0.1),
+                     help="Seconds between autoscaler passes besides those woken by new jobs."),
     ]):
         func = option(func)
     return func
@@ -76,24 +78,25 @@ def up_flags(func):
 
 @main.command()
 @up_flags
-def up(host, port, min_workers, max_workers, scale_down_after, encoder, queue) -> None:
+def up(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync) -> None:
     """Run the whole farm here: Redis (unless REDIS_URL is set), the API and autoscaled workers."""
     from vidfarm.up import run_up
 
-    run_up(load_settings(), _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue))
+    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync)
+    run_up(load_settings(), options)
 
 
 @main.command()
 @up_flags
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to save the renditions (default: $VIDFARM_HOME/demo).")
-def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queue, out) -> None:
+def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync, out) -> None:
     """Bring the farm up, transcode a generated sample end to end, download it, stop."""
     from vidfarm.demo import run_demo
     from vidfarm.up import run_up
 
     settings = load_settings()
-    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue)
+    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync)
     result: dict = {}
     run_up(settings, options, after_start=lambda procs: result.update(run_demo(procs, out)))
     if result.get("status") != "ready":
@@ -239,6 +242,18 @@ def status(video_id: str | None, url: str, api_key: str | None) -> None:
         click.echo(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
     for w in farm["workers"]:
         click.echo(f"worker {w['name']} ({w['encoder']}): {w['state']} {w['video_id'] or ''}")
+
+
+@main.command()
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
+@client_options
+def top(interval: float, once: bool, url: str, api_key: str | None) -> None:
+    """Live view of queues, pools (min/max/desired/current), workers and recent scaling decisions."""
+    from vidfarm.top import run_top
+
+    _api_call(run_top, make_client(url, api_key), interval, once)
 
 
 @main.command(name="ls")
