@@ -184,6 +184,19 @@ class ProcWatcher(threading.Thread):
         self.join()
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user+sys) of a process tree: every live process's own time plus what its reaped
+    children used (cutime/cstime), so finished ffmpeg runs of a live worker are counted once."""
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
