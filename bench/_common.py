@@ -184,6 +184,36 @@ class ProcWatcher(threading.Thread):
         self.join()
 
 
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds of a `vidfarm up` tree split by role; a role's `+children` is what its reaped
+    children (ffmpeg, ffprobe) used."""
+    roles: dict[str, float] = {}
+    for pid in [root, *descendants(root)]:
+        args = cmdline(pid)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own, reaped = (int(fields[11]) + int(fields[12])) / CLK_TCK, (int(fields[13]) + int(fields[14])) / CLK_TCK
+        role = _role(pid, root, args)
+        roles[role] = roles.get(role, 0.0) + own
+        roles[role + " +children"] = roles.get(role + " +children", 0.0) + reaped
+    return roles
+
+
+def _role(pid: int, root: int, args: Sequence[str]) -> str:
+    words = " ".join(args).split()
+    if pid == root:
+        return "up (autoscaler, reconciler)"
+    if words and words[0].endswith("redis-server"):
+        return "redis"
+    if "api" in words and "vidfarm" in words:
+        return "api"
+    if is_worker(words):
+        return "workers"
+    return "running children (ffmpeg/ffprobe)"
+
+
 def tree_cpu_s(root: int) -> float:
     """CPU seconds (user+sys) of a process tree: every live process's own time plus what its reaped
     children used (cutime/cstime), so finished ffmpeg runs of a live worker are counted once."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 from _common import (
     LocalFarm,
+    cpu_by_role,
     machine,
     make_clip,
     median,
@@ -57,6 +58,7 @@ class Side:
     wall_s: float
     cpu_s: float
     upload_s: float
+    roles: dict[str, float] | None = None
 
 
 # -- direct ---------------------------------------------------------------------------------------
@@ -98,15 +100,17 @@ def run_direct(clips: list[Path], out: Path, workers: int) -> Side:
 
 def run_farm(farm: LocalFarm, clips: list[Path]) -> Side:
     with farm.client() as http:
-        cpu, started = tree_cpu_s(farm.pid), time.perf_counter()
+        before, cpu, started = cpu_by_role(farm.pid), tree_cpu_s(farm.pid), time.perf_counter()
         ids = [upload_file(http, clip)["id"] for clip in clips]
         uploaded = time.perf_counter() - started
         seen = wait_terminal(http, ids)
         cpu = tree_cpu_s(farm.pid) - cpu
+        after = cpu_by_role(farm.pid)
     failed = {vid: status for vid, (status, _) in seen.items() if status != "ready"}
     if failed:
         raise RuntimeError(f"videos not ready: {failed}")
-    return Side(max(at for _, at in seen.values()) - started, cpu, uploaded)
+    roles = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+    return Side(max(at for _, at in seen.values()) - started, cpu, uploaded, roles)
 
 
 def wait_workers(farm: LocalFarm, count: int) -> None:
@@ -157,6 +161,10 @@ def report(args: argparse.Namespace, direct: list[Side], farm_runs: list[Side]) 
     print(table(["rep", "direct wall s", "farm wall s", "farm uploading s", "wall overhead %",
                  "direct CPU s", "farm CPU s", "CPU overhead %"], rows))
     print("(farm wall: first upload start -> last ready; farm CPU: the whole `vidfarm up` process tree)")
+    print()
+    roles = sorted({role for f in farm_runs for role in f.roles or {}})
+    print(table(["farm CPU by process (median over reps)", "CPU s"],
+                [[role, median((f.roles or {}).get(role, 0.0) for f in farm_runs)] for role in roles]))
     print(f"\ntarget overhead <= 5 %: wall {'met' if median(wall) <= 5 else 'MISSED'} ({median(wall):.1f} %), "
           f"CPU {'met' if median(cpu) <= 5 else 'MISSED'} ({median(cpu):.1f} %)")
 
