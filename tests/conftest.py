@@ -220,3 +220,30 @@ def ffprobe(path: Path, *args: str) -> dict:
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
+
+
+class FarmUp:
+    """`vidfarm up` as a subprocess against the test's Redis and catalog, with an HTTP client."""
+
+    def __init__(self, settings: Settings, *flags: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "vidfarm", "up", "--port", str(self.port), *flags],
+                                     env=settings_env(settings), cwd=ROOT)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
+                                   headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("vidfarm up did not become ready")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=timeout_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -11,33 +10,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ROOT, make_clip, settings_env, upload, wait_for
-from vidfarm.localredis import free_port
+from tests.conftest import FarmUp, make_clip, settings_env, upload, wait_for
 
 SCALE_DOWN_AFTER_S = 3
 
 
 @pytest.fixture
 def farm_up(settings) -> Iterator[httpx.Client]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vidfarm", "up", "--port", str(port), "--min-workers", "0", "--max-workers", "2",
-         "--scale-down-after", str(SCALE_DOWN_AFTER_S), "--resync", "0.5"],
-        env=settings_env(settings), cwd=ROOT,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"},
-                          timeout=60)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield client
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    client.close()
+    farm = FarmUp(settings, "--min-workers", "0", "--max-workers", "2",
+                  "--scale-down-after", str(SCALE_DOWN_AFTER_S), "--resync", "0.5")
+    yield farm.client
+    assert farm.stop() == 0, "vidfarm up must exit cleanly on SIGTERM"
 
 
 def workers(client: httpx.Client) -> list[dict]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ROOT, settings_env, upload, wait_for
+from tests.conftest import ROOT, FarmUp, upload, wait_for
 from vidfarm.localredis import free_port
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "vidfarm.json"
@@ -56,23 +54,10 @@ def query(url: str, expr: str) -> list:
 
 
 def test_every_dashboard_panel_has_data(settings, clips, tmp_path):
-    port = free_port()
-    farm = subprocess.Popen(
-        [sys.executable, "-m", "vidfarm", "up", "--port", str(port), "--max-workers", "1",
-         "--scale-down-after", "600"],
-        env=settings_env(settings), cwd=ROOT,
-    )
+    farm = FarmUp(settings, "--max-workers", "1", "--scale-down-after", "600")
     prometheus, prom_url = start_prometheus(settings.home, tmp_path)
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                              headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        client = farm.client
         ids = [upload(client, clips[name]).json()["id"] for name in ("small", "noaudio", "small")]
         bad = client.post("/v1/videos", files={"file": ("x.mp4", b"not a video", "video/mp4")})
         assert bad.status_code == 422
@@ -86,5 +71,4 @@ def test_every_dashboard_panel_has_data(settings, clips, tmp_path):
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
-        farm.send_signal(signal.SIGTERM)
-        farm.wait(timeout=60)
+        farm.stop()
