@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from vidfarm.settings import Settings
+
 sys.path.insert(0, str(Path(__file__).parent))
 import kustomize_lite  # noqa: E402
 
@@ -240,6 +242,20 @@ def test_only_the_autoscaler_and_prometheus_talk_to_the_api_server(overlay):
 # --- workers ----------------------------------------------------------------------
 
 
+def longest_job_timeout_s(workload: dict) -> int:
+    """The job timeout of the longest video the farm accepts, with the settings the pod gets."""
+    env = {e["name"]: e.get("value") for e in container(workload).get("env", []) if "value" in e}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("VIDFARM_"):
+                patch.delenv(name)
+        for name, value in env.items():
+            if name != "VIDFARM_API_KEYS_FILE":  # a Secret mounted in the pod only
+                patch.setenv(name, value)
+        settings = Settings.from_env()
+    return max(600, settings.job_timeout_s(settings.max_duration_s))
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_workers_start_at_zero_and_outlive_a_job(overlay):
     workers = [w for w in app_workloads(render(overlay)) if w["metadata"]["name"].startswith("worker-")]
@@ -247,7 +263,7 @@ def test_workers_start_at_zero_and_outlive_a_job(overlay):
     for w in workers:
         assert w["spec"]["replicas"] == 0
         # Must cover the longest job timeout, or scale-in kills transcodes.
-        assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 600
+        assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= longest_job_timeout_s(w)
         c = container(w)
         # Entrypoint is the image's `tini -- vidfarm`; no command override
         # that could put a shell between tini and the worker.
