@@ -103,3 +103,13 @@ def test_farm_view_shows_queues_and_workers(http, clips, worker):
     (only,) = farm_view["workers"]
     assert only["name"] == worker.name and only["state"] == "idle" and only["encoder"] == "x264"
     assert only["pid"] == worker.proc.pid
+
+
+def test_the_uploader_never_imports_transcoding_code():
+    import subprocess
+    import sys
+
+    check = ("import sys, uploader.app; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('ffmpeg', 'transcoder', 'autoscaler', 'kubernetes')); print(bad); assert not bad")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
