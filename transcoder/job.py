@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 EVENT_INTERVAL_S = 0.25
 CATALOG_INTERVAL_S = 1.0
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# The same errors reported by ffmpeg itself (it opens and writes the outputs): its stderr carries
+# the strerror text. They are the disk's fault, not the input's.
+STORAGE_MESSAGES = tuple(os.strerror(e) for e in sorted(STORAGE_ERRNOS))
 
 
 @dataclass
@@ -100,7 +104,12 @@ class Attempt:
             metrics.TRANSCODES.labels(self.encoder.name, CANCELED).inc()
             return CANCELED
         except FfmpegError as exc:
-            return self.fail("media_error", f"ffmpeg could not transcode the source: {exc.stderr_tail}")
+            # Users see this message: our storage layout is none of their business.
+            detail = exc.stderr_tail.replace(str(self.farm.storage.root), "<storage>")
+            storage = next((m for m in STORAGE_MESSAGES if m in detail), None)
+            if storage is not None:
+                return self.fail("storage_error", f"storage error: {storage} (ffmpeg: {detail})")
+            return self.fail("media_error", f"ffmpeg could not transcode the source: {detail}")
         except FfmpegStalled as exc:
             return self.fail("stalled", str(exc))
         except JobTimeoutException:
@@ -197,7 +206,12 @@ class Attempt:
 
     def discard(self) -> None:
         for temp in self.temps:
-            temp.unlink(missing_ok=True)
+            try:
+                temp.unlink(missing_ok=True)
+            except OSError as exc:
+                # A read-only disk refuses even this; failing here would leave the video
+                # `processing` instead of `failed` with the real reason.
+                log.warning("video %s: cannot remove %s: %s", self.video_id, temp.name, exc.strerror)
 
     def after_lost_claim(self) -> None:
         video = self.catalog.get(self.video_id, cached=False)

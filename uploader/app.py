@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from vidfarm.storage import InvalidKey, is_video_id, new_video_id
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 32 * 1024
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 
 
 
@@ -237,6 +239,16 @@ def _install_dependency_errors(app: FastAPI) -> None:
         return JSONResponse(errors.error_body("redis_unavailable", "the queue (Redis) is unavailable; retry"),
                             status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(OSError)
+    async def _storage_error(_: Request, exc: OSError) -> JSONResponse:
+        # A full or read-only disk under an upload is the server's trouble, not a bug: say so.
+        if exc.errno not in STORAGE_ERRNOS:
+            log.exception("unexpected error")
+            return JSONResponse(errors.error_body("internal", "internal error; the request was not applied"), 500)
+        log.warning("storage unavailable: %s", exc.strerror)
+        return JSONResponse(errors.error_body("storage_unavailable", f"storage error: {exc.strerror}; retry later"),
+                            status_code=503, headers={"Retry-After": "30"})
+
     @app.exception_handler(SQLAlchemyError)
     async def _db_down(_: Request, exc: SQLAlchemyError) -> JSONResponse:
         log.warning("database unavailable: %s", type(exc).__name__)
@@ -264,7 +276,10 @@ def _printable(filename: str) -> str:
 
 def _forget(storage, video_id: str) -> None:
     """Nothing is left behind for a rejected upload."""
-    storage.delete_video(video_id)
+    try:
+        storage.delete_video(video_id)
+    except OSError as exc:  # a read-only disk: nothing could have been written there either
+        log.warning("could not remove rejected upload %s: %s", video_id, exc.strerror)
 
 
 def _enqueue_or_defer(farm: Farm, video: dict[str, Any]) -> None:

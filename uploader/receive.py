@@ -151,8 +151,8 @@ async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | No
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except ApiError:
-        raise
+    except (ApiError, OSError):
+        raise  # our own limits, or the disk (full, read-only): not the client's malformed body
     except Exception as exc:  # python-multipart raises its own errors on malformed bodies
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
     if upload.filename is None:
