@@ -188,7 +188,12 @@ def run_up(settings: Settings, options: UpOptions, *, after_start=None) -> None:
         farm = procs.start()
         procs.run_controller(farm)
         procs.wait_api_ready()
-        log.info("API on http://%s:%d  API key: %s", options.host, options.port, procs.settings.api_keys[0])
+        if settings.api_keys:
+            # Keys the operator configured are secrets: never in the logs (they end up in log stores).
+            log.info("API on http://%s:%d  API keys: from the environment", options.host, options.port)
+        else:
+            log.info("API on http://%s:%d  API key: %s (kept in %s)", options.host, options.port,
+                     procs.settings.api_keys[0], procs.settings.local_key_file)
         log.info("workers: %d..%d on queue %r; Ctrl-C stops the farm", options.min_workers,
                  options.max_workers, options.queue)
         if after_start is not None:
