@@ -256,9 +256,3 @@ class Catalog:
             changed = conn.execute(stmt.values(**fields)).rowcount > 0
         self._cache_drop(video_id)
         return changed
-
-    def delete(self, video_id: str) -> None:
-        self._cache_drop(video_id)
-        with self.engine.begin() as conn:
-            conn.execute(Video.__table__.delete().where(Video.id == video_id))
-        self._cache_drop(video_id)

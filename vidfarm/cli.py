@@ -12,7 +12,6 @@ import click
 from vidfarm.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("ready", "failed", "canceled")
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -85,7 +85,3 @@ def all_workers(conn: redis.Redis) -> list[WorkerInfo]:
             )
         )
     return sorted(workers, key=lambda w: w.name)
-
-
-def alive(conn: redis.Redis, name: str) -> bool:
-    return bool(conn.exists(key(name)))
