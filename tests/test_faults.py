@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,10 +27,21 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import PG_URL, ApiServer, WorkerProcess, ffprobe, pg_available, upload, wait_for
+from tests.conftest import (
+    API_KEY,
+    PG_URL,
+    ROOT,
+    ApiServer,
+    WorkerProcess,
+    ffprobe,
+    pg_available,
+    upload,
+    wait_for,
+)
 from vidfarm import presence
+from vidfarm.catalog import Catalog
 from vidfarm.farm import Farm
-from vidfarm.localredis import LocalRedis
+from vidfarm.localredis import LocalRedis, free_port
 from vidfarm.reconciler import Reconciler
 
 HEARTBEAT_TTL_S = 5
@@ -573,3 +585,59 @@ def test_sigterm_to_a_busy_worker_finishes_the_job_then_exits(fault_clips, http,
     assert http.get("/v1/farm").json()["workers"] == []
     never_stuck_processing(http)
     assert shutil.which("ffmpeg") and not ffmpeg_pids(video_id)
+
+
+def descendants(root: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == current]
+        found += children
+        frontier += children
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_vidfarm_up_lets_the_busy_worker_finish(fault_clips, tmp_path):
+    """The whole farm stopped with SIGTERM mid-transcode: the video still ends ready, `up` exits 0
+    and none of its processes (API, worker, ffmpeg, redis-server) outlives it."""
+    home = tmp_path / "farm"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("VIDFARM_") and k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update({"VIDFARM_HOME": str(home), "VIDFARM_API_KEYS": API_KEY})
+    log = (tmp_path / "up.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "vidfarm", "up", "--port", str(port), "--min-workers", "1",
+                             "--max-workers", "1"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(url + "/readyz", timeout=2).status_code == 200
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
+            return False
+
+        wait_until(ready, 60, "vidfarm up to be ready")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+            video_id = upload(http, fault_clips["long"]).json()["id"]
+            wait_until(lambda: video(http, video_id)["progress"] >= 5, 60, "the transcode to get going")
+        family = descendants(proc.pid)
+        assert ffmpeg_pids(video_id)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, (tmp_path / "up.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    leftovers = [pid for pid in family if not process_gone(pid)]
+    assert leftovers == [], leftovers
+    row = Catalog(f"sqlite:///{home / 'catalog.db'}").get(video_id, cached=False)
+    assert (row["status"], row["attempts"]) == ("ready", 1)
+    assert {r["name"] for r in row["renditions"]} == {"720p"}
