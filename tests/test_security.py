@@ -68,6 +68,26 @@ def test_downloads_and_live_events_need_the_key(clips, api, http, worker):
             assert not response.content.startswith(b"\x00\x00\x00")  # no MP4 bytes leaked
 
 
+def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
+    """Timing must not tell which key (or how much of one) matched: every configured key is
+    compared with hmac.compare_digest, whatever the presented key, with no early exit."""
+    from uploader import auth
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    ring = auth.KeyRing(["key-a", "key-b", "key-c"])
+    for presented, tenant in (("key-a", auth.tenant_of("key-a")), ("key-c", auth.tenant_of("key-c")),
+                              ("key-", None), ("nope", None)):
+        calls.clear()
+        if tenant is None:
+            with pytest.raises(auth.ApiError):
+                ring.tenant(f"Bearer {presented}")
+        else:
+            assert ring.tenant(f"Bearer {presented}") == tenant
+        assert sorted(key for _, key in calls) == [b"key-a", b"key-b", b"key-c"], presented
+
+
 # -- keys from a file ------------------------------------------------------------------------------
 
 
