@@ -574,9 +574,8 @@ def test_sigterm_to_a_busy_worker_finishes_the_job_then_exits(fault_clips, http,
     video_id = upload(http, fault_clips["long"]).json()["id"]
     wait_until(lambda: video(http, video_id)["progress"] >= 5, 60, "the transcode to get going")
     worker.proc.send_signal(signal.SIGTERM)
-    states = wait_until(lambda: [w["state"] for w in http.get("/v1/farm").json()["workers"]] or None, 10,
-                        "the worker to show")
-    assert states == ["draining"]
+    wait_until(lambda: [w["state"] for w in http.get("/v1/farm").json()["workers"]] == ["draining"], 10,
+               "the worker to show as draining")
     assert worker.proc.wait(timeout=90) == 0
     ready = video(http, video_id)
     assert ready["status"] == "ready" and ready["attempts"] == 1

@@ -87,10 +87,11 @@ class FarmWorker(SimpleWorker):
             self.beat()
 
     def request_stop(self, signum, frame) -> None:
-        self.info.state = presence.DRAINING if self.info.video_id else self.info.state
+        # No Redis call here: a signal handler may interrupt this thread inside redis-py's pool lock.
+        # The heartbeat thread publishes the new state within HEARTBEAT_EVERY_S.
         if self.info.video_id:
+            self.info.state = presence.DRAINING
             log.info("worker %s: draining, finishing video %s first", self.info.name, self.info.video_id)
-            self.beat()
         super().request_stop(signum, frame)
 
 
