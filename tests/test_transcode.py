@@ -106,3 +106,20 @@ def test_range_requests_serve_partial_content(clips, http, worker):
     assert part.status_code == 206
     assert part.content == whole[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(whole)}"
+
+
+def test_a_source_cut_short_fails_instead_of_silently_stopping(http, worker, tmp_path):
+    """Matroska declares its duration up front; a file cut in half still probes as whole."""
+    from tests.conftest import make_clip
+
+    whole = make_clip(tmp_path / "whole.mkv", "testsrc2=size=640x360:rate=25:duration=8", True, [])
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    created = upload(http, cut)
+    assert created.status_code == 201, created.text
+    assert created.json()["source"]["duration_s"] > 7.5
+    video = wait_for(http, created.json()["id"])
+    assert video["status"] == "failed"
+    assert video["error"]["code"] == "truncated"
+    assert "ends early" in video["error"]["message"]
+    assert video["renditions"] == []

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 EVENT_INTERVAL_S = 0.25
 CATALOG_INTERVAL_S = 1.0
+SHORTFALL_TOLERANCE_S = 2.0
+SHORTFALL_TOLERANCE_RATIO = 0.05
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 # The same errors reported by ffmpeg itself (it opens and writes the outputs): its stderr carries
 # the strerror text. They are the disk's fault, not the input's.
@@ -76,6 +78,19 @@ def source_from_row(video: dict[str, Any]) -> SourceInfo:
     )
 
 
+class SourceEndsEarly(Exception):
+    """ffmpeg stopped cleanly but well short of the duration the container declares: a file cut
+    short (any container). Publishing it would hand users a video that silently stops."""
+
+
+def check_complete(encoded_s: float, duration_s: float) -> None:
+    # A little slack: declared durations are rounded, and audio may outlast the last video frame.
+    if encoded_s < duration_s - max(SHORTFALL_TOLERANCE_S, SHORTFALL_TOLERANCE_RATIO * duration_s):
+        raise SourceEndsEarly(
+            f"the source ends early: only {encoded_s:.1f} s of its declared {duration_s:.1f} s could be decoded"
+        )
+
+
 class Attempt:
     def __init__(self, farm: Farm, video_id: str, job_id: str) -> None:
         self.farm = farm
@@ -112,6 +127,8 @@ class Attempt:
             return self.fail("media_error", f"ffmpeg could not transcode the source: {detail}")
         except FfmpegStalled as exc:
             return self.fail("stalled", str(exc))
+        except SourceEndsEarly as exc:
+            return self.fail("truncated", str(exc))
         except JobTimeoutException:
             return self.fail("timeout", "the transcode ran past its time limit")
         except OSError as exc:
@@ -154,12 +171,13 @@ class Attempt:
         self.remove_leftovers(source_path.parent)
         outputs = [(plan, self.temp_for(storage.rendition_path(self.video_id, plan.name))) for plan in plans]
         args = transcode_args(source_path, outputs, has_audio=source.has_audio, encoder=self.encoder)
-        run_ffmpeg(
+        encoded_s = run_ffmpeg(
             args,
             on_progress=lambda t: self.progress(t, source.duration_s),
             should_cancel=self.cancel_requested,
             stall_timeout_s=IDENTITY.stall_timeout_s,
         )
+        check_complete(encoded_s, source.duration_s)
         poster = self.make_poster(source_path, source)
         for plan, temp in outputs:
             publish(temp, storage.rendition_path(self.video_id, plan.name))

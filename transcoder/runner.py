@@ -56,8 +56,8 @@ def run_ffmpeg(
     should_cancel: Callable[[], bool] | None = None,
     stall_timeout_s: float = 300.0,
     binary: str = "ffmpeg",
-) -> None:
-    """Run to completion. `on_progress` gets encoded seconds of output time."""
+) -> float:
+    """Run to completion; returns the seconds of output written. `on_progress` gets them as they grow."""
     proc = subprocess.Popen(
         [binary, *args],
         stdin=subprocess.DEVNULL,
@@ -70,13 +70,15 @@ def run_ffmpeg(
     drain.start()
     watchdog = _Watchdog(proc, should_cancel, stall_timeout_s)
     watchdog.start()
+    encoded_s = 0.0
     try:
         for raw in iter(proc.stdout.readline, b""):
             key, _, value = raw.decode(errors="replace").strip().partition("=")
             if key == "out_time_us" and value.lstrip("-").isdigit():
                 watchdog.touch()
+                encoded_s = max(encoded_s, int(value) / 1e6)
                 if on_progress is not None:
-                    on_progress(max(0, int(value)) / 1e6)
+                    on_progress(encoded_s)
         proc.wait()
     finally:
         watchdog.stop()
@@ -93,6 +95,7 @@ def run_ffmpeg(
             # Killed by a signal we did not send (OOM killer, an operator): not the input's fault.
             raise RuntimeError(f"ffmpeg was killed by signal {-proc.returncode}")
         raise FfmpegError(proc.returncode, "\n".join(stderr_tail))
+    return encoded_s
 
 
 class _Watchdog(threading.Thread):

@@ -117,6 +117,7 @@ def run_worker(
     job_module.use_farm(farm)
     job_module.IDENTITY.name = name
     job_module.IDENTITY.encoder = chosen
+    job_module.IDENTITY.stall_timeout_s = farm.settings.stall_timeout_s
     for result in ("ready", "failed", "canceled"):
         metrics.TRANSCODES.labels(chosen.name, result)  # present at zero from the start
     info = presence.WorkerInfo(

@@ -56,6 +56,8 @@ class Settings:
     # Job timeout = base + factor * source duration: RQ's 180 s default kills any real transcode.
     job_timeout_base_s: int = 300
     job_timeout_factor: float = 3.0
+    # ffmpeg printing no progress for this long is hung (a stalled input): it is killed, the video fails.
+    stall_timeout_s: float = 300.0
     # A worker whose heartbeat key is gone for this long is dead; its job runs again.
     worker_heartbeat_ttl_s: int = 10
 
@@ -86,6 +88,7 @@ class Settings:
             max_attempts=_env_int("VIDFARM_MAX_ATTEMPTS", 3),
             job_timeout_base_s=_env_int("VIDFARM_JOB_TIMEOUT_BASE_S", 300),
             job_timeout_factor=_env_float("VIDFARM_JOB_TIMEOUT_FACTOR", 3.0),
+            stall_timeout_s=_env_float("VIDFARM_STALL_TIMEOUT_S", 300.0),
             worker_heartbeat_ttl_s=_env_int("VIDFARM_WORKER_HEARTBEAT_TTL_S", 10),
         )
 
