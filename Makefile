@@ -11,9 +11,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
 	@missing=""; \
 	for bin in ffmpeg ffprobe redis-server prometheus; do command -v $$bin >/dev/null || missing=1; done; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg redis-server prometheus >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg redis-server prometheus python3-venv >/dev/null; \
 	fi
 
 $(PY):

@@ -63,3 +63,14 @@ def test_command_is_one_process_with_split_and_no_audio_when_source_has_none(tmp
     assert "split=2" in graph
     assert args.count("-an") == 2 and "0:a:0" not in args
     assert all(isinstance(a, str) for a in args)
+
+
+def test_nvenc_outputs_keep_the_same_keyframe_grid_and_caps(tmp_path):
+    from transcoder.command import NVENC
+
+    plans = plan_outputs(source(1920, 1080), LADDER)
+    args = transcode_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], has_audio=True, encoder=NVENC)
+    assert args.count("h264_nvenc") == 2 and "libx264" not in args
+    assert args.count("expr:gte(t,n_forced*2)") == 2 and args.count("-forced-idr") == 2
+    assert ["-maxrate", "6000k"] == args[args.index("-maxrate"):args.index("-maxrate") + 2]
+    assert "-sc_threshold" not in args  # an x264 option; NVENC turns scene cuts off with -no-scenecut
