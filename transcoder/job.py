@@ -27,7 +27,7 @@ from vidfarm.catalog import ACTIVE, CANCELED, FAILED, PROCESSING, READY
 from vidfarm.farm import Farm
 from vidfarm.probe import SourceInfo, run_ffprobe
 from vidfarm.settings import Settings
-from vidfarm.storage import publish, temp_name
+from vidfarm.storage import STORAGE_ERRNOS, publish, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,10 @@ EVENT_INTERVAL_S = 0.25
 CATALOG_INTERVAL_S = 1.0
 SHORTFALL_TOLERANCE_S = 2.0
 SHORTFALL_TOLERANCE_RATIO = 0.05
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 # The same errors reported by ffmpeg itself (it opens and writes the outputs): its stderr carries
-# the strerror text. They are the disk's fault, not the input's.
-STORAGE_MESSAGES = tuple(os.strerror(e) for e in sorted(STORAGE_ERRNOS))
+# the strerror text. They are the disk's fault, not the input's. EIO is left out: ffmpeg also says
+# "Input/output error" about broken input files.
+STORAGE_MESSAGES = tuple(os.strerror(e) for e in sorted(STORAGE_ERRNOS - {errno.EIO}))
 
 
 @dataclass

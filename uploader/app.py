@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import time
@@ -30,13 +29,11 @@ from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue, new_job_id
 from vidfarm.probe import ProbeError, probe
 from vidfarm.queues import queue_counts
-from vidfarm.storage import InvalidKey, is_video_id, new_video_id
+from vidfarm.storage import STORAGE_ERRNOS, InvalidKey, is_video_id, new_video_id
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 32 * 1024
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
-
 
 
 def require_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:

@@ -6,6 +6,7 @@ be written or read outside the storage root. Finished files appear only through 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -16,6 +17,9 @@ VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RENDITION_NAME_RE = re.compile(r"^[0-9]{2,5}p$")
 SOURCE_NAME = "source"
 POSTER_NAME = "poster.jpg"
+# Errors that mean the storage itself is in trouble (full, read-only, no permission, failing disk),
+# not the request or the input: they get `storage_error` / 503, never a 500 or "bad input".
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO})
 
 
 class InvalidKey(ValueError):
