@@ -78,3 +78,32 @@ def test_top_shows_the_scaling_picture(farm_up, clips, settings):
     assert pool_line.split()[1:3] == ["0", "2"]  # min and max of the pool
     recent = shown.split("RECENT DECISIONS\n", 1)[1]
     assert recent.startswith(tuple("0123456789")) and " cpu: " in recent  # "HH:MM:SS cpu: <why>"
+
+
+def test_autoscaler_carries_on_after_redis_comes_back_empty(settings, clips, tmp_path):
+    """Redis killed and restarted empty under a running `vidfarm up`: the enqueue listener and the
+    controller reconnect, and the next upload still gets a worker and ends ready."""
+    from dataclasses import replace
+
+    from vidfarm.localredis import LocalRedis
+
+    own = LocalRedis(tmp_path / "redis", persistent=False).start()
+    restarted = LocalRedis(tmp_path / "redis", port=own.port, persistent=False)
+    farm = FarmUp(replace(settings, redis_url=own.url), "--max-workers", "1", "--scale-down-after", "1",
+                  "--resync", "0.5")
+    try:
+        before = upload(farm.client, clips["small"]).json()["id"]
+        assert wait_for(farm.client, before)["status"] == "ready"
+        wait_until(lambda: workers(farm.client) == [], timeout_s=15, every_s=0.2)
+        own.proc.kill()
+        own.proc.wait()
+        time.sleep(2)  # the outage: every Redis user in the farm sees connection errors
+        restarted.start()
+        after = upload(farm.client, clips["small"])
+        assert after.status_code == 201, after.text
+        video = wait_for(farm.client, after.json()["id"], timeout_s=60)
+        assert video["status"] == "ready" and video["attempts"] == 1
+    finally:
+        assert farm.stop() == 0
+        own.stop()
+        restarted.stop()
