@@ -113,3 +113,41 @@ def test_the_uploader_never_imports_transcoding_code():
              "('ffmpeg', 'transcoder', 'autoscaler', 'kubernetes')); print(bad); assert not bad")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_events_stream_survives_redis_going_away(settings, clips, tmp_path):
+    """SSE falls back to the catalog when pub/sub is gone: the client still learns the outcome."""
+    import threading
+    from dataclasses import replace
+
+    from tests.conftest import ApiServer
+    from vidfarm.farm import Farm
+    from vidfarm.localredis import LocalRedis
+
+    own = LocalRedis(tmp_path / "redis", persistent=False).start()
+    farm = Farm(replace(settings, redis_url=own.url))
+    farm.settings.home.mkdir(parents=True, exist_ok=True)
+    server = ApiServer(farm).start()
+    lines: list[str] = []
+    try:
+        with server.client() as http:
+            video_id = upload(http, clips["small"]).json()["id"]
+
+            def listen() -> None:
+                with server.client() as stream_client, stream_client.stream(
+                        "GET", f"/v1/videos/{video_id}/events", timeout=30) as response:
+                    lines.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+            reader = threading.Thread(target=listen)
+            reader.start()
+            deadline = time.monotonic() + 10
+            while not lines and time.monotonic() < deadline:
+                time.sleep(0.05)
+            own.stop()  # Redis gone while the client listens
+            farm.catalog.update(video_id, status="ready", progress=100.0)
+            reader.join(timeout=20)
+        assert not reader.is_alive(), "the event stream never ended"
+        assert '"ready"' in lines[-1]
+    finally:
+        server.stop()
+        own.stop()

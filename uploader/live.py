@@ -6,6 +6,8 @@ leaves a client waiting; the stream ends when the video is ready, failed or canc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +15,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from vidfarm import events
@@ -20,6 +24,8 @@ from vidfarm.catalog import TERMINAL
 from vidfarm.farm import Farm
 
 RECHECK_S = 5.0
+POLL_S = 1.0
+RECONNECT_S = 2.0
 KEEPALIVE_S = 15.0
 
 
@@ -32,35 +38,88 @@ def _state(video: dict[str, Any]) -> dict[str, Any]:
     return {"id": video["id"], "status": video["status"], "progress": video["progress"], "error": error}
 
 
+class _PubSubFeed:
+    """The video's pub/sub channel, reconnecting quietly: while Redis is away the stream falls back
+    to polling the catalog instead of dying."""
+
+    def __init__(self, redis_url: str, channel: str) -> None:
+        self.redis_url = redis_url
+        self.channel = channel
+        self.client: aioredis.Redis | None = None
+        self.pubsub: aioredis.client.PubSub | None = None
+        self._retry_at = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.pubsub is not None
+
+    async def _connect(self) -> None:
+        self._retry_at = time.monotonic() + RECONNECT_S
+        try:
+            self.client = aioredis.from_url(self.redis_url, decode_responses=True)
+            self.pubsub = self.client.pubsub()
+            await self.pubsub.subscribe(self.channel)
+        except RedisError:
+            await self.close()
+
+    async def next(self, timeout: float) -> dict[str, Any] | None:
+        if self.pubsub is None and time.monotonic() >= self._retry_at:
+            await self._connect()
+        if self.pubsub is None:
+            await asyncio.sleep(timeout)
+            return None
+        try:
+            message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        except RedisError:
+            await self.close()
+            return None
+        return json.loads(message["data"]) if message else None
+
+    async def close(self) -> None:
+        for closable in (self.pubsub, self.client):
+            if closable is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await closable.aclose()
+        self.pubsub = self.client = None
+
+
+async def _read_catalog(farm: Farm, video_id: str) -> dict[str, Any] | None | bool:
+    """The row, None when it is gone, False when the database cannot answer right now."""
+    try:
+        return await run_in_threadpool(farm.catalog.get, video_id, cached=False)
+    except SQLAlchemyError:
+        return False
+
+
 async def event_stream(farm: Farm, video: dict[str, Any], request: Request) -> AsyncIterator[str]:
     yield sse("status", _state(video))
     if video["status"] in TERMINAL:
         return
-    client = aioredis.from_url(farm.settings.redis_url, decode_responses=True)
-    pubsub = client.pubsub()
+    feed = _PubSubFeed(farm.settings.redis_url, events.channel(video["id"]))
     try:
-        await pubsub.subscribe(events.channel(video["id"]))
-        # Re-read after subscribing: anything that happened before the subscription is seen here.
         last_check = last_sent = 0.0
         while not await request.is_disconnected():
             now = time.monotonic()
-            if now - last_check >= RECHECK_S:
+            # The catalog is re-read after (re)subscribing and then now and then, so nothing that
+            # happened while no message could arrive is missed; without pub/sub it is polled.
+            if now - last_check >= (RECHECK_S if feed.connected else POLL_S):
                 last_check = now
-                current = await run_in_threadpool(farm.catalog.get, video["id"], cached=False)
-                if current is None or current["status"] in TERMINAL:
+                current = await _read_catalog(farm, video["id"])
+                if current is None or (current and current["status"] in TERMINAL):
                     yield sse("status", _state(current) if current else {"id": video["id"], "status": "canceled"})
                     return
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
+                if current and not feed.connected:
+                    last_sent = now
+                    yield sse("progress", _state(current))
+            data = await feed.next(timeout=1.0)
+            if data is None:
                 if now - last_sent >= KEEPALIVE_S:
                     last_sent = now
                     yield ": keepalive\n\n"
                 continue
-            data = json.loads(message["data"])
             last_sent = now
             yield sse(data.get("type", "progress"), data)
             if data.get("status") in TERMINAL:
                 return
     finally:
-        await pubsub.aclose()
-        await client.aclose()
+        await feed.close()
