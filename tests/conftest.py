@@ -227,8 +227,9 @@ class FarmUp:
 
     def __init__(self, settings: Settings, *flags: str) -> None:
         self.port = free_port()
+        # Its own process group, like a shell job: a test can send the group a terminal's Ctrl-C.
         self.proc = subprocess.Popen([sys.executable, "-m", "vidfarm", "up", "--port", str(self.port), *flags],
-                                     env=settings_env(settings), cwd=ROOT)
+                                     env=settings_env(settings), cwd=ROOT, start_new_session=True)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
                                    headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
         deadline = time.monotonic() + 30
@@ -247,3 +248,11 @@ class FarmUp:
         if self.proc.poll() is None:
             self.proc.terminate()
         return self.proc.wait(timeout=timeout_s)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # a zombie has stopped running; only its parent's wait is missing

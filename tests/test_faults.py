@@ -35,6 +35,7 @@ from tests.conftest import (
     WorkerProcess,
     ffprobe,
     pg_available,
+    process_gone,
     upload,
     wait_for,
 )
@@ -138,14 +139,6 @@ def ffmpeg_pids(marker: str) -> list[int]:
         if argv and argv[0].endswith(b"ffmpeg") and any(marker.encode() in a for a in argv):
             pids.append(int(entry.name))
     return pids
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"  # a zombie has stopped running; only its parent's wait is missing
 
 
 def video(http: httpx.Client, video_id: str) -> dict:

@@ -72,5 +72,5 @@ def test_nvenc_outputs_keep_the_same_keyframe_grid_and_caps(tmp_path):
     args = transcode_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], has_audio=True, encoder=NVENC)
     assert args.count("h264_nvenc") == 2 and "libx264" not in args
     assert args.count("expr:gte(t,n_forced*2)") == 2 and args.count("-forced-idr") == 2
-    assert ["-maxrate", "6000k"] == args[args.index("-maxrate"):args.index("-maxrate") + 2]
+    assert args[args.index("-maxrate"):args.index("-maxrate") + 2] == ["-maxrate", "6000k"]
     assert "-sc_threshold" not in args  # an x264 option; NVENC turns scene cuts off with -no-scenecut

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import FarmUp, make_clip, settings_env, upload, wait_for
+from tests.conftest import FarmUp, make_clip, process_gone, settings_env, upload, wait_for
 
 SCALE_DOWN_AFTER_S = 3
 
@@ -107,3 +109,13 @@ def test_autoscaler_carries_on_after_redis_comes_back_empty(settings, clips, tmp
         assert farm.stop() == 0
         own.stop()
         restarted.stop()
+
+
+def test_ctrl_c_stops_the_whole_farm_cleanly(settings):
+    farm = FarmUp(settings, "--min-workers", "1", "--max-workers", "1")
+    (worker,) = wait_until(lambda: workers(farm.client), timeout_s=15)
+    os.killpg(farm.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the foreground job
+    assert farm.proc.wait(timeout=30) == 0
+    assert process_gone(worker["pid"])
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{farm.port}/healthz", timeout=2)
