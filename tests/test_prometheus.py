@@ -62,11 +62,16 @@ def test_every_dashboard_panel_has_data(settings, clips, tmp_path):
         bad = client.post("/v1/videos", files={"file": ("x.mp4", b"not a video", "video/mp4")})
         assert bad.status_code == 422
         assert all(wait_for(client, video_id)["status"] == "ready" for video_id in ids)
-        # Let Prometheus take enough scrapes after the jobs for rate() windows to hold two samples.
-        time.sleep(4 * SCRAPE_S)
+        # Prometheus needs two scrapes of a series inside a rate() window; it starts slowly on a busy
+        # machine, so poll instead of guessing a sleep.
+        deadline = time.monotonic() + 60
+        while True:
+            empty = [(title, expr) for title, expr in panel_queries() if not query(prom_url, expr)]
+            if not empty or time.monotonic() > deadline:
+                break
+            time.sleep(SCRAPE_S)
         up = query(prom_url, "up")
         assert len(up) >= 3 and all(s["value"][1] == "1" for s in up), up
-        empty = [(title, expr) for title, expr in panel_queries() if not query(prom_url, expr)]
         assert not empty, f"panels without data: {empty}"
     finally:
         prometheus.terminate()
