@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
+from sqlalchemy.exc import SQLAlchemyError
 
 from transcoder.command import ENCODERS, Encoder, poster_args, transcode_args
 from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
@@ -251,8 +252,12 @@ class Attempt:
             events.publish(self.farm.redis, self.video_id, "progress", progress=percent)
         if now - self._last_write >= CATALOG_INTERVAL_S:
             self._last_write = now
-            self.catalog.update(self.video_id, expect={"job_id": self.job_id, "status": PROCESSING},
-                                progress=percent)
+            try:
+                self.catalog.update(self.video_id, expect={"job_id": self.job_id, "status": PROCESSING},
+                                    progress=percent)
+            except SQLAlchemyError as exc:
+                # Progress is best effort: a database blip must not throw away an hour of encoding.
+                log.warning("video %s: progress not saved: %s", self.video_id, type(exc).__name__)
 
     def make_poster(self, source_path: Path, source: SourceInfo) -> bool:
         final = self.farm.storage.poster_path(self.video_id)
