@@ -33,6 +33,7 @@ from vidfarm.settings import Settings
 
 log = logging.getLogger("vidfarm.up")
 
+
 @dataclass
 class UpOptions:
     host: str = "127.0.0.1"
