@@ -1,0 +1,84 @@
+"""Sources as they arrive from the world: rotated phone clips, anamorphic pixels, HEVC 10-bit,
+VP9/Opus, ProRes, 5.1 audio, high frame rates, very short clips. All end as H.264/AAC renditions."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ffprobe, upload, wait_for
+
+LAVFI_AUDIO = ["-f", "lavfi", "-i", "sine=frequency=300:duration=1"]
+
+
+def encode(path: Path, video: str, args: list[str], audio: list[str] | None = None) -> Path:
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", video]
+    cmd += (audio if audio is not None else []) + args + [str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def rotated(tmp: Path) -> Path:
+    landscape = encode(tmp / "coded.mp4", "testsrc2=size=1280x720:rate=30:duration=1",
+                       ["-c:v", "libx264", "-preset", "ultrafast"])
+    out = tmp / "rotated.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(landscape), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(out)], check=True)
+    return out
+
+
+# name -> (builder, expected {rendition: (width, height)}, has audio)
+SOURCES = {
+    "rotated_phone": (rotated, {"720p": (720, 1280)}, False),
+    "anamorphic_pal": (lambda t: encode(t / "pal.mp4", "testsrc2=size=720x576:rate=25:duration=1",
+                                        ["-vf", "setsar=16/15", "-c:v", "libx264", "-preset", "ultrafast"]),
+                       {"576p": (768, 576)}, False),
+    "hevc_10bit_mkv": (lambda t: encode(t / "hevc.mkv", "testsrc2=size=1280x720:rate=30:duration=1",
+                                        ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le",
+                                         "-x265-params", "log-level=error", "-c:a", "aac", "-shortest"],
+                                        LAVFI_AUDIO),
+                       {"720p": (1280, 720)}, True),
+    "vp9_opus_webm": (lambda t: encode(t / "vp9.webm", "testsrc2=size=640x360:rate=30:duration=1",
+                                       ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
+                                        "-c:a", "libopus", "-shortest"], LAVFI_AUDIO),
+                      {"360p": (640, 360)}, True),
+    "prores_444_mov": (lambda t: encode(t / "prores.mov", "testsrc2=size=640x360:rate=24:duration=1",
+                                        ["-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le"]),
+                       {"360p": (640, 360)}, False),
+    "surround_5_1": (lambda t: encode(t / "surround.mp4", "testsrc2=size=640x360:rate=30:duration=1",
+                                      ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ac", "6",
+                                       "-shortest"], LAVFI_AUDIO),
+                     {"360p": (640, 360)}, True),
+    "high_fps_120": (lambda t: encode(t / "fast.mp4", "testsrc2=size=640x360:rate=120:duration=1",
+                                      ["-c:v", "libx264", "-preset", "ultrafast"]),
+                     {"360p": (640, 360)}, False),
+    "very_short": (lambda t: encode(t / "short.mp4", "testsrc2=size=640x360:rate=30:duration=0.2",
+                                    ["-c:v", "libx264", "-preset", "ultrafast"]),
+                   {"360p": (640, 360)}, False),
+}
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_real_world_sources_become_standard_renditions(name, http, worker, tmp_path):
+    build, expected, has_audio = SOURCES[name]
+    source = build(tmp_path)
+    created = upload(http, source)
+    assert created.status_code == 201, created.text
+    video = wait_for(http, created.json()["id"])
+    assert video["status"] == "ready", video["error"]
+    assert {r["name"]: (r["width"], r["height"]) for r in video["renditions"]} == expected
+    for rendition in video["renditions"]:
+        path = tmp_path / f"out-{rendition['name']}.mp4"
+        path.write_bytes(http.get(rendition["url"]).content)
+        info = ffprobe(path, "-show_streams")
+        out_video = next(s for s in info["streams"] if s["codec_type"] == "video")
+        audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+        assert (out_video["codec_name"], out_video["pix_fmt"]) == ("h264", "yuv420p")
+        assert (out_video["width"], out_video["height"]) == expected[rendition["name"]]
+        assert out_video.get("sample_aspect_ratio", "1:1") in ("1:1", "0:1")
+        assert not any("rotation" in side for side in out_video.get("side_data_list", []))
+        assert Fraction(out_video["avg_frame_rate"]) <= 60
+        assert [(a["codec_name"], a["channels"]) for a in audio] == ([("aac", 2)] if has_audio else [])
