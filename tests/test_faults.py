@@ -213,6 +213,8 @@ def test_worker_killed_mid_transcode_runs_again_within_60s(fault_clips, http, se
     assert_renditions_valid(http, ready, fault_clips["long"], tmp_path)
     assert_storage_clean(settings, [ready])
     assert reconciler == []
+    # The killed attempt's job is forgotten, not left to RQ to count as running or failed later.
+    assert http.get("/v1/farm").json()["queues"]["cpu"] == {"queued": 0, "running": 0, "failed": 0}
 
 
 @pytest.fixture

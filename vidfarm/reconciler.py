@@ -93,9 +93,21 @@ class Reconciler:
         if not moved:
             return 0
         log.info("video %s re-queued (attempt %d done): %s", video["id"], video["attempts"], why)
+        self._forget_job(video["job_id"])
         enqueue(self.farm.rq_redis, self.farm.settings, {**video, "job_id": job_id}, job_id)
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
         return 1
+
+
+    def _forget_job(self, job_id: str) -> None:
+        """Drop the superseded attempt's RQ job, so RQ does not later count it as failed
+        (abandoned) when the video was in fact run again."""
+        try:
+            job = Job.fetch_many([job_id], connection=self.farm.rq_redis)[0]
+            if job is not None:
+                job.delete()
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only; the catalog already moved on
+            log.debug("could not delete superseded job %s: %s", job_id, exc)
 
 
 def _age_s(iso: str) -> float:
