@@ -101,9 +101,11 @@ class Controller:
         for pool in self._pools:
             try:
                 decisions[pool.config.name] = self._step_pool(pool)
-            except Exception:
+            except Exception as exc:
                 # One broken pool (API down, RBAC, observer bug) must not stop the others scaling.
-                log.exception("pool %s: autoscaler step failed", pool.config.name)
+                # An outage repeats every pass: one line each, the traceback only with --verbose.
+                log.warning("pool %s: autoscaler step failed: %s: %s", pool.config.name, type(exc).__name__, exc)
+                log.debug("traceback of the failed step", exc_info=True)
         self._publish_status()
         return decisions
 

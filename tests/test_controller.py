@@ -164,7 +164,7 @@ def test_one_failing_pool_does_not_stop_the_others(world: World, caplog: pytest.
     gpu = PoolConfig("gpu", ("gpu",), max_replicas=2)
     healthy = MemoryBackend(0)
     world.queued = 1
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         decisions = controller(world, (CPU, BrokenBackend(0)), (gpu, healthy)).step()
     assert list(decisions) == ["gpu"]
     assert healthy.calls == [(1, [])]
