@@ -54,13 +54,18 @@ def audio_options() -> dict[str, str | int]:
 
 
 def transcode_args(
-    source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, has_audio: bool, encoder: Encoder
+    source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, has_audio: bool, encoder: Encoder,
+    deinterlace: bool = False,
 ) -> list[str]:
     """Arguments (without the leading `ffmpeg`) writing every planned rendition to its path."""
     stream = ffmpeg.input(str(source))
     fps = outputs[0][0].fps
+    picture = stream.video
+    if deinterlace:
+        # One output frame per input frame (50i -> 25p), so the frame rate the plan assumed holds.
+        picture = picture.filter("bwdif", mode="send_frame", deint="interlaced")
     # fps before split: constant frame rate, decided once, so every rendition has the same frames.
-    picture = stream.video.filter("fps", fps=f"{fps.numerator}/{fps.denominator}")
+    picture = picture.filter("fps", fps=f"{fps.numerator}/{fps.denominator}")
     branches = picture.filter_multi_output("split", len(outputs)) if len(outputs) > 1 else None
     nodes = []
     for index, (plan, path) in enumerate(outputs):

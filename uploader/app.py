@@ -119,7 +119,7 @@ def create_app(farm: Farm) -> FastAPI:
                 id=video_id, tenant=tenant_id, status=QUEUED, progress=0.0, attempts=0,
                 filename=_printable(received.filename), size_bytes=received.size_bytes,
                 duration_s=source.duration_s, width=source.width, height=source.height, fps=source.fps,
-                video_codec=source.video_codec, audio_codec=source.audio_codec,
+                video_codec=source.video_codec, audio_codec=source.audio_codec, interlaced=int(source.interlaced),
                 queue=settings.default_queue, job_id=new_job_id(video_id), requested=wanted,
                 has_poster=0,
             )

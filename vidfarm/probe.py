@@ -19,6 +19,7 @@ MAX_FPS = 240.0
 # (playlists, concat lists): an upload must be a media file, never a pointer to other files.
 REJECTED_FORMATS = {"image2", "hls", "concat", "ffconcat", "tee", "lavfi", "dash", "imf", "tty", "subviewer"}
 MP4_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2"}
+INTERLACED_FIELD_ORDERS = {"tt", "bb", "tb", "bt"}
 STILL_IMAGE_CODECS = {"png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpegls", "jpeg2000", "pam", "ppm", "qoi"}
 
 
@@ -41,6 +42,7 @@ class SourceInfo:
     audio_codec: str | None
     pix_fmt: str
     rotation: int         # degrees clockwise the player rotates the coded picture
+    interlaced: bool = False  # fields, not frames (broadcast, camcorders): deinterlaced on transcode
 
     @property
     def has_audio(self) -> bool:
@@ -143,6 +145,7 @@ def describe(info: dict[str, Any]) -> SourceInfo:
         audio_codec=audios[0].get("codec_name", "unknown") if audios else None,
         pix_fmt=video.get("pix_fmt", "unknown"),
         rotation=rotation,
+        interlaced=video.get("field_order") in INTERLACED_FIELD_ORDERS,
     )
 
 
