@@ -78,7 +78,11 @@ def up_flags(func):
 @main.command()
 @up_flags
 def up(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync) -> None:
-    """Run the whole farm here: Redis (unless REDIS_URL is set), the API and autoscaled workers."""
+    """Run the whole farm on this machine.
+
+    Starts Redis (unless REDIS_URL is set), the API and autoscaled workers in the foreground.
+    Ctrl-C drains: busy workers finish their transcode; a second Ctrl-C interrupts them.
+    """
     from vidfarm.up import run_up
 
     options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync)
@@ -90,7 +94,10 @@ def up(host, port, min_workers, max_workers, scale_down_after, encoder, queue, r
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to save the renditions (default: $VIDFARM_HOME/demo).")
 def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync, out) -> None:
-    """Bring the farm up, transcode a generated sample end to end, download it, stop."""
+    """Transcode a generated sample end to end.
+
+    Brings the farm up, uploads a generated 1080p clip, downloads its renditions, stops.
+    """
     from vidfarm.demo import run_demo
     from vidfarm.up import run_up
 
@@ -144,7 +151,10 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
 @click.option("--metrics-port", default=9101, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--resync", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Seconds between passes.")
 def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float) -> None:
-    """Scale worker Deployments in a Kubernetes cluster from queue work."""
+    """Scale worker Deployments in a Kubernetes cluster.
+
+    Reads the pools from --config; several replicas may run, a Lease elects the one that acts.
+    """
     from autoscaler.cluster import run_cluster_autoscaler
 
     run_cluster_autoscaler(load_settings(), config_path, dry_run=dry_run, metrics_port=metrics_port,
@@ -190,7 +200,10 @@ def _api_call(fn, *args, **kwargs):
 @click.option("--renditions", default=None, help="Comma-separated rungs (e.g. 720p); default: all.")
 @client_options
 def upload(file: Path, wait: bool, renditions: str | None, url: str, api_key: str | None) -> None:
-    """Upload FILE; prints the video id (and, with --wait, the rendition URLs)."""
+    """Upload a video file.
+
+    Prints the video id; with --wait, follows the transcode and prints the rendition URLs.
+    """
     client = make_client(url, api_key)
     with click.progressbar(length=file.stat().st_size, label="upload   ", file=sys.stderr,
                            show_pos=False, show_percent=True) as bar:
@@ -231,7 +244,7 @@ def print_video(video: dict) -> None:
 @click.argument("video_id", required=False)
 @client_options
 def status(video_id: str | None, url: str, api_key: str | None) -> None:
-    """Show one video, or (without VIDEO_ID) the farm: queues and workers."""
+    """Show a video, or the farm's queues and workers."""
     client = make_client(url, api_key)
     if video_id:
         print_video(_api_call(client.video, video_id))
@@ -249,7 +262,11 @@ def status(video_id: str | None, url: str, api_key: str | None) -> None:
 @click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
 @client_options
 def top(interval: float, once: bool, url: str, api_key: str | None) -> None:
-    """Live view of queues, pools (min/max/desired/current), workers and recent scaling decisions."""
+    """Live view of queues, pools and workers.
+
+    Shows queue depths, each pool's min/max/desired/current replicas, the workers and the recent
+    scaling decisions.
+    """
     from vidfarm.top import run_top
 
     _api_call(run_top, make_client(url, api_key), interval, once)
