@@ -108,3 +108,33 @@ def test_interlaced_sources_are_deinterlaced(http, worker, tmp_path):
     fields = detected_fields(path)
     assert fields["Progressive"] > 4 * (fields["TFF"] + fields["BFF"]), fields
     assert Fraction(ffprobe(path, "-show_streams")["streams"][0]["avg_frame_rate"]) == 25
+
+
+@pytest.mark.parametrize("transfer", ["smpte2084", "arib-std-b67"])
+def test_hdr_sources_are_tone_mapped_to_sdr(transfer, http, worker, tmp_path):
+    """Phones record HDR (HLG or PQ) by default; 8-bit H.264 renditions must be honest BT.709 SDR."""
+    source = encode(tmp_path / "hdr.mp4", "testsrc2=size=1280x720:rate=30:duration=1",
+                    ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le",
+                     "-x265-params", f"log-level=error:colorprim=bt2020:transfer={transfer}:colormatrix=bt2020nc",
+                     "-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", "bt2020nc"])
+    video = wait_for(http, upload(http, source).json()["id"])
+    assert video["status"] == "ready", video["error"]
+    path = tmp_path / "out.mp4"
+    path.write_bytes(http.get(video["renditions"][0]["url"]).content)
+    out = ffprobe(path, "-show_streams")["streams"][0]
+    assert (out["pix_fmt"], out["color_transfer"], out["color_primaries"], out["color_space"]) == (
+        "yuv420p", "bt709", "bt709", "bt709")
+    # Tone mapping changes the pixels, not just the tags: a plain 10 -> 8 bit conversion (HDR code
+    # values shown as if they were SDR) is visibly brighter and flatter.
+    naive = tmp_path / "naive.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(source), "-vf", "format=yuv420p",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(naive)], check=True)
+    assert abs(mean_luma(path) - mean_luma(naive)) > 10
+
+
+def mean_luma(path: Path) -> float:
+    done = subprocess.run(["ffmpeg", "-hide_banner", "-i", str(path), "-vf",
+                           "signalstats,metadata=print:key=lavfi.signalstats.YAVG:file=-", "-f", "null", "-"],
+                          capture_output=True, text=True, check=True)
+    values = [float(line.split("=")[1]) for line in done.stdout.splitlines() if "YAVG=" in line]
+    return sum(values) / len(values)

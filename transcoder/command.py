@@ -46,7 +46,23 @@ def video_options(plan: OutputPlan, encoder: Encoder) -> dict[str, str | int]:
         "g": plan.gop_frames,
         "keyint_min": plan.gop_frames,
         "force_key_frames": f"expr:gte(t,n_forced*{GOP_SECONDS})",
+        # Say what the pixels are: players guess otherwise, and HDR sources would keep their HDR tags.
+        "color_primaries": "bt709",
+        "color_trc": "bt709",
+        "colorspace": "bt709",
     }
+
+
+def tone_map_to_sdr(picture, transfer: str):
+    """HDR (PQ or HLG, BT.2020) to SDR BT.709: linearise, tone-map (Hable), re-encode the curve.
+    Without this, 8-bit renditions of phone HDR videos look grey and washed out."""
+    return (
+        picture.filter("zscale", tin=transfer, min="bt2020nc", pin="bt2020", t="linear", npl=100)
+        .filter("format", "gbrpf32le")
+        .filter("zscale", p="bt709")
+        .filter("tonemap", tonemap="hable", desat=0)
+        .filter("zscale", t="bt709", m="bt709", r="tv")
+    )
 
 
 def audio_options() -> dict[str, str | int]:
@@ -55,7 +71,7 @@ def audio_options() -> dict[str, str | int]:
 
 def transcode_args(
     source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, has_audio: bool, encoder: Encoder,
-    deinterlace: bool = False,
+    deinterlace: bool = False, hdr_transfer: str | None = None,
 ) -> list[str]:
     """Arguments (without the leading `ffmpeg`) writing every planned rendition to its path."""
     stream = ffmpeg.input(str(source))
@@ -64,13 +80,17 @@ def transcode_args(
     if deinterlace:
         # One output frame per input frame (50i -> 25p), so the frame rate the plan assumed holds.
         picture = picture.filter("bwdif", mode="send_frame", deint="interlaced")
+    if hdr_transfer:
+        picture = tone_map_to_sdr(picture, hdr_transfer)
     # fps before split: constant frame rate, decided once, so every rendition has the same frames.
     picture = picture.filter("fps", fps=f"{fps.numerator}/{fps.denominator}")
     branches = picture.filter_multi_output("split", len(outputs)) if len(outputs) > 1 else None
     nodes = []
     for index, (plan, path) in enumerate(outputs):
         branch = branches.stream(index) if branches is not None else picture
-        video = branch.filter("scale", plan.width, plan.height).filter("setsar", 1).filter("format", "yuv420p")
+        # Convert the matrix too (SD sources are BT.601), so the BT.709 tags below tell the truth.
+        video = (branch.filter("scale", plan.width, plan.height, out_color_matrix="bt709", out_range="tv")
+                 .filter("setsar", 1).filter("format", "yuv420p"))
         streams = [video, stream["a:0"]] if has_audio else [video]
         options = video_options(plan, encoder) | (audio_options() if has_audio else {"an": None})
         nodes.append(ffmpeg.output(*streams, str(path), format="mp4", movflags="+faststart", **options))

@@ -76,7 +76,7 @@ def source_from_row(video: dict[str, Any]) -> SourceInfo:
     return SourceInfo(
         duration_s=video["duration_s"], width=video["width"], height=video["height"], fps=video["fps"],
         video_codec=video["video_codec"], audio_codec=video["audio_codec"], pix_fmt="", rotation=0,
-        interlaced=bool(video.get("interlaced")),
+        interlaced=bool(video.get("interlaced")), hdr_transfer=video.get("hdr_transfer"),
     )
 
 
@@ -173,7 +173,7 @@ class Attempt:
         self.remove_leftovers(source_path.parent)
         outputs = [(plan, self.temp_for(storage.rendition_path(self.video_id, plan.name))) for plan in plans]
         args = transcode_args(source_path, outputs, has_audio=source.has_audio, encoder=self.encoder,
-                              deinterlace=source.interlaced)
+                              deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer)
         encoded_s = run_ffmpeg(
             args,
             on_progress=lambda t: self.progress(t, source.duration_s),

@@ -120,6 +120,7 @@ def create_app(farm: Farm) -> FastAPI:
                 filename=_printable(received.filename), size_bytes=received.size_bytes,
                 duration_s=source.duration_s, width=source.width, height=source.height, fps=source.fps,
                 video_codec=source.video_codec, audio_codec=source.audio_codec, interlaced=int(source.interlaced),
+                hdr_transfer=source.hdr_transfer,
                 queue=settings.default_queue, job_id=new_job_id(video_id), requested=wanted,
                 has_poster=0,
             )

@@ -73,6 +73,7 @@ class Video(Base):
     video_codec: Mapped[str] = mapped_column(String(64))
     audio_codec: Mapped[str | None] = mapped_column(String(64), nullable=True)
     interlaced: Mapped[int] = mapped_column(Integer, default=0)
+    hdr_transfer: Mapped[str | None] = mapped_column(String(32), nullable=True)
     queue: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)

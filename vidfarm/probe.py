@@ -20,6 +20,8 @@ MAX_FPS = 240.0
 REJECTED_FORMATS = {"image2", "hls", "concat", "ffconcat", "tee", "lavfi", "dash", "imf", "tty", "subviewer"}
 MP4_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2"}
 INTERLACED_FIELD_ORDERS = {"tt", "bb", "tb", "bt"}
+# HDR transfer functions (phones record HLG or PQ by default now); H.264 8-bit renditions are SDR.
+HDR_TRANSFERS = {"smpte2084", "arib-std-b67"}
 STILL_IMAGE_CODECS = {"png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpegls", "jpeg2000", "pam", "ppm", "qoi"}
 
 
@@ -43,6 +45,7 @@ class SourceInfo:
     pix_fmt: str
     rotation: int         # degrees clockwise the player rotates the coded picture
     interlaced: bool = False  # fields, not frames (broadcast, camcorders): deinterlaced on transcode
+    hdr_transfer: str | None = None  # "smpte2084" (PQ) or "arib-std-b67" (HLG): tone-mapped to SDR
 
     @property
     def has_audio(self) -> bool:
@@ -146,6 +149,7 @@ def describe(info: dict[str, Any]) -> SourceInfo:
         pix_fmt=video.get("pix_fmt", "unknown"),
         rotation=rotation,
         interlaced=video.get("field_order") in INTERLACED_FIELD_ORDERS,
+        hdr_transfer=video.get("color_transfer") if video.get("color_transfer") in HDR_TRANSFERS else None,
     )
 
 
