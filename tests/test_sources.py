@@ -138,3 +138,27 @@ def mean_luma(path: Path) -> float:
                           capture_output=True, text=True, check=True)
     values = [float(line.split("=")[1]) for line in done.stdout.splitlines() if "YAVG=" in line]
     return sum(values) / len(values)
+
+
+def mean_rgb(path: Path) -> list[float]:
+    """Average R, G, B of the first frame as a player shows it (decoded with the file's own tags)."""
+    raw = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), "-frames:v", "1",
+                          "-vf", "scale=64:36:flags=area,format=rgb24", "-f", "rawvideo", "-"],
+                         capture_output=True, check=True).stdout
+    return [sum(raw[i::3]) / (len(raw) // 3) for i in range(3)]
+
+
+@pytest.mark.parametrize(("matrix", "size"), [("smpte170m", "640x480"), ("bt709", "1280x720"), (None, "1280x720")])
+def test_colors_survive_the_transcode(matrix, size, http, worker, tmp_path):
+    tags = ["-colorspace", matrix, "-color_primaries", "bt709" if matrix == "bt709" else "smpte170m",
+            "-color_trc", "bt709" if matrix == "bt709" else "smpte170m"] if matrix else []
+    source = encode(tmp_path / "bars.mp4", f"smptehdbars=size={size}:rate=30:duration=1",
+                    ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *tags])
+    video = wait_for(http, upload(http, source).json()["id"])
+    assert video["status"] == "ready", video["error"]
+    path = tmp_path / "out.mp4"
+    path.write_bytes(http.get(video["renditions"][0]["url"]).content)
+    out = ffprobe(path, "-show_streams")["streams"][0]
+    assert out.get("color_space") == matrix  # the source's tags carried over; untagged stays untagged
+    assert all(abs(a - b) < 1.5 for a, b in zip(mean_rgb(path), mean_rgb(source), strict=True)), (
+        mean_rgb(path), mean_rgb(source))

@@ -46,11 +46,11 @@ def video_options(plan: OutputPlan, encoder: Encoder) -> dict[str, str | int]:
         "g": plan.gop_frames,
         "keyint_min": plan.gop_frames,
         "force_key_frames": f"expr:gte(t,n_forced*{GOP_SECONDS})",
-        # Say what the pixels are: players guess otherwise, and HDR sources would keep their HDR tags.
-        "color_primaries": "bt709",
-        "color_trc": "bt709",
-        "colorspace": "bt709",
     }
+
+
+# Tone-mapped pixels are BT.709 SDR; without these tags the renditions would keep the source's HDR tags.
+BT709_TAGS = {"color_primaries": "bt709", "color_trc": "bt709", "colorspace": "bt709"}
 
 
 def tone_map_to_sdr(picture, transfer: str):
@@ -73,7 +73,11 @@ def transcode_args(
     source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, has_audio: bool, encoder: Encoder,
     deinterlace: bool = False, hdr_transfer: str | None = None,
 ) -> list[str]:
-    """Arguments (without the leading `ffmpeg`) writing every planned rendition to its path."""
+    """Arguments (without the leading `ffmpeg`) writing every planned rendition to its path.
+
+    SDR sources keep their YUV matrix and their colour tags (ffmpeg carries them over), so players
+    decode renditions exactly like the source; only HDR is converted (to BT.709) and re-tagged.
+    """
     stream = ffmpeg.input(str(source))
     fps = outputs[0][0].fps
     picture = stream.video
@@ -88,11 +92,10 @@ def transcode_args(
     nodes = []
     for index, (plan, path) in enumerate(outputs):
         branch = branches.stream(index) if branches is not None else picture
-        # Convert the matrix too (SD sources are BT.601), so the BT.709 tags below tell the truth.
-        video = (branch.filter("scale", plan.width, plan.height, out_color_matrix="bt709", out_range="tv")
-                 .filter("setsar", 1).filter("format", "yuv420p"))
+        video = branch.filter("scale", plan.width, plan.height).filter("setsar", 1).filter("format", "yuv420p")
         streams = [video, stream["a:0"]] if has_audio else [video]
-        options = video_options(plan, encoder) | (audio_options() if has_audio else {"an": None})
+        options = video_options(plan, encoder) | (BT709_TAGS if hdr_transfer else {})
+        options |= audio_options() if has_audio else {"an": None}
         nodes.append(ffmpeg.output(*streams, str(path), format="mp4", movflags="+faststart", **options))
     merged = ffmpeg.merge_outputs(*nodes).global_args(
         "-hide_banner", "-nostdin", "-loglevel", "error", "-progress", "pipe:1", "-nostats"
