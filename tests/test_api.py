@@ -151,3 +151,13 @@ def test_events_stream_survives_redis_going_away(settings, clips, tmp_path):
     finally:
         server.stop()
         own.stop()
+
+
+def test_an_upload_can_pick_its_queue(http, clips, farm):
+    from rq import Queue
+
+    video = upload(http, clips["small"], queue="gpu").json()
+    assert Queue("gpu", connection=farm.rq_redis).job_ids == [farm.catalog.get(video["id"])["job_id"]]
+    assert Queue("cpu", connection=farm.rq_redis).count == 0
+    refused = upload(http, clips["small"], queue="nope")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_queue"

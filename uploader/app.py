@@ -29,6 +29,7 @@ from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue, new_job_id
 from vidfarm.probe import ProbeError, probe
 from vidfarm.queues import queue_counts
+from vidfarm.settings import Settings
 from vidfarm.storage import STORAGE_ERRNOS, InvalidKey, is_video_id, new_video_id
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def create_app(farm: Farm) -> FastAPI:
             received = await receive_upload(request, incoming, settings.max_upload_bytes)
             wanted = _renditions(received.fields.get("renditions") or request.query_params.get("renditions"),
                                  settings.ladder)
+            queue = _queue(received.fields.get("queue") or request.query_params.get("queue"), settings)
             source = await run_in_threadpool(
                 probe, incoming, max_duration_s=settings.max_duration_s, max_pixels=settings.max_pixels
             )
@@ -121,7 +123,7 @@ def create_app(farm: Farm) -> FastAPI:
                 duration_s=source.duration_s, width=source.width, height=source.height, fps=source.fps,
                 video_codec=source.video_codec, audio_codec=source.audio_codec, interlaced=int(source.interlaced),
                 hdr_transfer=source.hdr_transfer,
-                queue=settings.default_queue, job_id=new_job_id(video_id), requested=wanted,
+                queue=queue, job_id=new_job_id(video_id), requested=wanted,
                 has_poster=0,
             )
         except ProbeError as exc:
@@ -265,6 +267,15 @@ def _renditions(raw: str | None, ladder: tuple[str, ...]) -> list[str] | None:
     return sorted(set(wanted), key=ladder.index)
 
 
+def _queue(raw: str | None, settings: Settings) -> str:
+    """Which pool runs the video (e.g. `gpu` for NVENC workers); the configured default otherwise."""
+    if not raw:
+        return settings.default_queue
+    if raw not in settings.queues and raw != settings.default_queue:
+        raise ApiError(422, "unknown_queue", f"unknown queue {raw!r}; choose from {', '.join(settings.queues)}")
+    return raw
+
+
 def _printable(filename: str) -> str:
     """Kept only as metadata; strip control characters and path parts so it displays safely."""
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
@@ -309,6 +320,7 @@ _UPLOAD_BODY_DOC = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "renditions": {"type": "string", "description": "comma-separated rungs, e.g. 720p"},
+                        "queue": {"type": "string", "description": "queue (worker pool), e.g. gpu"},
                     },
                 }
             },
@@ -320,5 +332,7 @@ _UPLOAD_BODY_DOC = {
         {"name": "filename", "in": "query", "required": False, "schema": {"type": "string"},
          "description": "original filename, for raw bodies"},
         {"name": "renditions", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "queue", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "queue (worker pool) to run on, e.g. gpu; default VIDFARM_DEFAULT_QUEUE"},
     ],
 }

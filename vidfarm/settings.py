@@ -51,6 +51,7 @@ class Settings:
     max_duration_s: float = 6 * 3600.0
     max_pixels: int = 7680 * 4320
     default_queue: str = "cpu"
+    queues: tuple[str, ...] = ("cpu", "gpu")  # what an upload may ask for (`queue` field)
     ladder: tuple[str, ...] = ("1080p", "720p")
     max_attempts: int = 3
     # Job timeout = base + factor * source duration: RQ's 180 s default kills any real transcode.
@@ -84,6 +85,7 @@ class Settings:
             max_duration_s=_env_float("VIDFARM_MAX_DURATION_S", 6 * 3600.0),
             max_pixels=_env_int("VIDFARM_MAX_PIXELS", 7680 * 4320),
             default_queue=os.environ.get("VIDFARM_DEFAULT_QUEUE", "cpu"),
+            queues=tuple(q.strip() for q in os.environ.get("VIDFARM_QUEUES", "cpu,gpu").split(",") if q.strip()),
             ladder=ladder,
             max_attempts=_env_int("VIDFARM_MAX_ATTEMPTS", 3),
             job_timeout_base_s=_env_int("VIDFARM_JOB_TIMEOUT_BASE_S", 300),
