@@ -198,8 +198,9 @@ def _api_call(fn, *args, **kwargs):
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Wait for the transcode, with a progress bar.")
 @click.option("--renditions", default=None, help="Comma-separated rungs (e.g. 720p); default: all.")
+@click.option("--queue", default=None, help="Queue (worker pool) to run on, e.g. gpu; default: the server's.")
 @client_options
-def upload(file: Path, wait: bool, renditions: str | None, url: str, api_key: str | None) -> None:
+def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, url: str, api_key: str | None) -> None:
     """Upload a video file.
 
     Prints the video id; with --wait, follows the transcode and prints the rendition URLs.
@@ -207,7 +208,7 @@ def upload(file: Path, wait: bool, renditions: str | None, url: str, api_key: st
     client = make_client(url, api_key)
     with click.progressbar(length=file.stat().st_size, label="upload   ", file=sys.stderr,
                            show_pos=False, show_percent=True) as bar:
-        video = _api_call(client.upload, file, bar.update, renditions)
+        video = _api_call(client.upload, file, bar.update, renditions, queue)
     click.echo(video["id"])
     if wait:
         video = wait_with_bar(client, video["id"])

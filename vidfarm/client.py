@@ -30,7 +30,8 @@ class Client:
         except (ValueError, KeyError, TypeError):
             raise ApiClientError(f"{response.status_code}: {response.text[:200]}") from None
 
-    def upload(self, path: Path, on_bytes: Callable[[int], None], renditions: str | None = None) -> dict:
+    def upload(self, path: Path, on_bytes: Callable[[int], None], renditions: str | None = None,
+               queue: str | None = None) -> dict:
         def body() -> Iterator[bytes]:
             with path.open("rb") as handle:
                 while chunk := handle.read(CHUNK):
@@ -40,6 +41,8 @@ class Client:
         params = {"filename": path.name}
         if renditions:
             params["renditions"] = renditions
+        if queue:
+            params["queue"] = queue
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)}
         response = self.http.post("/v1/videos", params=params, content=body(), headers=headers,
                                   timeout=httpx.Timeout(30.0, read=600.0))
