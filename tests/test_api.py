@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import OTHER_KEY, upload, wait_for
+from tests.conftest import API_KEY, OTHER_KEY, upload, wait_for
 from vidfarm.storage import Storage
 
 
@@ -161,3 +161,20 @@ def test_an_upload_can_pick_its_queue(http, clips, farm):
     assert Queue("cpu", connection=farm.rq_redis).count == 0
     refused = upload(http, clips["small"], queue="nope")
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_queue"
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_nothing_behind(api, http, farm):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", api.port)) as conn:
+        conn.sendall((f"POST /v1/videos?filename=a.mp4 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+                      "Content-Type: video/mp4\r\nContent-Length: 50000000\r\n\r\n").encode())
+        conn.sendall(b"\0" * 2_000_000)
+    storage = Storage(farm.settings.storage_dir)
+    deadline = time.monotonic() + 10
+    while any(storage.incoming.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(storage.incoming.iterdir()) == []
+    assert list(storage.videos.iterdir()) == []
+    assert http.get("/v1/videos").json()["items"] == []
+    assert http.get("/healthz").status_code == 200
