@@ -108,7 +108,8 @@ def create_app(farm: Farm) -> FastAPI:
         video_id = new_video_id()
         incoming = storage.incoming_path(video_id)
         try:
-            received = await receive_upload(request, incoming, settings.max_upload_bytes)
+            received = await receive_upload(request, incoming, settings.max_upload_bytes,
+                                            settings.upload_idle_timeout_s)
             wanted = _renditions(received.fields.get("renditions") or request.query_params.get("renditions"),
                                  settings.ladder)
             queue = _queue(received.fields.get("queue") or request.query_params.get("queue"), settings)

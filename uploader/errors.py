@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
     413: "too_large", 415: "unsupported_media_type", 422: "invalid", 503: "unavailable",
 }
 

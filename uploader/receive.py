@@ -6,6 +6,8 @@ arrive, or a raw body with a video/* or application/octet-stream content type.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -117,7 +119,22 @@ def _declared_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
-async def receive_upload(request: Request, target: Path, limit: int) -> Received:
+async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The body as it arrives. A client that sends nothing for `idle_timeout_s` is given up on: a dead
+    peer is not always reported as a disconnect, and a trickling one would hold its slot forever."""
+    body = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(body.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise ApiError(408, "upload_timeout",
+                           f"no upload data received for {idle_timeout_s:g} s; the upload was abandoned") from exc
+        yield chunk
+
+
+async def receive_upload(request: Request, target: Path, limit: int, idle_timeout_s: float = 60.0) -> Received:
     _declared_length(request, limit)
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type = content_type.decode("latin-1").lower()
@@ -126,9 +143,9 @@ async def receive_upload(request: Request, target: Path, limit: int) -> Received
         with target.open("wb") as out:
             sink = _Sink(out, limit)
             if content_type == "multipart/form-data":
-                received = await _receive_multipart(request, sink, params.get(b"boundary"))
+                received = await _receive_multipart(_chunks(request, idle_timeout_s), sink, params.get(b"boundary"))
             elif content_type.startswith("video/") or content_type == "application/octet-stream":
-                async for chunk in request.stream():
+                async for chunk in _chunks(request, idle_timeout_s):
                     sink.write(chunk)
                 received = Received(request.query_params.get("filename") or "upload", sink.size)
             else:
@@ -142,13 +159,13 @@ async def receive_upload(request: Request, target: Path, limit: int) -> Received
     return received
 
 
-async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | None) -> Received:
+async def _receive_multipart(body: AsyncIterator[bytes], sink: _Sink, boundary: bytes | None) -> Received:
     if not boundary:
         raise ApiError(400, "bad_request", "multipart body without a boundary")
     upload = _MultipartUpload(sink)
     parser = MultipartParser(boundary, upload.callbacks())
     try:
-        async for chunk in request.stream():
+        async for chunk in body:
             parser.write(chunk)
         parser.finalize()
     except (ApiError, OSError):

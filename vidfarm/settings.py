@@ -51,6 +51,7 @@ class Settings:
     max_upload_bytes: int = 20 * GIB
     max_duration_s: float = 6 * 3600.0
     max_pixels: int = 7680 * 4320
+    upload_idle_timeout_s: float = 60.0  # an upload sending nothing this long is abandoned (408)
     default_queue: str = "cpu"
     queues: tuple[str, ...] = ("cpu", "gpu")  # what an upload may ask for (`queue` field)
     ladder: tuple[str, ...] = ("1080p", "720p")
@@ -85,6 +86,7 @@ class Settings:
             max_upload_bytes=_env_int("VIDFARM_MAX_UPLOAD_BYTES", 20 * GIB),
             max_duration_s=_env_float("VIDFARM_MAX_DURATION_S", 6 * 3600.0),
             max_pixels=_env_int("VIDFARM_MAX_PIXELS", 7680 * 4320),
+            upload_idle_timeout_s=_env_float("VIDFARM_UPLOAD_IDLE_TIMEOUT_S", 60.0),
             default_queue=os.environ.get("VIDFARM_DEFAULT_QUEUE", "cpu"),
             queues=tuple(q.strip() for q in os.environ.get("VIDFARM_QUEUES", "cpu,gpu").split(",") if q.strip()),
             ladder=ladder,
