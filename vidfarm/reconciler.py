@@ -9,6 +9,7 @@ so a reconciler racing a worker (or another reconciler) never runs a video twice
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ class Reconciler:
                 fixed += self._retry_or_fail(video)
         live = {v["job_id"] for v in videos}
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
+        self._sweep_abandoned_uploads()
         return fixed
 
     # -- detection --------------------------------------------------------------------------------
@@ -67,6 +69,16 @@ class Reconciler:
         return self.clock() - first_seen >= self.farm.settings.worker_heartbeat_ttl_s
 
     # -- actions ----------------------------------------------------------------------------------
+
+    def _sweep_abandoned_uploads(self) -> None:
+        """Partial uploads nobody writes to any more: their API process died mid-upload. A live
+        upload touches its file at least every idle timeout, or the API gives up on it itself."""
+        cutoff = time.time() - (2 * self.farm.settings.upload_idle_timeout_s + 60)
+        for part in self.farm.storage.incoming.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    log.info("removed abandoned partial upload %s", part.name)
 
     def _retry_or_fail(self, video: dict[str, Any]) -> int:
         if video["attempts"] < self.farm.settings.max_attempts:
