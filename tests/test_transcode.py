@@ -68,6 +68,7 @@ def test_renditions_follow_the_ladder(clip, clips, http, worker, tmp_path):
             assert out_audio["codec_name"] == "aac" and out_audio["channels"] == 2
         assert moov_before_mdat(path)
         assert rendition["size_bytes"] == path.stat().st_size
+        assert abs(rendition["bitrate_kbps"] - int(out_format["bit_rate"]) / 1000) <= 0.05 * rendition["bitrate_kbps"]
         keyframes.append(keyframe_times(path))
     assert all(k == keyframes[0] for k in keyframes), "keyframes differ between renditions"
     assert len(keyframes[0]) >= 1

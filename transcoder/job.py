@@ -26,7 +26,7 @@ from transcoder.runner import Canceled, FfmpegError, FfmpegStalled, run_ffmpeg
 from vidfarm import cancel, events, metrics
 from vidfarm.catalog import ACTIVE, CANCELED, FAILED, PROCESSING, READY
 from vidfarm.farm import Farm
-from vidfarm.probe import SourceInfo, run_ffprobe
+from vidfarm.probe import SourceInfo
 from vidfarm.settings import Settings
 from vidfarm.storage import STORAGE_ERRNOS, publish, temp_name
 
@@ -184,7 +184,7 @@ class Attempt:
         poster = self.make_poster(source_path, source)
         for plan, temp in outputs:
             publish(temp, storage.rendition_path(self.video_id, plan.name))
-        return [self.describe_output(plan) for plan, _ in outputs], poster
+        return [self.describe_output(plan, source.duration_s) for plan, _ in outputs], poster
 
     def finish(self, renditions: list[dict[str, Any]], poster: bool) -> bool:
         done = self.catalog.update(
@@ -277,20 +277,13 @@ class Attempt:
         publish(temp, final)
         return True
 
-    def describe_output(self, plan: OutputPlan) -> dict[str, Any]:
-        path = self.farm.storage.rendition_path(self.video_id, plan.name)
-        return {
-            "name": plan.name, "width": plan.width, "height": plan.height,
-            "bitrate_kbps": self.measured_bitrate_kbps(path), "size_bytes": path.stat().st_size,
-        }
-
-    @staticmethod
-    def measured_bitrate_kbps(path: Path) -> int:
-        try:
-            bitrate = run_ffprobe(path).get("format", {}).get("bit_rate")
-            return round(int(bitrate) / 1000) if bitrate else 0
-        except Exception:  # noqa: BLE001 - a missing number must not fail a finished transcode
-            return 0
+    def describe_output(self, plan: OutputPlan, duration_s: float) -> dict[str, Any]:
+        size = self.farm.storage.rendition_path(self.video_id, plan.name).stat().st_size
+        # Average over the whole file (video + audio), as ffprobe's format bit_rate reports it,
+        # without spawning ffprobe per rendition.
+        bitrate_kbps = round(size * 8 / max(duration_s, 0.001) / 1000)
+        return {"name": plan.name, "width": plan.width, "height": plan.height,
+                "bitrate_kbps": bitrate_kbps, "size_bytes": size}
 
     # -- metrics ----------------------------------------------------------------------------------
 
