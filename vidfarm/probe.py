@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,6 @@ class SourceInfo:
     @property
     def has_audio(self) -> bool:
         return self.audio_codec is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run_ffprobe(path: Path) -> dict[str, Any]:

@@ -22,10 +22,3 @@ def connect(url: str, *, decode: bool = False) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
-
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
