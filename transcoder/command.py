@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import ffmpeg
 
-from transcoder.ladder import GOP_SECONDS, OutputPlan
+from transcoder.ladder import OutputPlan
+from vidfarm.chunks import ChunkWindow
 
 AUDIO_BITRATE = "128k"
 AUDIO_RATE = 48000
@@ -45,7 +47,9 @@ def video_options(plan: OutputPlan, encoder: Encoder) -> dict[str, str | int]:
         "bufsize": f"{plan.bufsize_kbps}k",
         "g": plan.gop_frames,
         "keyint_min": plan.gop_frames,
-        "force_key_frames": f"expr:gte(t,n_forced*{GOP_SECONDS})",
+        # By frame number, not time: chunks start on a GOP boundary, so every chunk and every rung
+        # puts keyframes on the same frames as a single-pass encode would.
+        "force_key_frames": f"expr:eq(mod(n,{plan.gop_frames}),0)",
     }
 
 
@@ -69,16 +73,25 @@ def audio_options() -> dict[str, str | int]:
     return {"c:a": "aac", "b:a": AUDIO_BITRATE, "ac": 2, "ar": AUDIO_RATE}
 
 
-def transcode_args(
-    source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, has_audio: bool, encoder: Encoder,
-    deinterlace: bool = False, hdr_transfer: str | None = None,
-) -> list[str]:
-    """Arguments (without the leading `ffmpeg`) writing every planned rendition to its path.
+QUIET = ("-hide_banner", "-nostdin", "-loglevel", "error")
+PROGRESS = ("-progress", "pipe:1", "-nostats")
 
+
+def chunk_args(
+    source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, window: ChunkWindow, frames: int | None,
+    encoder: Encoder, deinterlace: bool = False, hdr_transfer: str | None = None,
+) -> list[str]:
+    """Arguments (without the leading `ffmpeg`) encoding one chunk's frames into every planned rung:
+    video only, timestamps from 0. The whole video is the chunk starting at frame 0 with no end.
+
+    Timestamps are kept as they are in the source (`-copyts`) and the frame-rate converter's grid is
+    anchored at an absolute frame, so frame k of the output is the same source frame whether the video
+    is encoded in one piece or in chunks; the cut is made on those frames, after the converter.
     SDR sources keep their YUV matrix and their colour tags (ffmpeg carries them over), so players
     decode renditions exactly like the source; only HDR is converted (to BT.709) and re-tagged.
     """
-    stream = ffmpeg.input(str(source))
+    seek = {"ss": f"{window.seek_s:.6f}"} if window.seek_s > 0 else {}
+    stream = ffmpeg.input(str(source), copyts=None, **seek)
     fps = outputs[0][0].fps
     picture = stream.video
     if deinterlace:
@@ -86,25 +99,60 @@ def transcode_args(
         picture = picture.filter("bwdif", mode="send_frame", deint="interlaced")
     if hdr_transfer:
         picture = tone_map_to_sdr(picture, hdr_transfer)
+    grid_start_s = Fraction(window.grid_start_frame) / fps
     # fps before split: constant frame rate, decided once, so every rendition has the same frames.
-    picture = picture.filter("fps", fps=f"{fps.numerator}/{fps.denominator}")
+    picture = picture.filter("fps", fps=f"{fps.numerator}/{fps.denominator}", start_time=f"{float(grid_start_s):.9f}")
+    cut = {"start_frame": window.skip_frames} | ({"end_frame": window.skip_frames + frames} if frames else {})
+    picture = picture.filter("trim", **cut).filter("setpts", "PTS-STARTPTS")
     branches = picture.filter_multi_output("split", len(outputs)) if len(outputs) > 1 else None
     nodes = []
     for index, (plan, path) in enumerate(outputs):
         branch = branches.stream(index) if branches is not None else picture
         video = branch.filter("scale", plan.width, plan.height).filter("setsar", 1).filter("format", "yuv420p")
-        streams = [video, stream["a:0"]] if has_audio else [video]
         options = video_options(plan, encoder) | (BT709_TAGS if hdr_transfer else {})
-        options |= audio_options() if has_audio else {"an": None}
-        nodes.append(ffmpeg.output(*streams, str(path), format="mp4", movflags="+faststart", **options))
-    merged = ffmpeg.merge_outputs(*nodes).global_args(
-        "-hide_banner", "-nostdin", "-loglevel", "error", "-progress", "pipe:1", "-nostats"
-    )
+        nodes.append(ffmpeg.output(video, str(path), format="mp4", an=None, **options))
+    merged = ffmpeg.merge_outputs(*nodes).global_args(*QUIET, *PROGRESS)
     return merged.overwrite_output().get_args()
+
+
+def audio_args(source: Path, target: Path, *, start_s: float) -> list[str]:
+    """The whole first audio track as AAC, its time 0 at the video's first frame (`start_s`, on the
+    source's clock): what comes earlier is cut, a late start is padded with silence, so the track
+    lines up with the stitched picture."""
+    stream = ffmpeg.input(str(source), copyts=None)
+    audio = stream["a:0"].filter("asetpts", f"PTS-{start_s:.6f}/TB").filter(
+        "aresample", AUDIO_RATE, **{"async": 1, "first_pts": 0}
+    )
+    out = ffmpeg.output(audio, str(target), format="mp4", vn=None, **audio_options())
+    return out.global_args(*QUIET, *PROGRESS).overwrite_output().get_args()
+
+
+def stitch_args(concat_list: Path, audio: Path | None, target: Path) -> list[str]:
+    """Stream copy: the rung's chunks one after another, plus the audio track, as one MP4."""
+    picture = ffmpeg.input(str(concat_list), f="concat", safe=0)
+    streams = [picture["v:0"]] + ([ffmpeg.input(str(audio))["a:0"]] if audio else [])
+    out = ffmpeg.output(*streams, str(target), format="mp4", c="copy", movflags="+faststart")
+    return out.global_args(*QUIET).overwrite_output().get_args()
+
+
+def concat_list(chunks: Sequence[Path]) -> str:
+    """The concat demuxer's list file; paths are ours (storage), quoted as it requires."""
+    return "".join("file '{}'\n".format(str(p).replace("'", "'\\''")) for p in chunks)
+
+
+def segment_args(source: Path, stream: str, folder: Path, segment_s: float) -> list[str]:
+    """Stream copy of one stream (`v:0` or `a:0`) into CMAF segments (fragmented MP4) of `segment_s`,
+    cut at keyframes: init.mp4, seg_00000.m4s, ... and ffmpeg's own playlist, which we read back."""
+    out = ffmpeg.input(str(source))[stream].output(
+        str(folder / "ffmpeg.m3u8"), format="hls", c="copy", hls_time=f"{segment_s:.6f}",
+        hls_playlist_type="vod", hls_segment_type="fmp4", hls_fmp4_init_filename="init.mp4",
+        hls_segment_filename=str(folder / "seg_%05d.m4s"), hls_list_size=0,
+    )
+    return out.global_args(*QUIET).overwrite_output().get_args()
 
 
 def poster_args(source: Path, target: Path, *, at_s: float, width: int, height: int) -> list[str]:
     stream = ffmpeg.input(str(source), ss=f"{at_s:.3f}")
     picture = stream.video.filter("scale", width, height).filter("setsar", 1)
     out = ffmpeg.output(picture, str(target), vframes=1, format="mjpeg", **{"q:v": 3})
-    return out.global_args("-hide_banner", "-nostdin", "-loglevel", "error").overwrite_output().get_args()
+    return out.global_args(*QUIET).overwrite_output().get_args()

@@ -1,8 +1,10 @@
-"""The RQ job: transcode one video into its ladder, with the catalog as the record of truth.
+"""The RQ jobs of a video's graph: chunk, audio and finalize, with the catalog as the record of truth.
 
-Each attempt claims the video with a compare-and-set on its job id, so a stale duplicate of an older
-attempt (after a worker was presumed dead, or Redis was wiped and the job re-queued) does nothing.
-Errors the input causes fail the video at once; anything else is left for the reconciler to retry.
+Every attempt claims its task with a compare-and-set on the task's job id, so a stale duplicate of
+an older attempt (after a worker was presumed dead, or Redis was wiped and the job re-queued) does
+nothing. An attempt writes into its own folder, named by its job id; the catalog records which
+attempt finished, and only that attempt's files are ever read. Errors the input causes fail the
+video at once (and stop its other tasks); anything else is left for the reconciler to retry.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,37 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
-from transcoder.command import ENCODERS, Encoder, poster_args, transcode_args
+from transcoder import package
+from transcoder.command import (
+    ENCODERS,
+    Encoder,
+    audio_args,
+    chunk_args,
+    concat_list,
+    poster_args,
+    segment_args,
+    stitch_args,
+)
 from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegStalled, run_ffmpeg
 from vidfarm import cancel, events, metrics
-from vidfarm.catalog import ACTIVE, CANCELED, FAILED, PROCESSING, READY
+from vidfarm.catalog import (
+    ACTIVE,
+    AUDIO,
+    CANCELED,
+    CHUNK,
+    FAILED,
+    FINALIZE,
+    PROCESSING,
+    QUEUED,
+    READY,
+    TASK_DONE,
+    TASK_QUEUED,
+    TASK_RUNNING,
+)
+from vidfarm.chunks import ChunkSpan, chunk_window
 from vidfarm.farm import Farm
+from vidfarm.jobs import stop_video
 from vidfarm.probe import SourceInfo
 from vidfarm.settings import Settings
 from vidfarm.storage import STORAGE_ERRNOS, publish, temp_name
@@ -40,6 +71,7 @@ SHORTFALL_TOLERANCE_RATIO = 0.05
 # the strerror text. They are the disk's fault, not the input's. EIO is left out: ffmpeg also says
 # "Input/output error" about broken input files.
 STORAGE_MESSAGES = tuple(os.strerror(e) for e in sorted(STORAGE_ERRNOS - {errno.EIO}))
+TASK_ACTIVE = (TASK_QUEUED, TASK_RUNNING)
 
 
 @dataclass
@@ -67,9 +99,12 @@ def use_farm(farm: Farm) -> None:
     _FARM = farm
 
 
-def transcode(video_id: str, job_id: str) -> str:
+def run_task(video_id: str, task_name: str, job_id: str) -> str:
     """RQ entry point (enqueued by dotted path). Returns the outcome for RQ's result record."""
-    return Attempt(current_farm(), video_id, job_id).run()
+    farm = current_farm()
+    task = farm.catalog.task(video_id, task_name)
+    kind = task["kind"] if task else CHUNK
+    return KINDS[kind](farm, video_id, task_name, job_id).run()
 
 
 def source_from_row(video: dict[str, Any]) -> SourceInfo:
@@ -77,12 +112,13 @@ def source_from_row(video: dict[str, Any]) -> SourceInfo:
         duration_s=video["duration_s"], width=video["width"], height=video["height"], fps=video["fps"],
         video_codec=video["video_codec"], audio_codec=video["audio_codec"], pix_fmt="", rotation=0,
         interlaced=bool(video.get("interlaced")), hdr_transfer=video.get("hdr_transfer"),
+        start_s=video.get("start_s") or 0.0, file_start_s=video.get("file_start_s") or 0.0,
     )
 
 
 class SourceEndsEarly(Exception):
-    """ffmpeg stopped cleanly but well short of the duration the container declares: a file cut
-    short (any container). Publishing it would hand users a video that silently stops."""
+    """ffmpeg stopped cleanly but well short of where the source should still have pictures: a file
+    cut short (any container). Publishing it would hand users a video that silently stops."""
 
 
 def check_complete(encoded_s: float, duration_s: float) -> None:
@@ -93,117 +129,121 @@ def check_complete(encoded_s: float, duration_s: float) -> None:
         )
 
 
-class Attempt:
-    def __init__(self, farm: Farm, video_id: str, job_id: str) -> None:
+class VideoFailed(Exception):
+    """The input cannot be transcoded: fail the video with this code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TaskAttempt:
+    """Claim, work, record: the protocol every kind of task follows. Subclasses do `work`."""
+
+    kind = ""
+
+    def __init__(self, farm: Farm, video_id: str, task_name: str, job_id: str) -> None:
         self.farm = farm
         self.catalog = farm.catalog
         self.video_id = video_id
+        self.task_name = task_name
         self.job_id = job_id
         self.encoder = IDENTITY.encoder
-        self._last_event = 0.0
-        self._last_write = 0.0
-        self.temps: list[Path] = []
+        self.folder = farm.storage.work_dir(video_id, job_id)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def run(self) -> str:
-        video = self.claim()
-        if video is None:
+        claimed = self.claim()
+        if claimed is None:
             return "skipped"
-        started = time.monotonic()
+        video, task = claimed
         try:
-            renditions, poster = self.encode(video)
-            if not self.finish(renditions, poster):
-                metrics.TRANSCODES.labels(self.encoder.name, CANCELED).inc()
-                return CANCELED
+            result = self.work(video, task)
         except Canceled:
             self.discard()
-            metrics.TRANSCODES.labels(self.encoder.name, CANCELED).inc()
             return CANCELED
+        except VideoFailed as exc:
+            return self.fail(exc.code, exc.message)
         except FfmpegError as exc:
-            # Users see this message: our storage layout is none of their business.
-            detail = exc.stderr_tail.replace(str(self.farm.storage.root), "<storage>")
-            storage = next((m for m in STORAGE_MESSAGES if m in detail), None)
-            if storage is not None:
-                return self.fail("storage_error", f"storage error: {storage} (ffmpeg: {detail})")
-            return self.fail("media_error", f"ffmpeg could not transcode the source: {detail}")
+            return self.fail(*self.explain(exc))
         except FfmpegStalled as exc:
             return self.fail("stalled", str(exc))
         except SourceEndsEarly as exc:
             return self.fail("truncated", str(exc))
         except JobTimeoutException:
-            return self.fail("timeout", "the transcode ran past its time limit")
+            return self.fail("timeout", f"the {self.kind} job ran past its time limit")
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
+                self.discard()
                 raise
             return self.fail("storage_error", f"storage error: {exc.strerror}")
         except BaseException:
-            # Transient (database, Redis, a signal): outputs stay unpublished, the video stays
-            # `processing` and the reconciler re-queues it once this worker is no longer on it.
-            # The reconciler counts the retry when it re-queues (it also sees workers that died).
+            # Transient (database, Redis, a signal, ffmpeg killed from outside): this attempt's files
+            # are dropped, the task stays `running` and the reconciler runs it again once this worker
+            # is no longer on it. The reconciler counts the retry (it also sees workers that died).
             self.discard()
             raise
-        self.observe_success(video, time.monotonic() - started)
-        return READY
+        return self.record(video, result)
 
-    def claim(self) -> dict[str, Any] | None:
+    def claim(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         video = self.catalog.get(self.video_id, cached=False)
-        if video is None or video["job_id"] != self.job_id or video["status"] not in ACTIVE:
+        task = self.catalog.task(self.video_id, self.task_name)
+        if (video is None or task is None or video["status"] not in ACTIVE
+                or task["job_id"] != self.job_id or task["status"] not in TASK_ACTIVE):
             log.info("job %s is stale (video %s is %s); skipping", self.job_id, self.video_id,
                      video and video["status"])
             return None
-        claimed = self.catalog.update(
-            self.video_id,
-            expect={"job_id": self.job_id, "status": ACTIVE, "attempts": video["attempts"]},
-            status=PROCESSING, worker=IDENTITY.name, attempts=video["attempts"] + 1, progress=0.0,
+        attempt = task["attempts"] + 1
+        claimed = self.catalog.update_task(
+            self.video_id, self.task_name,
+            expect={"job_id": self.job_id, "status": TASK_ACTIVE, "attempts": task["attempts"]},
+            status=TASK_RUNNING, worker=IDENTITY.name, attempts=attempt, done_frames=0,
         )
         if not claimed:
             return None
         self.observe_wait(video["queue"])
-        events.publish(self.farm.redis, self.video_id, "status", status=PROCESSING, progress=0.0)
-        log.info("video %s: attempt %d on %s", self.video_id, video["attempts"] + 1, IDENTITY.name)
-        return video
+        self.mark_processing(video, attempt)
+        log.info("video %s: %s attempt %d on %s", self.video_id, self.task_name, attempt, IDENTITY.name)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        return video, {**task, "attempts": attempt}
 
-    def encode(self, video: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-        storage = self.farm.storage
-        source_path = storage.source_path(self.video_id)
-        source = source_from_row(video)
-        names = video["requested"] or list(self.farm.settings.ladder)
-        plans = plan_outputs(source, rungs_named(names))
-        self.remove_leftovers(source_path.parent)
-        outputs = [(plan, self.temp_for(storage.rendition_path(self.video_id, plan.name))) for plan in plans]
-        args = transcode_args(source_path, outputs, has_audio=source.has_audio, encoder=self.encoder,
-                              deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer)
-        encoded_s = run_ffmpeg(
-            args,
-            on_progress=lambda t: self.progress(t, source.duration_s),
-            should_cancel=self.cancel_requested,
-            stall_timeout_s=IDENTITY.stall_timeout_s,
-        )
-        check_complete(encoded_s, source.duration_s)
-        poster = self.make_poster(source_path, source)
-        for plan, temp in outputs:
-            publish(temp, storage.rendition_path(self.video_id, plan.name))
-        return [self.describe_output(plan, source.duration_s) for plan, _ in outputs], poster
+    def mark_processing(self, video: dict[str, Any], attempt: int) -> None:
+        """The video shows `processing` from its first task on, and the most attempts any of its tasks
+        needed (a video re-run after a crash shows 2)."""
+        fields: dict[str, Any] = {"attempts": max(video["attempts"], attempt), "worker": IDENTITY.name}
+        if video["status"] == QUEUED:
+            fields["status"] = PROCESSING
+        moved = self.catalog.update(self.video_id, expect={"status": video["status"], "attempts": video["attempts"]},
+                                    **fields)
+        if moved and video["status"] == QUEUED:
+            events.publish(self.farm.redis, self.video_id, "status", status=PROCESSING, progress=0.0)
 
-    def finish(self, renditions: list[dict[str, Any]], poster: bool) -> bool:
-        done = self.catalog.update(
-            self.video_id, expect={"job_id": self.job_id, "status": PROCESSING},
-            status=READY, progress=100.0, renditions=renditions, has_poster=int(poster),
-            error_code=None, error_message=None,
+    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def record(self, video: dict[str, Any], result: dict[str, Any]) -> str:
+        """This attempt counts only if the catalog still names it: the compare-and-set decides."""
+        done = self.catalog.update_task(
+            self.video_id, self.task_name, expect={"job_id": self.job_id, "status": TASK_RUNNING},
+            status=TASK_DONE, result={"attempt": self.job_id, **result},
         )
         if not done:
-            self.after_lost_claim()
-            return False
-        events.publish(self.farm.redis, self.video_id, "status", status=READY, progress=100.0)
-        log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in renditions))
-        return True
+            self.discard()
+            log.info("video %s: %s result dropped, the task was re-assigned or the video canceled",
+                     self.video_id, self.task_name)
+            return CANCELED
+        return TASK_DONE
 
     def fail(self, code: str, message: str) -> str:
+        """Fails the whole video (a chunk that cannot be encoded is a video that cannot be), and
+        stops its other tasks: queued ones are dropped, running ones see the cancel flag."""
         self.discard()
-        log.warning("video %s failed: %s: %s", self.video_id, code, message)
+        log.warning("video %s failed in %s: %s: %s", self.video_id, self.task_name, code, message)
         failed = self.catalog.update(
-            self.video_id, expect={"job_id": self.job_id, "status": PROCESSING},
+            self.video_id, expect={"status": ACTIVE},
             status=FAILED, error_code=code, error_message=message[-2000:],
         )
         if failed:
@@ -211,34 +251,28 @@ class Attempt:
             metrics.TRANSCODES.labels(self.encoder.name, FAILED).inc()
             events.publish(self.farm.redis, self.video_id, "status", status=FAILED,
                            error={"code": code, "message": message})
+            stop_video(self.farm, self.video_id, keep=self.job_id)
         return FAILED
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def temp_for(self, final: Path) -> Path:
-        temp = temp_name(final, self.job_id)
-        self.temps.append(temp)
-        return temp
-
-    def remove_leftovers(self, folder: Path) -> None:
-        """Partial files of an attempt that died; a retry starts clean."""
-        for leftover in folder.glob(".*.part"):
-            leftover.unlink(missing_ok=True)
+    def explain(self, exc: FfmpegError) -> tuple[str, str]:
+        # Users see this message: our storage layout is none of their business.
+        detail = exc.stderr_tail.replace(str(self.farm.storage.root), "<storage>")
+        storage = next((m for m in STORAGE_MESSAGES if m in detail), None)
+        if storage is not None:
+            return "storage_error", f"storage error: {storage} (ffmpeg: {detail})"
+        return "media_error", f"ffmpeg could not transcode the source: {detail}"
 
     def discard(self) -> None:
-        for temp in self.temps:
-            try:
-                temp.unlink(missing_ok=True)
-            except OSError as exc:
-                # A read-only disk refuses even this; failing here would leave the video
-                # `processing` instead of `failed` with the real reason.
-                log.warning("video %s: cannot remove %s: %s", self.video_id, temp.name, exc.strerror)
-
-    def after_lost_claim(self) -> None:
-        video = self.catalog.get(self.video_id, cached=False)
-        if video is None or video["status"] == CANCELED:
-            self.farm.storage.delete_video(self.video_id)
-        log.info("video %s: result dropped, the video was canceled or re-assigned", self.video_id)
+        try:
+            shutil.rmtree(self.folder, ignore_errors=False)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # A read-only disk refuses even this; failing here would leave the video
+            # `processing` instead of `failed` with the real reason.
+            log.warning("video %s: cannot remove %s: %s", self.video_id, self.folder.name, exc.strerror)
 
     def cancel_requested(self) -> bool:
         try:
@@ -246,46 +280,16 @@ class Attempt:
         except redis.RedisError:
             return False  # cannot tell; the final compare-and-set still catches a cancel
 
-    def progress(self, encoded_s: float, duration_s: float) -> None:
-        percent = round(min(99.0, 100.0 * encoded_s / max(duration_s, 0.001)), 1)
-        now = time.monotonic()
-        if now - self._last_event >= EVENT_INTERVAL_S:
-            self._last_event = now
-            events.publish(self.farm.redis, self.video_id, "progress", progress=percent)
-        if now - self._last_write >= CATALOG_INTERVAL_S:
-            self._last_write = now
-            try:
-                self.catalog.update(self.video_id, expect={"job_id": self.job_id, "status": PROCESSING},
-                                    progress=percent)
-            except SQLAlchemyError as exc:
-                # Progress is best effort: a database blip must not throw away an hour of encoding.
-                log.warning("video %s: progress not saved: %s", self.video_id, type(exc).__name__)
+    def ffmpeg(self, args: list[str], on_progress=None) -> float:
+        return run_ffmpeg(args, on_progress=on_progress, should_cancel=self.cancel_requested,
+                          stall_timeout_s=IDENTITY.stall_timeout_s)
 
-    def make_poster(self, source_path: Path, source: SourceInfo) -> bool:
-        final = self.farm.storage.poster_path(self.video_id)
-        temp = self.temp_for(final)
-        width, height = poster_size(source)
-        at_s = min(source.duration_s * 0.1, 5.0)
-        try:
-            run_ffmpeg(poster_args(source_path, temp, at_s=at_s, width=width, height=height),
-                       stall_timeout_s=60)
-        except FfmpegError as exc:
-            log.warning("video %s: no poster: %s", self.video_id, exc)
-            return False
-        if not temp.exists() or temp.stat().st_size == 0:
-            return False
-        publish(temp, final)
-        return True
+    def source_path(self) -> Path:
+        return self.farm.storage.source_path(self.video_id)
 
-    def describe_output(self, plan: OutputPlan, duration_s: float) -> dict[str, Any]:
-        size = self.farm.storage.rendition_path(self.video_id, plan.name).stat().st_size
-        # Average over the whole file (video + audio), as ffprobe's format bit_rate reports it,
-        # without spawning ffprobe per rendition.
-        bitrate_kbps = round(size * 8 / max(duration_s, 0.001) / 1000)
-        return {"name": plan.name, "width": plan.width, "height": plan.height,
-                "bitrate_kbps": bitrate_kbps, "size_bytes": size}
-
-    # -- metrics ----------------------------------------------------------------------------------
+    def plans(self, video: dict[str, Any]) -> list[OutputPlan]:
+        names = video["requested"] or list(self.farm.settings.ladder)
+        return plan_outputs(source_from_row(video), rungs_named(names))
 
     def observe_wait(self, queue: str) -> None:
         job = get_current_job()
@@ -293,9 +297,243 @@ class Attempt:
             waited = time.time() - job.enqueued_at.timestamp()
             metrics.JOB_WAIT_SECONDS.labels(queue).observe(max(0.0, waited))
 
-    def observe_success(self, video: dict[str, Any], wall_s: float) -> None:
-        metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(wall_s)
+
+def first_frame(video: dict[str, Any], fps: Fraction) -> int:
+    """Frame 0 of the plan on the source's clock: the first video timestamp on the output grid."""
+    return round(Fraction(video.get("start_s") or 0.0).limit_denominator(10**6) * fps)
+
+
+class ChunkAttempt(TaskAttempt):
+    """A run of frames of the picture, every rung from one decode, video only."""
+
+    kind = CHUNK
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._last_event = 0.0
+        self._last_write = 0.0
+        self._others_done = 0
+
+    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        plans = self.plans(video)
+        fps = plans[0].fps
+        source = source_from_row(video)
+        window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
+        outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
+        args = chunk_args(self.source_path(), outputs, window=window, frames=task["frames"], encoder=self.encoder,
+                          deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer)
+        started = time.monotonic()
+        self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
+        frames = count_frames(outputs[0][1])
+        self.check_frames(video, task, frames, fps)
+        self.progress(video, frames, force=True)
+        metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
+        return {"frames": frames}
+
+    def check_frames(self, video: dict[str, Any], task: dict[str, Any], frames: int, fps: Fraction) -> None:
+        """A chunk in the middle must hold exactly its planned frames; the last one must reach about
+        the declared end. Fewer means the source is cut short (or broken) there."""
+        if task["frames"] is not None and frames != task["frames"]:
+            if frames < task["frames"]:
+                decoded_s = float((task["start_frame"] + frames) / fps)
+                raise SourceEndsEarly(
+                    f"the source ends early: only {decoded_s:.1f} s of its declared "
+                    f"{video['duration_s']:.1f} s could be decoded"
+                )
+            raise VideoFailed("media_error", f"{self.task_name} produced {frames} frames, not {task['frames']}")
+        if task["frames"] is None:
+            check_complete(float((task["start_frame"] + frames) / fps), video["duration_s"])
+
+    def progress(self, video: dict[str, Any], frames: int, force: bool = False) -> None:
+        """Done frames over all frames, across every chunk of the video (others read each second)."""
+        now = time.monotonic()
+        total = max(1, video.get("total_frames") or 1)
+        if force or now - self._last_write >= CATALOG_INTERVAL_S:
+            self._last_write = now
+            try:
+                self.catalog.update_task(self.video_id, self.task_name,
+                                         expect={"job_id": self.job_id, "status": TASK_RUNNING}, done_frames=frames)
+                self._others_done = self.catalog.frames_done(self.video_id) - frames
+                self.catalog.update(self.video_id, expect={"status": PROCESSING},
+                                    progress=percent(self._others_done + frames, total))
+            except SQLAlchemyError as exc:
+                # Progress is best effort: a database blip must not throw away an hour of encoding.
+                log.warning("video %s: progress not saved: %s", self.video_id, type(exc).__name__)
+        if force or now - self._last_event >= EVENT_INTERVAL_S:
+            self._last_event = now
+            events.publish(self.farm.redis, self.video_id, "progress",
+                           progress=percent(self._others_done + frames, total))
+
+
+def percent(done: int, total: int) -> float:
+    return round(min(99.0, 100.0 * done / total), 1)
+
+
+def _span(task: dict[str, Any]) -> ChunkSpan:
+    return ChunkSpan(0, task["start_frame"], task["frames"])
+
+
+def count_frames(path: Path) -> int:
+    """Packets of the first video stream, read from the container index (nothing is decoded)."""
+    done = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+         "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    value = done.stdout.strip().rstrip(",")
+    return int(value) if value.isdigit() else 0
+
+
+class AudioAttempt(TaskAttempt):
+    """The whole audio track once, lined up with the picture's first frame."""
+
+    kind = AUDIO
+
+    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        fps = self.plans(video)[0].fps
+        start_s = float(Fraction(first_frame(video, fps)) / fps)
+        self.ffmpeg(audio_args(self.source_path(), self.folder / "audio.m4a", start_s=start_s))
+        return {}
+
+
+class FinalizeAttempt(TaskAttempt):
+    """Stream copy only: stitch each rung's chunks with the audio into the download MP4, cut the
+    CMAF segments of HLS and DASH, write the manifests, then publish everything at once."""
+
+    kind = FINALIZE
+
+    def claim(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        tasks = self.catalog.tasks(self.video_id)
+        waiting = [t["name"] for t in tasks if t["kind"] != FINALIZE and t["status"] != TASK_DONE]
+        if waiting:
+            # Run early (a repaired graph): the reconciler queues finalize again once they are done.
+            log.info("video %s: finalize waits for %s", self.video_id, ", ".join(waiting[:5]))
+            return None
+        self.siblings = tasks
+        return super().claim()
+
+    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        storage = self.farm.storage
+        chunks = sorted((t for t in self.siblings if t["kind"] == CHUNK), key=lambda t: t["start_frame"])
+        audio = next((t for t in self.siblings if t["kind"] == AUDIO), None)
+        audio_path = storage.work_dir(self.video_id, audio["result"]["attempt"]) / "audio.m4a" if audio else None
+        plans = self.plans(video)
+        frames = sum(t["result"]["frames"] for t in chunks)
+        renditions = []
+        for plan in plans:
+            parts = [storage.work_dir(self.video_id, t["result"]["attempt"]) / f"{plan.name}.mp4" for t in chunks]
+            listing = self.folder / f"{plan.name}.txt"
+            listing.write_text(concat_list(parts))
+            self.ffmpeg(stitch_args(listing, audio_path, self.folder / f"{plan.name}.mp4"))
+            renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"]))
+        stream = self.package(plans, audio_path)
+        poster = self.make_poster(video)
+        self.publish(plans, stream, poster)
+        return {"frames": frames, "renditions": renditions, "has_poster": poster is not None}
+
+    def package(self, plans: list[OutputPlan], audio_path: Path | None) -> Path:
+        stream = self.folder / "stream"
+        tracks = []
+        for plan in plans:
+            folder = stream / plan.name
+            folder.mkdir(parents=True)
+            self.ffmpeg(segment_args(self.folder / f"{plan.name}.mp4", "v:0", folder, segment_seconds(plan)))
+            codecs = package.avc_codecs((folder / package.INIT_SEGMENT).read_bytes())
+            tracks.append(self.track(folder, plan.name, codecs=codecs, width=plan.width, height=plan.height,
+                                     fps=plan.fps))
+        audio = None
+        if audio_path is not None:
+            folder = stream / package.AUDIO_FOLDER
+            folder.mkdir(parents=True)
+            self.ffmpeg(segment_args(audio_path, "a:0", folder, segment_seconds(plans[0])))
+            audio = self.track(folder, package.AUDIO_FOLDER, codecs=package.AAC_LC_CODECS, sample_rate=48000)
+        (stream / package.MASTER_PLAYLIST).write_text(package.master_playlist(tracks, audio))
+        (stream / package.DASH_MANIFEST).write_text(package.dash_manifest(tracks, audio))
+        return stream
+
+    @staticmethod
+    def track(folder: Path, name: str, **fields: Any) -> package.Track:
+        cut_list = folder / "ffmpeg.m3u8"
+        segments = package.read_segments(folder, cut_list)
+        cut_list.unlink()
+        track = package.Track(name, segments, **fields)
+        (folder / package.MEDIA_PLAYLIST).write_text(package.media_playlist(track))
+        return track
+
+    def make_poster(self, video: dict[str, Any]) -> Path | None:
+        source = source_from_row(video)
+        target = self.folder / "poster.jpg"
+        width, height = poster_size(source)
+        at_s = min(source.duration_s * 0.1, 5.0)
+        try:
+            run_ffmpeg(poster_args(self.source_path(), target, at_s=at_s, width=width, height=height),
+                       stall_timeout_s=60)
+        except FfmpegError as exc:
+            log.warning("video %s: no poster: %s", self.video_id, exc)
+            return None
+        return target if target.exists() and target.stat().st_size > 0 else None
+
+    def publish(self, plans: list[OutputPlan], stream: Path, poster: Path | None) -> None:
+        """Renames into place. Nothing is served before the catalog says `ready`, so a crash between
+        these renames only leaves files that the next attempt replaces."""
+        storage = self.farm.storage
+        for plan in plans:
+            final = storage.rendition_path(self.video_id, plan.name)
+            os.replace(self.folder / f"{plan.name}.mp4", final)
+        if poster is not None:
+            final = storage.poster_path(self.video_id)
+            temp = temp_name(final, self.job_id)
+            os.replace(poster, temp)
+            publish(temp, final)
+        target = storage.stream_dir(self.video_id)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(stream, target)
+
+    def describe(self, plan: OutputPlan, path: Path, duration_s: float) -> dict[str, Any]:
+        size = path.stat().st_size
+        # Average over the whole file (video + audio), as ffprobe's format bit_rate reports it.
+        bitrate_kbps = round(size * 8 / max(duration_s, 0.001) / 1000)
+        return {"name": plan.name, "width": plan.width, "height": plan.height,
+                "bitrate_kbps": bitrate_kbps, "size_bytes": size}
+
+    def record(self, video: dict[str, Any], result: dict[str, Any]) -> str:
+        done = self.catalog.update(
+            self.video_id, expect={"status": ACTIVE},
+            status=READY, progress=100.0, renditions=result["renditions"], has_poster=int(result["has_poster"]),
+            has_stream=1, total_frames=result["frames"], error_code=None, error_message=None,
+        )
+        if not done:
+            self.after_lost_claim()
+            return CANCELED
+        super().record(video, {"frames": result["frames"]})
+        events.publish(self.farm.redis, self.video_id, "status", status=READY, progress=100.0)
+        log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
+        self.observe_success(video)
+        shutil.rmtree(self.farm.storage.video_dir(self.video_id) / "work", ignore_errors=True)
+        return READY
+
+    def after_lost_claim(self) -> None:
+        self.discard()
+        video = self.catalog.get(self.video_id, cached=False)
+        if video is None or video["status"] == CANCELED:
+            self.farm.storage.delete_video(self.video_id)
+        log.info("video %s: result dropped, the video was canceled or failed meanwhile", self.video_id)
+
+    def observe_success(self, video: dict[str, Any]) -> None:
+        wall_s = (time.time() - _timestamp(video["created_at"]))
         metrics.TRANSCODE_SPEED.labels(self.encoder.name).observe(video["duration_s"] / max(wall_s, 1e-3))
         metrics.TRANSCODES.labels(self.encoder.name, READY).inc()
 
 
+def _timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def segment_seconds(plan: OutputPlan) -> float:
+    """Segments of whole GOPs, exactly: rounded down to the microsecond so that ffmpeg's segmenter,
+    which cuts at the first keyframe at or after each multiple, cuts at that very keyframe."""
+    exact = Fraction(package.SEGMENTS_PER_CHUNK_GOPS * plan.gop_frames) / plan.fps
+    return (exact * 1_000_000).__floor__() / 1_000_000
+
+
+KINDS: dict[str, type[TaskAttempt]] = {CHUNK: ChunkAttempt, AUDIO: AudioAttempt, FINALIZE: FinalizeAttempt}

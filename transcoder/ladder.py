@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from vidfarm.chunks import gop_frames
 from vidfarm.probe import SourceInfo
 
 
@@ -35,7 +36,6 @@ RUNGS: dict[str, Rung] = {
 
 MAX_FPS = 60.0
 HIGH_FPS_BOOST = 1.5
-GOP_SECONDS = 2
 POSTER_SHORT_SIDE = 720
 # H.264 level 4.2 allows at most 8704 macroblocks per frame (about 1080p at any aspect ratio).
 LEVEL_42_MAX_FRAME_MBS = 8704
@@ -56,7 +56,7 @@ class OutputPlan:
 
     @property
     def gop_frames(self) -> int:
-        return max(1, round(float(self.fps) * GOP_SECONDS))
+        return gop_frames(self.fps)
 
 
 def rungs_named(names: Sequence[str]) -> list[Rung]:

@@ -78,11 +78,12 @@ class FarmWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.info.state = presence.DRAINING if self._stop_requested else presence.BUSY
         self.info.video_id = str(job.args[0]) if job.args else ""
+        self.info.job_id = job.id
         self.beat()
         try:
             super().execute_job(job, queue)
         finally:
-            self.info.video_id = ""
+            self.info.video_id = self.info.job_id = ""
             self.info.state = presence.DRAINING if self._stop_requested else presence.IDLE
             self.beat()
 

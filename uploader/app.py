@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -14,8 +13,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
 from sqlalchemy.exc import SQLAlchemyError
 
 from uploader import errors, live
@@ -23,10 +20,10 @@ from uploader.auth import KeyRing
 from uploader.errors import ApiError
 from uploader.receive import receive_upload
 from uploader.resources import ERRORS, FarmOut, VideoOut, VideoPage, video_resource
-from vidfarm import cancel, metrics, presence
+from vidfarm import metrics, presence
 from vidfarm.catalog import ACTIVE, CANCELED, QUEUED, STATUSES
 from vidfarm.farm import Farm
-from vidfarm.jobs import enqueue, new_job_id
+from vidfarm.jobs import enqueue_graph, new_job_id, plan_tasks, stop_video, total_frames
 from vidfarm.probe import ProbeError, probe
 from vidfarm.queues import queue_counts
 from vidfarm.settings import Settings
@@ -125,7 +122,9 @@ def create_app(farm: Farm) -> FastAPI:
                 video_codec=source.video_codec, audio_codec=source.audio_codec, interlaced=int(source.interlaced),
                 hdr_transfer=source.hdr_transfer,
                 queue=queue, job_id=new_job_id(video_id), requested=wanted,
-                has_poster=0,
+                has_poster=0, start_s=source.start_s, file_start_s=source.file_start_s,
+                total_frames=total_frames(source.duration_s, source.fps),
+                tasks=plan_tasks(video_id, source.duration_s, source.fps, source.has_audio, settings.chunk_seconds),
             )
         except ProbeError as exc:
             metrics.UPLOADS.labels("rejected").inc()
@@ -197,8 +196,7 @@ def create_app(farm: Farm) -> FastAPI:
         video = owned(video_id, tenant_id)
         if video["status"] in ACTIVE:
             # Raise the flag first: a worker that claims the job between these lines still sees it.
-            cancel.request(farm.redis, video_id)
-            _drop_queued_job(farm, video)
+            stop_video(farm, video_id)
         catalog.update(video_id, status=CANCELED, renditions=[], has_poster=0, progress=video["progress"])
         storage.delete_video(video_id)
         return Response(status_code=204)
@@ -294,20 +292,13 @@ def _forget(storage, video_id: str) -> None:
 
 def _enqueue_or_defer(farm: Farm, video: dict[str, Any]) -> None:
     try:
-        enqueue(farm.rq_redis, farm.settings, video, video["job_id"])
+        enqueue_graph(farm.rq_redis, farm.settings, video, farm.catalog.tasks(video["id"]))
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
     except redis.RedisError as exc:
         # The catalog row is written, so the video is accepted: the reconciler queues it once
         # Redis is back. Failing the request now would make the client upload it twice.
         log.warning("video %s accepted but not queued yet (%s); the reconciler will queue it",
                     video["id"], type(exc).__name__)
-
-
-def _drop_queued_job(farm: Farm, video: dict[str, Any]) -> None:
-    if not video["job_id"]:
-        return
-    with contextlib.suppress(NoSuchJobError):
-        Job.fetch(video["job_id"], connection=farm.rq_redis).cancel()
 
 
 _UPLOAD_BODY_DOC = {

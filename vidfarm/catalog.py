@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    case,
     create_engine,
     event,
     func,
@@ -83,6 +84,34 @@ class Video(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    start_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    file_start_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)  # planned; exact once ready
+    has_stream: Mapped[int] = mapped_column(Integer, default=0)  # HLS + DASH package published
+
+
+# Task states. A task is one RQ job of a video's graph: a chunk of the picture, the audio, or the
+# finalize step that stitches and packages. `done` keeps which attempt's files count.
+TASK_QUEUED, TASK_RUNNING, TASK_DONE = "queued", "running", "done"
+CHUNK, AUDIO, FINALIZE = "chunk", "audio", "finalize"
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    video_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # chunk-00003, audio, finalize
+    kind: Mapped[str] = mapped_column(String(16))
+    start_frame: Mapped[int] = mapped_column(Integer, default=0)
+    frames: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: to the end of the source
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds of source it encodes
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    done_frames: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -90,6 +119,10 @@ def _as_utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _task_rows(video_id: str, tasks: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    return [{"video_id": video_id, "updated_at": now, **task} for task in tasks]
 
 
 def make_engine(url: str) -> Engine:
@@ -222,20 +255,28 @@ class Catalog:
         return self._select_dicts(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
 
     def work_estimate(self, queues: Iterable[str]) -> tuple[float, float]:
-        """Seconds of source video queued, and seconds still to encode of running jobs."""
+        """Seconds of source video in chunks still queued, and still to encode in running chunks.
+        Audio and finalize jobs are a small fraction of a chunk's work and are left out."""
         queues = list(queues)
-        remaining = Video.duration_s * (1 - func.coalesce(Video.progress, 0.0) / 100.0)
-        stmt = select(
-            func.coalesce(func.sum(Video.duration_s).filter(Video.status == QUEUED), 0.0),
-            func.coalesce(func.sum(remaining).filter(Video.status == PROCESSING), 0.0),
-        ).where(Video.queue.in_(queues))
+        planned = func.coalesce(Task.frames, Video.total_frames - Task.start_frame, 1)
+        fraction_left = 1.0 - 1.0 * Task.done_frames / planned
+        left = case((Task.done_frames >= planned, 0.0), else_=Task.duration_s * fraction_left)
+        stmt = (
+            select(
+                func.coalesce(func.sum(Task.duration_s).filter(Task.status == TASK_QUEUED), 0.0),
+                func.coalesce(func.sum(left).filter(Task.status == TASK_RUNNING), 0.0),
+            )
+            .join(Video, Video.id == Task.video_id)
+            .where(Video.queue.in_(queues), Video.status.in_(ACTIVE), Task.kind == CHUNK)
+        )
         with self.engine.connect() as conn:
             queued, running = conn.execute(stmt).one()
         return float(queued), float(running)
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def create(self, **fields: Any) -> dict[str, Any]:
+    def create(self, *, tasks: Sequence[dict[str, Any]] = (), **fields: Any) -> dict[str, Any]:
+        """The video row and its task graph, in one transaction: a video never exists half planned."""
         now = utcnow()
         fields.setdefault("created_at", now)
         fields.setdefault("updated_at", now)
@@ -243,7 +284,43 @@ class Catalog:
         self._cache_drop(fields["id"])
         with self.engine.begin() as conn:
             conn.execute(Video.__table__.insert().values(**fields))
+            if tasks:
+                conn.execute(Task.__table__.insert(), _task_rows(fields["id"], tasks, now))
         return self.get(fields["id"], cached=False)  # type: ignore[return-value]
+
+    def add_tasks(self, video_id: str, tasks: Sequence[dict[str, Any]]) -> None:
+        """A plan for a video accepted before chunked encoding existed (an upgrade in place)."""
+        with self.engine.begin() as conn:
+            conn.execute(Task.__table__.insert(), _task_rows(video_id, tasks, utcnow()))
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def tasks(self, video_id: str) -> list[dict[str, Any]]:
+        stmt = select(*Task.__table__.columns).where(Task.video_id == video_id).order_by(Task.name)
+        return self._select_dicts(stmt)
+
+    def task(self, video_id: str, name: str) -> dict[str, Any] | None:
+        rows = self._select_dicts(
+            select(*Task.__table__.columns).where(Task.video_id == video_id, Task.name == name)
+        )
+        return rows[0] if rows else None
+
+    def update_task(self, video_id: str, name: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Compare-and-set on one task, as `update` is on a video."""
+        fields.setdefault("updated_at", utcnow())
+        stmt = update(Task).where(Task.video_id == video_id, Task.name == name)
+        for column, value in (expect or {}).items():
+            col = getattr(Task, column)
+            stmt = stmt.where(col.in_(value) if isinstance(value, tuple) else col == value)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.values(**fields)).rowcount > 0
+
+    def frames_done(self, video_id: str) -> int:
+        stmt = select(func.coalesce(func.sum(Task.done_frames), 0)).where(
+            Task.video_id == video_id, Task.kind == CHUNK
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def update(self, video_id: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Compare-and-set: applies `fields` only if every `expect` column still holds its value

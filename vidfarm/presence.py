@@ -28,6 +28,7 @@ class WorkerInfo:
     pool: str = ""        # the autoscaling pool (Deployment) this worker belongs to
     state: str = IDLE
     video_id: str = ""
+    job_id: str = ""      # the attempt it runs: the reconciler tells a live task from a lost one by it
     metrics_url: str = ""
 
     def to_api(self) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def all_workers(conn: redis.Redis) -> list[WorkerInfo]:
             WorkerInfo(
                 name=data["name"], pid=int(data.get("pid") or 0), host=data.get("host", ""),
                 queues=data.get("queues", ""), encoder=data.get("encoder", ""), pool=data.get("pool", ""),
-                state=data.get("state", IDLE), video_id=data.get("video_id", ""),
+                state=data.get("state", IDLE), video_id=data.get("video_id", ""), job_id=data.get("job_id", ""),
                 metrics_url=data.get("metrics_url", ""),
             )
         )

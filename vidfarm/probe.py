@@ -46,6 +46,10 @@ class SourceInfo:
     rotation: int         # degrees clockwise the player rotates the coded picture
     interlaced: bool = False  # fields, not frames (broadcast, camcorders): deinterlaced on transcode
     hdr_transfer: str | None = None  # "smpte2084" (PQ) or "arib-std-b67" (HLG): tone-mapped to SDR
+    # Timestamps of the first video frame and of the file's start (MPEG-TS starts near 1.4 s, say):
+    # chunk jobs seek by them and keep the frame grid of the whole video.
+    start_s: float = 0.0
+    file_start_s: float = 0.0
 
     @property
     def has_audio(self) -> bool:
@@ -111,6 +115,13 @@ def _duration(info: dict[str, Any], stream: dict[str, Any]) -> float:
     return 0.0
 
 
+def _seconds(raw: Any) -> float:
+    try:
+        return float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
 def describe(info: dict[str, Any]) -> SourceInfo:
     """Turn ffprobe's JSON into SourceInfo, or explain why the file is not a video we take."""
     streams = info.get("streams", [])
@@ -147,6 +158,8 @@ def describe(info: dict[str, Any]) -> SourceInfo:
         rotation=rotation,
         interlaced=video.get("field_order") in INTERLACED_FIELD_ORDERS,
         hdr_transfer=video.get("color_transfer") if video.get("color_transfer") in HDR_TRANSFERS else None,
+        start_s=_seconds(video.get("start_time")),
+        file_start_s=_seconds(info.get("format", {}).get("start_time")),
     )
 
 

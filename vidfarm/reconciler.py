@@ -1,10 +1,12 @@
 """The reconciler: makes Redis agree with the catalog again after anything went wrong.
 
-The catalog is the truth. A video that is `queued` but whose job is not in Redis (Redis was wiped,
-or the enqueue failed) is queued again. A video that is `processing` but whose worker is gone, or
-is no longer working on it (killed worker, node loss, OOM, a crash of the job), runs again, up to
-`max_attempts`, after which it fails with a reason. Every change is a compare-and-set on the job id,
-so a reconciler racing a worker (or another reconciler) never runs a video twice.
+The catalog is the truth, task by task. A task that is `queued` but whose job is not in Redis (Redis
+was wiped, or the enqueue failed) is queued again. A task that is `running` but whose worker is gone,
+or is no longer working on it (killed worker, node loss, OOM, a crash of the job), runs again, up to
+`max_attempts`, after which the video fails with a reason; only that task runs again, the others
+keep what they finished. Finalize runs once every other task is done: RQ's dependency normally
+starts it; when the graph was repaired it is queued again here. Every change is a compare-and-set on
+the task's job id, so a reconciler racing a worker (or another reconciler) never runs a task twice.
 """
 
 from __future__ import annotations
@@ -12,60 +14,103 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from rq.job import Job, JobStatus
 
 from vidfarm import events, metrics, presence
-from vidfarm.catalog import FAILED, PROCESSING, QUEUED
+from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
 from vidfarm.farm import Farm
-from vidfarm.jobs import enqueue, new_job_id
+from vidfarm.jobs import enqueue_graph, enqueue_task, new_job_id, notify, plan_tasks, stop_video, total_frames
 
 log = logging.getLogger(__name__)
 
-# A freshly accepted video is written to the catalog a moment before its job reaches Redis.
+# A freshly accepted video is written to the catalog a moment before its jobs reach Redis.
 QUEUED_GRACE_S = 10.0
-DEAD_JOB_STATES = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+DEAD_JOB_STATES = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
+WAITING_JOB_STATES = {JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED}
 
 
 class Reconciler:
-    def __init__(self, farm: Farm, clock=time.monotonic) -> None:
+    def __init__(self, farm: Farm, clock: Callable[[], float] = time.monotonic) -> None:
         self.farm = farm
         self.clock = clock
         self._orphaned_since: dict[str, float] = {}
 
     def step(self) -> int:
-        """One pass; returns how many videos were re-queued or failed."""
-        videos = self.farm.catalog.active()
-        working = {w.video_id: w for w in presence.all_workers(self.farm.redis) if w.video_id}
-        fixed = 0
-        for video in videos:
-            if video["status"] == QUEUED and self._job_lost(video):
-                fixed += self._requeue(video, "its job is missing from Redis")
-            elif video["status"] == PROCESSING and self._worker_lost(video, working):
-                fixed += self._retry_or_fail(video)
-        live = {v["job_id"] for v in videos}
+        """One pass; returns how many tasks were re-queued or videos failed."""
+        working = {w.job_id: w for w in presence.all_workers(self.farm.redis) if w.job_id}
+        fixed, live = 0, set()
+        for video in self.farm.catalog.active():
+            tasks = self.farm.catalog.tasks(video["id"])
+            if not tasks:
+                fixed += self._plan(video)
+                continue
+            live |= {t["job_id"] for t in tasks}
+            fixed += self._repair(video, tasks, working)
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
         self._sweep_abandoned_uploads()
         return fixed
 
+    def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
+        fixed = 0
+        for task in tasks:
+            if task["kind"] == FINALIZE:
+                continue
+            if task["status"] == TASK_QUEUED and self._job_lost(task):
+                fixed += self._requeue(video, task, "its job is missing from Redis")
+            elif task["status"] == TASK_RUNNING and self._worker_lost(task, working):
+                if task["attempts"] >= self.farm.settings.max_attempts:
+                    return fixed + self._fail(video, task)
+                metrics.TRANSCODES.labels("unknown", "retried").inc()  # the lost worker took its encoder name
+                fixed += self._requeue(video, task, f"worker {task['worker']} stopped working on it")
+        finalize = next(t for t in self.farm.catalog.tasks(video["id"]) if t["kind"] == FINALIZE)
+        return fixed + self._repair_finalize(video, finalize, working)
+
+    def _repair_finalize(self, video: dict[str, Any], finalize: dict[str, Any], working: dict[str, Any]) -> int:
+        if finalize["status"] == TASK_RUNNING:
+            if not self._worker_lost(finalize, working):
+                return 0
+            if finalize["attempts"] >= self.farm.settings.max_attempts:
+                return self._fail(video, finalize)
+            return self._requeue(video, finalize, f"worker {finalize['worker']} stopped working on it")
+        if finalize["status"] != TASK_QUEUED or not self._finalize_stuck(video["id"], finalize):
+            return 0
+        return self._requeue(video, finalize, "its job can no longer start")
+
     # -- detection --------------------------------------------------------------------------------
 
-    def _job_lost(self, video: dict[str, Any]) -> bool:
-        if _age_s(video["updated_at"]) < QUEUED_GRACE_S:
-            return False
-        job = Job.fetch_many([video["job_id"]], connection=self.farm.rq_redis)[0]
-        return job is None or job.get_status(refresh=False) in DEAD_JOB_STATES
+    def _job_status(self, job_id: str) -> JobStatus | None:
+        job = Job.fetch_many([job_id], connection=self.farm.rq_redis)[0]
+        return None if job is None else job.get_status(refresh=False)
 
-    def _worker_lost(self, video: dict[str, Any], working: dict[str, presence.WorkerInfo]) -> bool:
-        """Lost once no live worker has reported this video for a full heartbeat TTL (a Redis wipe
-        removes presence hashes for up to one heartbeat; that alone must not look like a death)."""
-        worker = working.get(video["id"])
-        if worker is not None and worker.name == video["worker"]:
-            self._orphaned_since.pop(video["job_id"], None)
+    def _job_lost(self, task: dict[str, Any]) -> bool:
+        if _age_s(task["updated_at"]) < QUEUED_GRACE_S:
             return False
-        first_seen = self._orphaned_since.setdefault(video["job_id"], self.clock())
+        status = self._job_status(task["job_id"])
+        return status is None or status in DEAD_JOB_STATES
+
+    def _finalize_stuck(self, video_id: str, finalize: dict[str, Any]) -> bool:
+        """Finalize cannot start by itself when its job is gone, or when it waits on jobs that were
+        replaced (RQ would never release it) although the catalog says every other task is done."""
+        if _age_s(finalize["updated_at"]) < QUEUED_GRACE_S:
+            return False
+        status = self._job_status(finalize["job_id"])
+        if status is None or status in DEAD_JOB_STATES:
+            return True
+        others_done = all(t["status"] == TASK_DONE for t in self.farm.catalog.tasks(video_id) if t["kind"] != FINALIZE)
+        return status == JobStatus.DEFERRED and others_done
+
+    def _worker_lost(self, task: dict[str, Any], working: dict[str, presence.WorkerInfo]) -> bool:
+        """Lost once no live worker has reported this attempt for a full heartbeat TTL (a Redis wipe
+        removes presence hashes for up to one heartbeat; that alone must not look like a death)."""
+        worker = working.get(task["job_id"])
+        if worker is not None and worker.name == task["worker"]:
+            self._orphaned_since.pop(task["job_id"], None)
+            return False
+        first_seen = self._orphaned_since.setdefault(task["job_id"], self.clock())
         return self.clock() - first_seen >= self.farm.settings.worker_heartbeat_ttl_s
 
     # -- actions ----------------------------------------------------------------------------------
@@ -80,13 +125,10 @@ class Reconciler:
                     part.unlink()
                     log.info("removed abandoned partial upload %s", part.name)
 
-    def _retry_or_fail(self, video: dict[str, Any]) -> int:
-        if video["attempts"] < self.farm.settings.max_attempts:
-            metrics.TRANSCODES.labels("unknown", "retried").inc()  # the lost worker took its encoder name along
-            return self._requeue(video, f"worker {video['worker']} stopped working on it")
-        message = f"the worker was lost during each of {video['attempts']} attempts"
+    def _fail(self, video: dict[str, Any], task: dict[str, Any]) -> int:
+        message = f"the worker was lost during each of {task['attempts']} attempts at {task['name']}"
         failed = self.farm.catalog.update(
-            video["id"], expect={"job_id": video["job_id"], "status": PROCESSING},
+            video["id"], expect={"status": video["status"]},
             status=FAILED, error_code="worker_lost", error_message=message,
         )
         if failed:
@@ -94,26 +136,64 @@ class Reconciler:
             metrics.FAILURES.labels("worker_lost").inc()
             events.publish(self.farm.redis, video["id"], "status", status=FAILED,
                            error={"code": "worker_lost", "message": message})
+            stop_video(self.farm, video["id"])
         return int(failed)
 
-    def _requeue(self, video: dict[str, Any], why: str) -> int:
-        job_id = new_job_id(video["id"])
-        moved = self.farm.catalog.update(
-            video["id"], expect={"job_id": video["job_id"], "status": video["status"]},
-            status=QUEUED, job_id=job_id, worker=None, progress=0.0,
+    def _requeue(self, video: dict[str, Any], task: dict[str, Any], why: str) -> int:
+        job_id = new_job_id(video["id"], task["name"])
+        moved = self.farm.catalog.update_task(
+            video["id"], task["name"], expect={"job_id": task["job_id"], "status": task["status"]},
+            status=TASK_QUEUED, job_id=job_id, worker=None, done_frames=0,
         )
         if not moved:
             return 0
-        log.info("video %s re-queued (attempt %d done): %s", video["id"], video["attempts"], why)
-        self._forget_job(video["job_id"])
-        enqueue(self.farm.rq_redis, self.farm.settings, {**video, "job_id": job_id}, job_id)
+        log.info("video %s: %s re-queued (attempt %d done): %s", video["id"], task["name"], task["attempts"], why)
+        self._forget_job(task["job_id"])
+        if task["kind"] == FINALIZE:
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, {**task, "job_id": job_id},
+                         depends_on=self._unfinished_jobs(video["id"]))
+        else:
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, {**task, "job_id": job_id})
+            self._requeue_finalize_after(video)
+        notify(self.farm.rq_redis, video["queue"])
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
         return 1
 
+    def _requeue_finalize_after(self, video: dict[str, Any]) -> None:
+        """A replaced job leaves finalize waiting on a job that will never run: queue it again, waiting
+        on the jobs of today's attempts."""
+        finalize = self.farm.catalog.task(video["id"], FINALIZE)
+        if finalize is None or finalize["status"] != TASK_QUEUED:
+            return
+        job_id = new_job_id(video["id"], FINALIZE)
+        if self.farm.catalog.update_task(video["id"], FINALIZE, expect={"job_id": finalize["job_id"]}, job_id=job_id):
+            self._forget_job(finalize["job_id"])
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, {**finalize, "job_id": job_id},
+                         depends_on=self._unfinished_jobs(video["id"]))
+
+    def _unfinished_jobs(self, video_id: str) -> list[str]:
+        """Jobs finalize must wait for: those of unfinished tasks that RQ still knows (a running task
+        whose job hash was wiped cannot be waited on; `_finalize_stuck` catches that case)."""
+        ids = [t["job_id"] for t in self.farm.catalog.tasks(video_id)
+               if t["kind"] != FINALIZE and t["status"] != TASK_DONE]
+        jobs = Job.fetch_many(ids, connection=self.farm.rq_redis) if ids else []
+        return [job.id for job in jobs if job is not None]
+
+    def _plan(self, video: dict[str, Any]) -> int:
+        """A video accepted before chunked encoding existed: plan its graph now and queue it."""
+        settings = self.farm.settings
+        tasks = plan_tasks(video["id"], video["duration_s"], video["fps"], video["audio_codec"] is not None,
+                           settings.chunk_seconds)
+        self.farm.catalog.add_tasks(video["id"], tasks)
+        self.farm.catalog.update(video["id"], expect={"status": video["status"]},
+                                 total_frames=total_frames(video["duration_s"], video["fps"]))
+        enqueue_graph(self.farm.rq_redis, settings, video, tasks)
+        log.info("video %s: planned %d tasks", video["id"], len(tasks))
+        return 1
 
     def _forget_job(self, job_id: str) -> None:
         """Drop the superseded attempt's RQ job, so RQ does not later count it as failed
-        (abandoned) when the video was in fact run again."""
+        (abandoned) when the task was in fact run again."""
         try:
             job = Job.fetch_many([job_id], connection=self.farm.rq_redis)[0]
             if job is not None:
@@ -124,4 +204,6 @@ class Reconciler:
 
 def _age_s(iso: str) -> float:
     stamp = datetime.fromisoformat(iso)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
     return (datetime.now(UTC) - stamp).total_seconds()

@@ -40,6 +40,17 @@ def _read_keys_file(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
+def _playback_secret(home: Path) -> str:
+    """`VIDFARM_PLAYBACK_SECRET`, else the one `vidfarm up` generated into the home directory."""
+    if secret := os.environ.get("VIDFARM_PLAYBACK_SECRET", "").strip():
+        return secret
+    path = home / PLAYBACK_SECRET_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+PLAYBACK_SECRET_FILE = "playback-secret"
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -63,6 +74,11 @@ class Settings:
     stall_timeout_s: float = 300.0
     # A worker whose heartbeat key is gone for this long is dead; its job runs again.
     worker_heartbeat_ttl_s: int = 10
+    # Long videos are split into chunks of about this many seconds (whole GOPs), encoded in parallel.
+    chunk_seconds: float = 60.0
+    # Playback URLs carry a token signed with this secret, valid this long.
+    playback_secret: str = ""
+    playback_ttl_s: int = 6 * 3600
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -95,6 +111,9 @@ class Settings:
             job_timeout_factor=_env_float("VIDFARM_JOB_TIMEOUT_FACTOR", 3.0),
             stall_timeout_s=_env_float("VIDFARM_STALL_TIMEOUT_S", 300.0),
             worker_heartbeat_ttl_s=_env_int("VIDFARM_WORKER_HEARTBEAT_TTL_S", 10),
+            chunk_seconds=_env_float("VIDFARM_CHUNK_SECONDS", 60.0),
+            playback_secret=_playback_secret(home),
+            playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
         )
 
     def job_timeout_s(self, duration_s: float) -> int:

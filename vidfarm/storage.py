@@ -15,6 +15,13 @@ from pathlib import Path
 
 VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RENDITION_NAME_RE = re.compile(r"^[0-9]{2,5}p$")
+ATTEMPT_RE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]{1,40}-[0-9a-f]{8}$")
+# What a player may fetch of a package: manifests, playlists, init and media segments. Nothing else.
+STREAM_FILE_RE = re.compile(
+    r"^(master\.m3u8|manifest\.mpd|([0-9]{2,5}p|audio)/(index\.m3u8|init\.mp4|seg_[0-9]{5}\.m4s))$"
+)
+STREAM_DIR = "stream"
+WORK_DIR = "work"
 SOURCE_NAME = "source"
 POSTER_NAME = "poster.jpg"
 # Errors that mean the storage itself is in trouble (full, read-only, no permission, failing disk),
@@ -56,6 +63,21 @@ class Storage:
         if not RENDITION_NAME_RE.match(name):
             raise InvalidKey(f"not a rendition name: {name!r}")
         return self.video_dir(video_id) / f"{name}.mp4"
+
+    def work_dir(self, video_id: str, attempt: str) -> Path:
+        """Files of one attempt of one task (named by its job id): they count only once the catalog
+        records that attempt as the one that finished, so two racing attempts never share a file."""
+        if not ATTEMPT_RE.match(attempt):
+            raise InvalidKey(f"not an attempt id: {attempt!r}")
+        return self.video_dir(video_id) / WORK_DIR / attempt
+
+    def stream_dir(self, video_id: str) -> Path:
+        return self.video_dir(video_id) / STREAM_DIR
+
+    def stream_file(self, video_id: str, relative: str) -> Path:
+        if not STREAM_FILE_RE.match(relative):
+            raise InvalidKey(f"not a file of a stream package: {relative!r}")
+        return self.stream_dir(video_id) / relative
 
     def poster_path(self, video_id: str) -> Path:
         return self.video_dir(video_id) / POSTER_NAME

@@ -1,0 +1,197 @@
+"""HLS and DASH manifests over one set of CMAF segments (fragmented MP4).
+
+ffmpeg cuts the segments (stream copy, at keyframes); everything a player reads about them is
+written here from the segments themselves: durations from ffmpeg's cut list, bit rates from the real
+segment sizes, codec strings from the real SPS. Pure functions of that data, apart from reading files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+AUDIO_FOLDER = "audio"
+AUDIO_GROUP = "aac"
+AAC_LC_CODECS = "mp4a.40.2"
+MEDIA_PLAYLIST = "index.m3u8"
+MASTER_PLAYLIST = "master.m3u8"
+DASH_MANIFEST = "manifest.mpd"
+INIT_SEGMENT = "init.mp4"
+SEGMENTS_PER_CHUNK_GOPS = 3  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
+VIDEO_TIMESCALE = 90000
+SEGMENT_RE = re.compile(r"^seg_(\d{5})\.m4s$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    duration_s: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Track:
+    """One folder of segments: a video rung or the audio."""
+
+    folder: str
+    segments: tuple[Segment, ...]
+    codecs: str
+    width: int = 0
+    height: int = 0
+    fps: Fraction | None = None
+    sample_rate: int = 0
+
+    @property
+    def is_video(self) -> bool:
+        return self.fps is not None
+
+    @property
+    def duration_s(self) -> float:
+        return sum(s.duration_s for s in self.segments)
+
+    @property
+    def peak_bps(self) -> int:
+        return max(math.ceil(s.size_bytes * 8 / max(s.duration_s, 1e-3)) for s in self.segments)
+
+    @property
+    def average_bps(self) -> int:
+        return math.ceil(sum(s.size_bytes for s in self.segments) * 8 / max(self.duration_s, 1e-3))
+
+
+# -- reading what ffmpeg wrote ---------------------------------------------------------------------
+
+
+def read_cut_list(playlist: Path) -> list[tuple[str, float]]:
+    """(segment file, seconds) in order, from the playlist ffmpeg's segmenter wrote."""
+    cuts, duration = [], None
+    for line in playlist.read_text().splitlines():
+        if line.startswith("#EXTINF:"):
+            duration = float(line.split(":", 1)[1].split(",", 1)[0])
+        elif line and not line.startswith("#") and duration is not None:
+            cuts.append((line.strip(), duration))
+            duration = None
+    return cuts
+
+
+def read_segments(folder: Path, playlist: Path) -> tuple[Segment, ...]:
+    return tuple(Segment(name, seconds, (folder / name).stat().st_size) for name, seconds in read_cut_list(playlist))
+
+
+def avc_codecs(init_segment: bytes) -> str:
+    """RFC 6381 codec string from the avcC box: profile, constraint flags and level as coded."""
+    at = init_segment.find(b"avcC")
+    if at < 0 or len(init_segment) < at + 8:
+        raise ValueError("no avcC box in the init segment")
+    profile, constraints, level = init_segment[at + 5:at + 8]
+    return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
+
+
+# -- HLS --------------------------------------------------------------------------------------------
+
+
+def media_playlist(track: Track) -> str:
+    # Every EXTINF must fit in the target duration (rounded up, stricter than the spec's rounding).
+    target = math.ceil(max(s.duration_s for s in track.segments) - 1e-6)
+    lines = [
+        "#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-INDEPENDENT-SEGMENTS", f'#EXT-X-MAP:URI="{INIT_SEGMENT}"',
+    ]
+    for segment in track.segments:
+        lines += [f"#EXTINF:{segment.duration_s:.6f},", segment.name]
+    lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def master_playlist(videos: Sequence[Track], audio: Track | None) -> str:
+    """Variants highest first; BANDWIDTH is the peak segment bit rate of picture plus sound,
+    AVERAGE-BANDWIDTH the mean over the whole video, both measured on the segments."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    if audio is not None:
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",DEFAULT=YES,AUTOSELECT=YES,'
+            f'CHANNELS="2",URI="{audio.folder}/{MEDIA_PLAYLIST}"'
+        )
+    for video in sorted(videos, key=lambda t: -t.height * t.width):
+        peak = video.peak_bps + (audio.peak_bps if audio else 0)
+        average = video.average_bps + (audio.average_bps if audio else 0)
+        codecs = f"{video.codecs},{audio.codecs}" if audio else video.codecs
+        attributes = (
+            f'BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},CODECS="{codecs}",'
+            f"RESOLUTION={video.width}x{video.height},FRAME-RATE={float(video.fps):.3f}"
+        )
+        if audio is not None:
+            attributes += f',AUDIO="{AUDIO_GROUP}"'
+        lines += [f"#EXT-X-STREAM-INF:{attributes}", f"{video.folder}/{MEDIA_PLAYLIST}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- DASH -------------------------------------------------------------------------------------------
+
+
+def _iso_duration(seconds: float) -> str:
+    return f"PT{seconds:.3f}S"
+
+
+def _timeline(track: Track, timescale: int) -> str:
+    """SegmentTimeline with runs of equal durations folded into `r` (repeat) counts."""
+    entries: list[list[int]] = []  # [duration, repeats]
+    for segment in track.segments:
+        ticks = round(segment.duration_s * timescale)
+        if entries and entries[-1][0] == ticks:
+            entries[-1][1] += 1
+        else:
+            entries.append([ticks, 0])
+    parts = []
+    for index, (ticks, repeats) in enumerate(entries):
+        start = ' t="0"' if index == 0 else ""
+        again = f' r="{repeats}"' if repeats else ""
+        parts.append(f'<S{start} d="{ticks}"{again}/>')
+    return "".join(parts)
+
+
+def _representation(track: Track) -> str:
+    timescale = VIDEO_TIMESCALE if track.is_video else track.sample_rate
+    template = (
+        f'<SegmentTemplate timescale="{timescale}" startNumber="0" '
+        f'initialization={quoteattr(f"{track.folder}/{INIT_SEGMENT}")} '
+        f'media={quoteattr(f"{track.folder}/seg_$Number%05d$.m4s")}>'
+        f"<SegmentTimeline>{_timeline(track, timescale)}</SegmentTimeline></SegmentTemplate>"
+    )
+    if track.is_video:
+        fps = track.fps
+        return (
+            f'<Representation id="{track.folder}" mimeType="video/mp4" codecs="{track.codecs}" '
+            f'bandwidth="{track.peak_bps}" width="{track.width}" height="{track.height}" '
+            f'frameRate="{fps.numerator}/{fps.denominator}" sar="1:1">{template}</Representation>'
+        )
+    return (
+        f'<Representation id="{track.folder}" mimeType="audio/mp4" codecs="{track.codecs}" '
+        f'bandwidth="{track.peak_bps}" audioSamplingRate="{track.sample_rate}">'
+        '<AudioChannelConfiguration schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011" '
+        f'value="2"/>{template}</Representation>'
+    )
+
+
+def dash_manifest(videos: Sequence[Track], audio: Track | None) -> str:
+    duration = max(t.duration_s for t in [*videos, *([audio] if audio else [])])
+    ordered = sorted(videos, key=lambda t: -t.height * t.width)
+    sets = [
+        '<AdaptationSet id="0" contentType="video" segmentAlignment="true" startWithSAP="1">'
+        + "".join(_representation(v) for v in ordered) + "</AdaptationSet>"
+    ]
+    if audio is not None:
+        sets.append(
+            '<AdaptationSet id="1" contentType="audio" lang="und" segmentAlignment="true" startWithSAP="1">'
+            + _representation(audio) + "</AdaptationSet>"
+        )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-live:2011" '
+        f'type="static" mediaPresentationDuration="{_iso_duration(duration)}" minBufferTime="PT2S">'
+        f'<Period id="0" start="PT0S">{"".join(sets)}</Period></MPD>\n'
+    )
