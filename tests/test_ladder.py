@@ -6,8 +6,9 @@ from fractions import Fraction
 
 import pytest
 
-from transcoder.command import X264, transcode_args
+from transcoder.command import X264, chunk_args
 from transcoder.ladder import output_fps, plan_outputs, rungs_named
+from vidfarm.chunks import ChunkWindow
 from vidfarm.probe import SourceInfo
 
 LADDER = rungs_named(["1080p", "720p"])
@@ -55,22 +56,39 @@ def test_caps_and_gop_scale_with_frame_rate():
     assert fast.maxrate_kbps > slow.maxrate_kbps and fast.gop_frames == 120
 
 
-def test_command_is_one_process_with_split_and_no_audio_when_source_has_none(tmp_path):
+WHOLE = ChunkWindow(seek_s=0.0, grid_start_frame=0, skip_frames=0)
+
+
+def test_chunk_command_is_one_process_with_split_and_video_only(tmp_path):
     plans = plan_outputs(source(1920, 1080), LADDER)
-    args = transcode_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], has_audio=False, encoder=X264)
-    assert args.count("-i") == 1
+    args = chunk_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], window=WHOLE, frames=None,
+                      encoder=X264)
+    assert args.count("-i") == 1 and "-ss" not in args
     graph = args[args.index("-filter_complex") + 1]
-    assert "split=2" in graph
+    assert "split=2" in graph and "end_frame" not in graph
     assert args.count("-an") == 2 and "0:a:0" not in args
     assert all(isinstance(a, str) for a in args)
+
+
+def test_a_later_chunk_seeks_before_its_start_and_cuts_on_output_frames(tmp_path):
+    plans = plan_outputs(source(1920, 1080), LADDER)
+    window = ChunkWindow(seek_s=56.0, grid_start_frame=1740, skip_frames=60)
+    args = chunk_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], window=window, frames=1800,
+                      encoder=X264)
+    assert args[args.index("-ss") + 1] == "56.000000" and "-copyts" in args
+    graph = args[args.index("-filter_complex") + 1]
+    # The cut comes after the frame-rate converter, whose grid is anchored at frame 1740 (58 s).
+    assert graph.index("fps=") < graph.index("trim=") < graph.index("split")
+    assert "start_time=58.000000000" in graph and "trim=end_frame=1860:start_frame=60" in graph
 
 
 def test_nvenc_outputs_keep_the_same_keyframe_grid_and_caps(tmp_path):
     from transcoder.command import NVENC
 
     plans = plan_outputs(source(1920, 1080), LADDER)
-    args = transcode_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], has_audio=True, encoder=NVENC)
+    args = chunk_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], window=WHOLE, frames=None,
+                      encoder=NVENC)
     assert args.count("h264_nvenc") == 2 and "libx264" not in args
-    assert args.count("expr:gte(t,n_forced*2)") == 2 and args.count("-forced-idr") == 2
+    assert args.count("expr:eq(mod(n,60),0)") == 2 and args.count("-forced-idr") == 2
     assert args[args.index("-maxrate"):args.index("-maxrate") + 2] == ["-maxrate", "6000k"]
     assert "-sc_threshold" not in args  # an x264 option; NVENC turns scene cuts off with -no-scenecut

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rq import Queue
 from sqlalchemy.exc import SQLAlchemyError
 
-from uploader import errors, live
+from uploader import errors, live, playback
 from uploader.auth import KeyRing
 from uploader.errors import ApiError
 from uploader.receive import receive_upload
@@ -50,6 +50,7 @@ def create_app(farm: Farm) -> FastAPI:
     )
     errors.install(app)
     _install_dependency_errors(app)
+    playback.install(app, farm)
     app.state.keys = KeyRing(farm.settings.api_keys)
     settings, storage, catalog = farm.settings, farm.storage, farm.catalog
 
@@ -138,7 +139,7 @@ def create_app(farm: Farm) -> FastAPI:
         metrics.UPLOADS.labels("accepted").inc()
         metrics.UPLOAD_BYTES.inc(received.size_bytes)
         metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
-        return video_resource(video, str(request.base_url))
+        return video_resource(video, str(request.base_url), settings)
 
     @app.get("/v1/videos", response_model=VideoPage, responses=ERRORS, tags=["videos"])
     def list_videos(
@@ -154,11 +155,11 @@ def create_app(farm: Farm) -> FastAPI:
         except ValueError as exc:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
         base = str(request.base_url)
-        return {"items": [video_resource(v, base) for v in rows], "next_cursor": next_cursor}
+        return {"items": [video_resource(v, base, settings) for v in rows], "next_cursor": next_cursor}
 
     @app.get("/v1/videos/{video_id}", response_model=VideoOut, responses=ERRORS, tags=["videos"])
     def get_video(video_id: VideoId, request: Request, tenant_id: Tenant) -> dict[str, Any]:
-        return video_resource(owned(video_id, tenant_id), str(request.base_url))
+        return video_resource(owned(video_id, tenant_id), str(request.base_url), settings)
 
     @app.get("/v1/videos/{video_id}/renditions/{name}", response_class=FileResponse, responses=ERRORS,
              tags=["videos"])

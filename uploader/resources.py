@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from uploader.playback import playback_urls
+from vidfarm.settings import Settings
+
 Status = Literal["queued", "processing", "ready", "failed", "canceled"]
 
 
@@ -38,6 +41,12 @@ class RenditionOut(BaseModel):
     url: str
 
 
+class PlaybackOut(BaseModel):
+    hls: str
+    dash: str
+    expires_at: int
+
+
 class VideoOut(BaseModel):
     id: str
     status: Status
@@ -47,6 +56,7 @@ class VideoOut(BaseModel):
     source: SourceOut
     renditions: list[RenditionOut]
     poster_url: str | None
+    playback: PlaybackOut | None = None
     created_at: str
     updated_at: str
 
@@ -82,7 +92,7 @@ class FarmOut(BaseModel):
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
 
 
-def video_resource(video: dict[str, Any], base_url: str) -> dict[str, Any]:
+def video_resource(video: dict[str, Any], base_url: str, settings: Settings) -> dict[str, Any]:
     prefix = f"{base_url.rstrip('/')}/v1/videos/{video['id']}"
     ready = video["status"] == "ready"
     error = {"code": video["error_code"], "message": video["error_message"]} if video["error_code"] else None
@@ -100,6 +110,7 @@ def video_resource(video: dict[str, Any], base_url: str) -> dict[str, Any]:
             {**r, "url": f"{prefix}/renditions/{r['name']}"} for r in (video["renditions"] or [])
         ] if ready else [],
         "poster_url": f"{prefix}/poster.jpg" if ready and video["has_poster"] else None,
+        "playback": playback_urls(settings, video, base_url),
         "created_at": video["created_at"],
         "updated_at": video["updated_at"],
     }

@@ -1,0 +1,141 @@
+"""Playback of HLS and DASH: every manifest, playlist and segment under `/v1/play/{token}/`.
+
+Players fetch segments by relative URL and cannot add an `Authorization` header, so access rides in
+the path, as Cloudflare Stream does: a token naming the video, its tenant and an expiry, signed with
+HMAC-SHA256 under a server secret. Players run on our users' pages, another origin than the API, so
+these routes answer CORS for any origin; the token, not the origin, is the access control.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import FileResponse
+
+from uploader.errors import ApiError
+from vidfarm.catalog import READY
+from vidfarm.farm import Farm
+from vidfarm.settings import Settings
+from vidfarm.storage import InvalidKey, is_video_id
+
+PREFIX = "/v1/play/"
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".mp4": "video/mp4",
+    ".m4s": "video/iso.segment",
+}
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Range",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges",
+    "Access-Control-Max-Age": "86400",
+}
+MAX_CACHE_S = 24 * 3600
+
+
+class TokenError(Exception):
+    """A token that is not ours, was altered, or has expired."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def signing_key(settings: Settings) -> bytes:
+    """`VIDFARM_PLAYBACK_SECRET` (or the file `up` writes). Without one, a key derived from every API
+    key: the same on every API replica, and not computable from any one tenant's key."""
+    if settings.playback_secret:
+        return settings.playback_secret.encode()
+    return hashlib.sha256(b"vidfarm-playback\0" + b"\0".join(k.encode() for k in sorted(settings.api_keys))).digest()
+
+
+def _mac(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+
+
+def sign(key: bytes, video_id: str, tenant: str, expires: int) -> str:
+    payload = f"{video_id}.{tenant}.{expires}"
+    return f"{_b64(payload.encode())}.{_mac(key, payload)}"
+
+
+def verify(key: bytes, token: str, now: float) -> tuple[str, str, int]:
+    """(video id, tenant, expiry) of a valid token; TokenError otherwise."""
+    try:
+        encoded, mac = token.split(".", 1)
+        payload = _unb64(encoded).decode()
+        video_id, tenant, expires_text = payload.split(".")
+        expires = int(expires_text)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise TokenError("the playback token is malformed") from exc
+    if not hmac.compare_digest(mac, _mac(key, payload)):
+        raise TokenError("the playback token is not valid")
+    if expires <= now:
+        raise TokenError("the playback token has expired")
+    return video_id, tenant, expires
+
+
+def playback_urls(settings: Settings, video: dict[str, Any], base_url: str, now: float | None = None) -> dict | None:
+    """HLS and DASH URLs of a ready video, usable without headers until the token expires."""
+    if video["status"] != READY or not video.get("has_stream"):
+        return None
+    expires = int((now or time.time()) + settings.playback_ttl_s)
+    token = sign(signing_key(settings), video["id"], video["tenant"], expires)
+    prefix = f"{base_url.rstrip('/')}{PREFIX}{token}"
+    return {"hls": f"{prefix}/master.m3u8", "dash": f"{prefix}/manifest.mpd", "expires_at": expires}
+
+
+def install(app: FastAPI, farm: Farm) -> None:
+    app.include_router(router(farm))
+
+    @app.middleware("http")
+    async def _cors(request: Request, call_next):
+        # On every answer under the prefix, errors included, so a player can read why it failed.
+        response = await call_next(request)
+        if request.url.path.startswith(PREFIX):
+            response.headers.update(CORS_HEADERS)
+        return response
+
+
+def router(farm: Farm) -> APIRouter:
+    routes = APIRouter(tags=["playback"])
+    key = signing_key(farm.settings)
+
+    @routes.options(PREFIX + "{token}/{path:path}", include_in_schema=False)
+    def preflight(token: str, path: str) -> Response:
+        return Response(status_code=204)
+
+    @routes.get(PREFIX + "{token}/{path:path}", response_class=FileResponse,
+                responses={403: {}, 404: {}})
+    def play(token: str, path: str) -> FileResponse:
+        """A manifest, playlist or segment of a ready video's HLS/DASH package (Range supported)."""
+        try:
+            video_id, tenant, expires = verify(key, token, time.time())
+        except TokenError as exc:
+            raise ApiError(403, "invalid_token", str(exc)) from exc
+        video = farm.catalog.get(video_id) if is_video_id(video_id) else None
+        if video is None or video["tenant"] != tenant or video["status"] != READY or not video.get("has_stream"):
+            raise ApiError(404, "not_found", "no such video to play")
+        try:
+            file = farm.storage.stream_file(video_id, path)
+        except InvalidKey as exc:
+            raise ApiError(404, "not_found", f"the package has no {path!r}") from exc
+        if not file.is_file():
+            raise ApiError(404, "not_found", f"the package has no {path!r}")
+        # VOD: nothing under a token ever changes; a CDN may keep it until the token expires.
+        max_age = max(0, min(MAX_CACHE_S, expires - int(time.time())))
+        headers = {"Cache-Control": f"public, max-age={max_age}, immutable"}
+        return FileResponse(file, media_type=CONTENT_TYPES[file.suffix], headers=headers)
+
+    return routes
