@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx
+
 from tests.conftest import API_KEY, ROOT, settings_env
 
 
@@ -21,6 +23,9 @@ def test_upload_wait_status_and_ls(api, worker, clips, settings):
     assert len(video_id) == 32
     assert f"{video_id}  ready  100%" in done.stdout
     assert f"/v1/videos/{video_id}/renditions/720p" in done.stdout
+    hls = next(line.split()[-1] for line in done.stdout.splitlines() if line.strip().startswith("hls "))
+    assert hls.startswith(f"{api.url}/v1/play/") and hls.endswith("/master.m3u8")
+    assert httpx.get(hls).text.startswith("#EXTM3U")  # a player needs nothing but the URL
     status = vidfarm(settings, "status", video_id, *common)
     assert status.returncode == 0 and "ready" in status.stdout
     listing = vidfarm(settings, "ls", *common)

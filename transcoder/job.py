@@ -252,6 +252,8 @@ class TaskAttempt:
             events.publish(self.farm.redis, self.video_id, "status", status=FAILED,
                            error={"code": code, "message": message})
             stop_video(self.farm, self.video_id, keep=self.job_id)
+            # What the other tasks finished is of no use now; stragglers discard their own files.
+            shutil.rmtree(self.farm.storage.work_root(self.video_id), ignore_errors=True)
         return FAILED
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ class FinalizeAttempt(TaskAttempt):
         events.publish(self.farm.redis, self.video_id, "status", status=READY, progress=100.0)
         log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
         self.observe_success(video)
-        shutil.rmtree(self.farm.storage.video_dir(self.video_id) / "work", ignore_errors=True)
+        shutil.rmtree(self.farm.storage.work_root(self.video_id), ignore_errors=True)
         return READY
 
     def after_lost_claim(self) -> None:

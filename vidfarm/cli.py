@@ -239,6 +239,10 @@ def print_video(video: dict) -> None:
                    f"{rendition['bitrate_kbps']} kb/s  {rendition['url']}")
     if video.get("poster_url"):
         click.echo(f"  poster {video['poster_url']}")
+    if video.get("playback"):
+        # Signed URLs a player opens as they are (no header): ffplay, VLC, hls.js, dash.js, Safari.
+        click.echo(f"  hls    {video['playback']['hls']}")
+        click.echo(f"  dash   {video['playback']['dash']}")
 
 
 @main.command()

@@ -41,4 +41,6 @@ def run_demo(procs: Any, out: Path | None) -> dict:
         target = out / f"{video['id']}-{rendition['name']}.mp4"
         client.download(rendition["url"], target)
         click.echo(f"saved {target}")
+    if video.get("playback"):
+        click.echo(f"stream it while the farm runs (vidfarm up): ffplay '{video['playback']['hls']}'")
     return {"status": video["status"], "error": video.get("error")}

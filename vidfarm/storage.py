@@ -69,7 +69,10 @@ class Storage:
         records that attempt as the one that finished, so two racing attempts never share a file."""
         if not ATTEMPT_RE.match(attempt):
             raise InvalidKey(f"not an attempt id: {attempt!r}")
-        return self.video_dir(video_id) / WORK_DIR / attempt
+        return self.work_root(video_id) / attempt
+
+    def work_root(self, video_id: str) -> Path:
+        return self.video_dir(video_id) / WORK_DIR
 
     def stream_dir(self, video_id: str) -> Path:
         return self.video_dir(video_id) / STREAM_DIR

@@ -1,0 +1,155 @@
+"""Faults in the middle of a chunked transcode, for real: a worker SIGKILLed during a chunk, Redis
+wiped between chunks, a chunk that cannot be encoded, a re-run racing a slow original. Only what was
+lost runs again; what was done is kept byte for byte."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+
+from tests.conftest import upload, wait_for
+from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, video, wait_until
+from transcoder import job as job_module
+from vidfarm.jobs import new_job_id
+
+RUNG = "360p"
+
+
+@pytest.fixture
+def settings(settings):
+    return replace(settings, chunk_seconds=2.0, worker_heartbeat_ttl_s=HEARTBEAT_TTL_S, max_attempts=3,
+                   ladder=(RUNG,))
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    # 16 s in 2 s chunks: 8 chunks, each long enough at 640x360 to be caught in the middle.
+    folder = tmp_path_factory.mktemp("chunk-faults")
+    return make(folder / "long.mp4", "testsrc2=size=640x360:rate=30:duration=16", audio_s=16)
+
+
+def tasks(farm, video_id: str) -> dict[str, dict]:
+    return {t["name"]: t for t in farm.catalog.tasks(video_id)}
+
+
+def done_chunks(farm, video_id: str) -> dict[str, dict]:
+    return {n: t for n, t in tasks(farm, video_id).items() if t["kind"] == "chunk" and t["status"] == "done"}
+
+
+def packet_hashes(path: Path) -> list[str]:
+    """MD5 of every video packet's bytes (stream copy, nothing decoded)."""
+    done = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
+                           "-c", "copy", "-f", "framemd5", "-"], capture_output=True, text=True, check=True)
+    return [line.rsplit(",", 1)[1].strip() for line in done.stdout.splitlines() if not line.startswith("#")]
+
+
+def snapshot(farm, video_id: str) -> dict[str, tuple[str, int, list[str]]]:
+    """Done chunks: the attempt that counts, its frame offset and its packets' hashes."""
+    return {
+        name: (t["result"]["attempt"], t["start_frame"],
+               packet_hashes(farm.storage.work_dir(video_id, t["result"]["attempt"]) / f"{RUNG}.mp4"))
+        for name, t in done_chunks(farm, video_id).items()
+    }
+
+
+def assert_kept(farm, http, video_id: str, before: dict, tmp_path: Path) -> None:
+    """Chunks done before the fault were not redone, and their bytes are in the published rendition."""
+    after = tasks(farm, video_id)
+    stitched = tmp_path / "stitched.mp4"
+    stitched.write_bytes(http.get(f"/v1/videos/{video_id}/renditions/{RUNG}").content)
+    published = packet_hashes(stitched)
+    for name, (attempt, start, hashes) in before.items():
+        assert after[name]["result"]["attempt"] == attempt and after[name]["attempts"] == 1, name
+        assert published[start:start + len(hashes)] == hashes, name
+
+
+@pytest.mark.slow
+def test_worker_killed_during_a_chunk_reruns_only_that_chunk(long_clip, http, farm, start_worker, reconciler,
+                                                             tmp_path):
+    first = start_worker()
+    video_id = upload(http, long_clip).json()["id"]
+    wait_until(lambda: len(done_chunks(farm, video_id)) >= 2, 90, "two chunks done")
+    running = wait_until(lambda: [t for t in tasks(farm, video_id).values() if t["status"] == "running"
+                                  and t["kind"] == "chunk"], 30, "a chunk running")
+    before = snapshot(farm, video_id)
+    encoders = ffmpeg_pids(video_id)
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    wait_until(lambda: not any(pid in ffmpeg_pids(video_id) for pid in encoders), 10, "ffmpeg to die")
+
+    start_worker()
+    ready = wait_for(http, video_id, timeout_s=180)
+    assert ready["status"] == "ready", ready["error"]
+    assert ready["attempts"] == 2
+    assert tasks(farm, video_id)[running[0]["name"]]["attempts"] == 2
+    assert_kept(farm, http, video_id, before, tmp_path)
+    assert reconciler == []
+
+
+@pytest.mark.slow
+def test_redis_wiped_between_chunks_requeues_exactly_what_is_missing(long_clip, http, farm, settings, start_worker,
+                                                                      reconciler, tmp_path):
+    start_worker()
+    video_id = upload(http, long_clip).json()["id"]
+    wait_until(lambda: len(done_chunks(farm, video_id)) >= 2, 90, "two chunks done")
+    before = snapshot(farm, video_id)
+    redis.Redis.from_url(settings.redis_url).flushall()
+    ready = wait_for(http, video_id, timeout_s=180)
+    assert ready["status"] == "ready", ready["error"]
+    assert_kept(farm, http, video_id, before, tmp_path)
+    assert all(t["status"] == "done" for t in tasks(farm, video_id).values())
+    assert reconciler == []
+
+
+@pytest.mark.slow
+def test_a_chunk_that_fails_for_good_fails_the_video_and_stops_the_others(long_clip, http, farm, settings,
+                                                                          start_worker, reconciler, tmp_path):
+    # Matroska declares 16 s in its header; the data stops after about half: the chunks past the cut
+    # have no pictures to encode.
+    whole = tmp_path / "whole.mkv"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(long_clip), "-c", "copy", str(whole)],
+                   check=True)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    start_worker()
+    start_worker()
+    video_id = upload(http, cut).json()["id"]
+    failed = wait_for(http, video_id, timeout_s=120)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "truncated", failed["error"]
+    assert "ends early" in failed["error"]["message"]
+    # The siblings stop: nothing queued, nothing running, nothing half written left behind.
+    wait_until(lambda: not ffmpeg_pids(video_id), 10, "no ffmpeg left for the video")
+    assert Queue("cpu", connection=farm.rq_redis).count == 0
+    wait_until(lambda: not farm.storage.work_root(video_id).exists(), 10, "the chunk files removed")
+    assert not farm.storage.rendition_path(video_id, RUNG).exists()
+
+
+def test_a_rerun_racing_a_slow_original_cannot_corrupt_the_chunk(long_clip, http, farm, tmp_path):
+    """No worker runs: the test plays both attempts itself, interleaved the worst way."""
+    job_module.use_farm(farm)
+    video_id = upload(http, long_clip).json()["id"]
+    name = "chunk-00001"
+    original = job_module.ChunkAttempt(farm, video_id, name, tasks(farm, video_id)[name]["job_id"])
+    video_row, task = original.claim()
+    # The original looks dead; the reconciler hands the chunk to a new attempt, which finishes first.
+    rerun_id = new_job_id(video_id, name)
+    assert farm.catalog.update_task(video_id, name, expect={"job_id": task["job_id"]}, job_id=rerun_id,
+                                    status="queued")
+    assert job_module.ChunkAttempt(farm, video_id, name, rerun_id).run() == "done"
+    rerun_files = packet_hashes(farm.storage.work_dir(video_id, rerun_id) / f"{RUNG}.mp4")
+    # The slow original finishes its encode after all: its result must not count, nor touch the rerun's.
+    result = original.work(video_row, task)
+    assert original.record(video_row, result) == "canceled"
+    final = tasks(farm, video_id)[name]
+    assert (final["status"], final["result"]["attempt"]) == ("done", rerun_id)
+    assert not original.folder.exists()
+    assert packet_hashes(farm.storage.work_dir(video_id, rerun_id) / f"{RUNG}.mp4") == rerun_files
+    assert video(http, video_id)["status"] == "processing"
