@@ -704,6 +704,13 @@ def test_local_prometheus_reads_the_vidfarm_up_targets_file():
 # --- image --------------------------------------------------------------------------
 
 
+def _project_dependencies() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+
 def test_dockerfile_builds_one_non_root_image_with_signal_forwarding():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
@@ -717,3 +724,15 @@ def test_dockerfile_builds_one_non_root_image_with_signal_forwarding():
     assert json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1)) == ["api"]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and "README.md" not in ignored
+
+
+def test_image_finds_gke_driver_libraries_and_pins_its_dependencies():
+    text = (ROOT / "Dockerfile").read_text()
+    library_path = re.search(r"LD_LIBRARY_PATH=(\S+)", text).group(1).split(":")
+    assert "/usr/local/nvidia/lib64" in library_path  # where GKE mounts libnvidia-encode
+    assert re.search(r"pip wheel [^\n]*--constraint constraints.txt", text)
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", line) for line in pins)
+    declared = {re.split(r"[\[<>=!~ ]", dep)[0].lower().replace("_", "-") for dep in _project_dependencies()}
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in pins}
+    assert declared <= pinned, declared - pinned
