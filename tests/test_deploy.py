@@ -501,6 +501,17 @@ def test_pools_config_loads_with_the_autoscaler(variant):
     assert {p.namespace for p in config.pools} == {asc["metadata"]["namespace"]}
 
 
+def test_readme_states_the_workers_grace_period():
+    """deploy/README.md tells operators how long a worker rollout may take: it must match."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    stated = {int(n) for n in re.findall(r"terminationGracePeriodSeconds: (\d+)", readme)}
+    actual = {
+        w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for variant in OVERLAYS for w in worker_deployments(render(variant))
+    }
+    assert stated == actual
+
+
 # --- RBAC --------------------------------------------------------------------------
 
 
