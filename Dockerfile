@@ -14,12 +14,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # Only what the wheel needs (see .dockerignore), so editing tests or
 # manifests doesn't invalidate this layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY vidfarm ./vidfarm
 COPY uploader ./uploader
 COPY transcoder ./transcoder
 COPY autoscaler ./autoscaler
-RUN pip wheel --wheel-dir /wheels .
+# Pinned: every dependency at the version the tests ran against (constraints.txt).
+RUN pip wheel --wheel-dir /wheels --constraint constraints.txt .
 
 # --- runtime -----------------------------------------------------------------
 FROM python:3.11-slim-bookworm
@@ -41,9 +42,14 @@ RUN groupadd --system --gid 10001 vidfarm \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels vidfarm
 
+# LD_LIBRARY_PATH: GKE's NVIDIA driver installer mounts the driver libraries
+# (libcuda, libnvidia-encode for h264_nvenc) at /usr/local/nvidia/lib64 and
+# nowhere the loader searches by default; the NVIDIA container toolkit (EKS,
+# the GPU Operator) puts them in standard paths, where this changes nothing.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    VIDFARM_HOME=/home/vidfarm/.vidfarm
+    VIDFARM_HOME=/home/vidfarm/.vidfarm \
+    LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/nvidia/lib
 
 USER 10001:10001
 WORKDIR /home/vidfarm

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 WORKER_STATES = ("idle", "busy", "draining")
 
@@ -30,6 +30,17 @@ class Backend(Protocol):
     def scale_to(self, desired: int, victims: Sequence[WorkerRef]) -> None:
         """Set the replica count. When shrinking, `victims` are the idle workers the controller chose;
         the backend must remove exactly those."""
+        ...
+
+
+@runtime_checkable
+class KnowsSpares(Protocol):
+    """A backend that can see replicas which are not workers: Kubernetes pods stuck Pending for
+    capacity, in ImagePullBackOff or CrashLoopBackOff never register, so they are never idle victims,
+    and without this the pool would stick at its maximum while the cluster keeps buying nodes."""
+
+    def spare_workers(self, registered: Sequence[WorkerRef]) -> list[WorkerRef]:
+        """Replicas that run no registered worker, to remove before any idle worker."""
         ...
 
 

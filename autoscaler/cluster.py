@@ -13,16 +13,28 @@ import threading
 
 from prometheus_client import start_http_server
 
-from autoscaler import runtime
+from autoscaler import metrics, runtime
 from autoscaler.config import load_config
 from autoscaler.controller import Controller
 from autoscaler.k8s import deployments_for, load_kube_client
 from autoscaler.leader import LeaseElector
 from autoscaler.observe import FarmObserver
+from vidfarm import metrics as farm_metrics
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long shutdown waits for the controller's pass in progress before releasing the lease anyway.
+LAST_PASS_TIMEOUT_S = 10.0
+
+
+def forget_leader_gauges() -> None:
+    """Drop the gauges only the leader keeps current (pools, queues, workers). A follower still
+    exporting its last values would be double-counted by the dashboard's `sum by`."""
+    for gauge in (metrics.DESIRED_REPLICAS, metrics.CURRENT_REPLICAS, metrics.BACKLOG_SECONDS,
+                  farm_metrics.QUEUE_JOBS, farm_metrics.WORKERS):
+        gauge.clear()
 
 
 def run_cluster_autoscaler(
@@ -33,7 +45,8 @@ def run_cluster_autoscaler(
     api_client = load_kube_client()
     pools = deployments_for(config.pools, dry_run=dry_run, api_client=api_client)
     identity = os.environ.get("POD_NAME") or socket.gethostname()
-    leader = LeaseElector(config.namespace, config.lease_name, identity, api_client=api_client)
+    leader = LeaseElector(config.namespace, config.lease_name, identity, api_client=api_client,
+                          on_lost=forget_leader_gauges)
     farm = Farm(settings)
     controller = Controller(
         pools, FarmObserver(farm),
@@ -46,6 +59,12 @@ def run_cluster_autoscaler(
     log.info("autoscaler %s: %d pool(s), resync %.1f s%s", identity, len(config.pools), resync,
              " (dry run: no changes are made)" if dry_run else "")
     # In dry-run nothing may change, and the reconciler re-queues jobs: it only runs for real.
-    runtime.start(farm, controller, stop, resync_s=resync, may_act=lambda: leader.is_leader and not dry_run)
+    threads = runtime.start(farm, controller, stop, resync_s=resync, may_act=lambda: leader.is_leader and not dry_run)
     stop.wait()
     log.info("autoscaler stopping")
+    # Release only after the last pass: a rival must not scale while this one still does. A rollout
+    # then fails over at once instead of after the lease duration.
+    for thread in threads:
+        if thread.name == "controller":
+            thread.join(LAST_PASS_TIMEOUT_S)
+    leader.release()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoscaler import metrics
-from autoscaler.backend import Backend, WorkerRef, choose_victims
+from autoscaler.backend import Backend, KnowsSpares, WorkerRef, choose_victims
 from autoscaler.leader import AlwaysLeader, Leader
 from autoscaler.policy import Decision, PolicyState, PoolConfig, Snapshot, decide
 
@@ -138,7 +138,10 @@ class Controller:
             pool.backend.scale_to(decision.desired, [])
             pool.state = decision.state
             return decision
-        victims = choose_victims(workers, current - decision.desired)
+        wanted = current - decision.desired
+        # Replicas that never became workers go first: they hold no job and may never take one.
+        spares = pool.backend.spare_workers(workers) if isinstance(pool.backend, KnowsSpares) else []
+        victims = (spares + choose_victims(workers, wanted))[:wanted]
         decision = self._fit_to_victims(pool, current, decision, victims)
         if decision.desired < current:
             pool.backend.scale_to(decision.desired, victims)

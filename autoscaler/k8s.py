@@ -5,9 +5,14 @@ itself and may kill a pod in the middle of an 11-minute transcode (kedacore/keda
 mark the idle pods the controller chose with a *lower* `controller.kubernetes.io/pod-deletion-cost`
 right before lowering the replica count, so the ReplicaSet removes exactly those.
 
+Pods that never became workers (Pending for capacity, ImagePullBackOff, CrashLoopBackOff, a GPU
+worker whose NVENC check failed) are not ready and hold no job: `spare_workers` offers them as
+victims before any idle worker. The ReplicaSet itself also deletes not-ready pods first.
+
 RBAC this needs (namespace-scoped Role):
   apps / deployments/scale: get, patch;  "" / pods: list, patch;
   coordination.k8s.io / leases: get, create, update (leader election, see leader.py).
+`KubeCaller` runs every request of both, with one timeout, backoff and RBAC hint.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ CONFLICT_RETRIES = 5
 # (apiGroup, resource) as an RBAC rule names them, for the 403 hint.
 SCALE = ("apps", "deployments/scale")
 PODS = ("", "pods")
+LEASES = ("coordination.k8s.io", "leases")
 
 T = TypeVar("T")
 
@@ -98,10 +104,14 @@ class Backoff:
 
 
 class KubeCaller:
-    """Runs API calls with a timeout, clear 403 logs and backoff when the API server is unreachable."""
+    """Runs API calls with a timeout, clear 403 logs and backoff when the API server is unreachable.
 
-    def __init__(self, host: str, namespace: str, clock: Callable[[], float]) -> None:
-        self._host = host
+    Shared by the scaling backend and the leader elector, so both behave the same towards a slow,
+    unreachable or forbidding API server.
+    """
+
+    def __init__(self, api_client: kclient.ApiClient, namespace: str, clock: Callable[[], float]) -> None:
+        self._host = api_client.configuration.host
         self._namespace = namespace
         self.backoff = Backoff(clock)
 
@@ -162,12 +172,26 @@ class KubernetesDeployment:
         api_client = api_client or load_kube_client()
         self._apps = kclient.AppsV1Api(api_client)
         self._core = kclient.CoreV1Api(api_client)
-        self._call = KubeCaller(api_client.configuration.host, namespace, clock)
+        self._call = KubeCaller(api_client, namespace, clock)
+        # A Deployment's selector is immutable: read once from the scale subresource, then reused.
+        self._selector: str | None = None
 
     # -- Backend -----------------------------------------------------------------------------------
 
     def current_replicas(self) -> int:
         return _spec_replicas(self._read_scale())
+
+    def spare_workers(self, registered: Sequence[WorkerRef]) -> list[WorkerRef]:
+        """Live pods that are not ready and run no registered worker, in name order (KnowsSpares).
+
+        A registered worker is never spare, even when not ready: it may be in the middle of a job.
+        """
+        workers_pods = {w.pod for w in registered if w.pod}
+        return [
+            WorkerRef(name=f"pod/{name}", state="idle", pod=name)
+            for name, pod in sorted(self._live_pods().items())
+            if name not in workers_pods and not _ready(pod)
+        ]
 
     def scale_to(self, desired: int, victims: Sequence[WorkerRef]) -> None:
         scale = self._read_scale()
@@ -187,7 +211,7 @@ class KubernetesDeployment:
 
     def _scale_down(self, scale: Any, current: int, desired: int, victims: Sequence[WorkerRef]) -> None:
         chosen = list(victims)[: current - desired]
-        marked = self._mark_victims(_selector(scale), chosen)
+        marked = self._mark_victims(chosen)
         if not marked:
             # Without marked pods the ReplicaSet would pick for itself and might kill a busy pod.
             log.warning("%s: no victim pod could be marked; not scaling down", self.name)
@@ -197,9 +221,14 @@ class KubernetesDeployment:
         self._patch_replicas(target, scale, max_removed=len(marked))
         log.info("%s: scaled down %d -> %d removing pods %s", self.name, current, target, ", ".join(marked))
 
-    def _mark_victims(self, selector: str, victims: Sequence[WorkerRef]) -> list[str]:
+    def _live_pods(self) -> dict[str, Any]:
+        """The Deployment's pods that are not already terminating, by name."""
+        selector = self._selector or _selector(self._read_scale())
         pods = self._call("list", PODS, self._core.list_namespaced_pod, self.namespace, label_selector=selector).items
-        live = {p.metadata.name: p for p in pods if p.metadata.deletion_timestamp is None}
+        return {p.metadata.name: p for p in pods if p.metadata.deletion_timestamp is None}
+
+    def _mark_victims(self, victims: Sequence[WorkerRef]) -> list[str]:
+        live = self._live_pods()
         wanted = [v.pod for v in victims if v.pod]
         missing = [name for name in wanted if name not in live]
         if missing or len(wanted) < len(victims):
@@ -221,13 +250,16 @@ class KubernetesDeployment:
     # -- scale subresource -------------------------------------------------------------------------
 
     def _read_scale(self) -> Any:
-        return self._call(
+        scale = self._call(
             "get",
             SCALE,
             self._apps.read_namespaced_deployment_scale,
             self.deployment,
             self.namespace,
         )
+        if self._selector is None and scale.status is not None and scale.status.selector:
+            self._selector = scale.status.selector
+        return scale
 
     def _patch_replicas(self, target: int, scale: Any, *, max_removed: int | None) -> None:
         """Patch spec.replicas guarded by resourceVersion; on 409 re-read and retry.
@@ -284,6 +316,11 @@ def _selector(scale: Any) -> str:
     if not selector:
         raise KubernetesError("scale subresource has no status.selector; cannot find the worker pods")
     return selector
+
+
+def _ready(pod: Any) -> bool:
+    conditions = (pod.status.conditions if pod.status is not None else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def _deletion_cost(pod: Any) -> str | None:

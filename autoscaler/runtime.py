@@ -55,8 +55,9 @@ def reconcile_forever(farm: Farm, every_s: float, stop: threading.Event,
 
 
 def start(farm: Farm, controller: Controller, stop: threading.Event, *, resync_s: float,
-          may_act: Callable[[], bool] = lambda: True) -> None:
-    """Run the controller, the enqueue listener and the reconciler in daemon threads."""
+          may_act: Callable[[], bool] = lambda: True) -> list[threading.Thread]:
+    """Run the controller, the enqueue listener and the reconciler in daemon threads (returned, so a
+    caller can wait for the controller's last pass before it gives up leadership)."""
     threads = [
         threading.Thread(target=listen_for_enqueues, args=(farm, controller, stop), name="enqueues"),
         threading.Thread(target=reconcile_forever, args=(farm, resync_s, stop, may_act), name="reconciler"),
@@ -65,3 +66,4 @@ def start(farm: Farm, controller: Controller, stop: threading.Event, *, resync_s
     for thread in threads:
         thread.daemon = True
         thread.start()
+    return threads

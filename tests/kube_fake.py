@@ -3,10 +3,11 @@
 It speaks just what the autoscaler uses, with the semantics that matter for correctness:
 
 * `deployments/{name}/scale` GET/PATCH with optimistic concurrency (409 on a stale resourceVersion);
-  lowering replicas deletes pods like a ReplicaSet would among ready pods: lowest
-  `controller.kubernetes.io/pod-deletion-cost` first (then by name, to stay deterministic);
+  lowering replicas deletes pods like a ReplicaSet would: not-ready pods first, then the lowest
+  `controller.kubernetes.io/pod-deletion-cost` (then by name, to stay deterministic);
 * pods list (labelSelector `k=v,...`) and PATCH (merge of metadata.annotations);
-* Leases get/create/replace with 404 / 409 answers;
+* Leases get/create/replace with 404 / 409 answers, and 400 for a MicroTime (acquireTime, renewTime)
+  without exactly six fractional digits, as the real API server answers;
 * 403 on demand (`forbid`), and a `before_request` hook to inject concurrent writers.
 
 Every request is recorded in `requests` so tests can assert the exact sequence made.
@@ -31,6 +32,7 @@ SCALE_PATH = re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments/(?
 PODS_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
 POD_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)$")
 LEASES_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases$")
+MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
 LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases/(?P<name>[^/]+)$")
 
 
@@ -100,7 +102,10 @@ class FakeKube:
             for pod in pods:
                 self.add_pod(ns, pod, labels)
 
-    def add_pod(self, ns: str, name: str, labels: dict[str, str], annotations: dict | None = None) -> None:
+    def add_pod(
+        self, ns: str, name: str, labels: dict[str, str], annotations: dict | None = None, *, ready: bool = True
+    ) -> None:
+        """A pod; `ready=False` is one stuck Pending (no node, image pull failing...)."""
         with self.lock:
             self.pods[(ns, name)] = {
                 "metadata": {
@@ -111,7 +116,10 @@ class FakeKube:
                     "resourceVersion": str(self._bump()),
                 },
                 "spec": {"containers": [{"name": "worker", "image": "vidfarm"}]},
-                "status": {"phase": "Running"},
+                "status": {
+                    "phase": "Running" if ready else "Pending",
+                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                },
             }
 
     def forbid(self, method: str, path_pattern: str) -> None:
@@ -197,8 +205,8 @@ class FakeKube:
     def _set_replicas(self, ns: str, name: str, replicas: int) -> None:
         deployment = self.deployments[(ns, name)]
         pods = self._matching_pods(ns, deployment["labels"])
-        # ReplicaSet among ready pods: lowest deletion cost goes first.
-        by_cost = sorted(pods, key=lambda p: (_cost(p), p["metadata"]["name"]))
+        # As a ReplicaSet ranks them: not-ready pods go first, then the lowest deletion cost.
+        by_cost = sorted(pods, key=lambda p: (_ready(p), _cost(p), p["metadata"]["name"]))
         for pod in by_cost[: max(0, len(pods) - replicas)]:
             del self.pods[(ns, pod["metadata"]["name"])]
         for index in range(len(pods), replicas):
@@ -249,6 +257,11 @@ class FakeKube:
         return self._store_lease(ns, name, r.body)
 
     def _store_lease(self, ns: str, name: str, body: dict[str, Any]) -> Any:
+        spec = body.get("spec") or {}
+        for field in ("acquireTime", "renewTime"):
+            # metav1.MicroTime parses with RFC3339Micro: exactly six fractional digits, or 400.
+            if field in spec and not MICRO_TIME.match(str(spec[field])):
+                raise ApiError(400, "BadRequest", f"spec.{field}: cannot parse {spec[field]!r} as RFC3339Micro")
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -261,6 +274,10 @@ class FakeKube:
     def _bump(self) -> int:
         self.version += 1
         return self.version
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
 
 
 def _cost(pod: dict[str, Any]) -> int:

@@ -9,7 +9,8 @@ both renderers agree on every overlay.
 
 Supported: `resources` (files and directories), `components`, `namespace`,
 `labels` (metadata only: includeSelectors/includeTemplates false),
-`images`, and `configMapGenerator` (files, literals, behavior
+`images`, `patches` (strategic-merge patches of maps only, from a file or
+inline, matched by kind and name), and `configMapGenerator` (files, literals, behavior
 create/replace/merge) with kustomize's content-hash name suffix and the
 ConfigMap name references in pod specs updated to match.
 """
@@ -32,6 +33,7 @@ _SUPPORTED_FIELDS = {
     "components",
     "configMapGenerator",
     "images",
+    "patches",
 }
 _CLUSTER_SCOPED = {
     "Namespace",
@@ -91,6 +93,8 @@ def _build(directory: Path, accumulated: list[dict], expect_kind: str) -> list[d
     for gen in k.get("configMapGenerator", []):
         _generate_configmap(directory, gen, resources)
 
+    for entry in k.get("patches", []):
+        _apply_patch(directory, entry, resources)
     if "namespace" in k:
         for res in resources:
             if res.get("kind") not in _CLUSTER_SCOPED:
@@ -104,6 +108,31 @@ def _build(directory: Path, accumulated: list[dict], expect_kind: str) -> list[d
     for image in k.get("images", []):
         _set_image(resources, image)
     return resources
+
+
+def _apply_patch(directory: Path, entry: dict, resources: list[dict]) -> None:
+    if set(entry) - {"path", "patch"}:
+        raise NotImplementedError(f"{directory}: only path/patch strategic-merge patches: {entry}")
+    text = (directory / entry["path"]).read_text() if "path" in entry else entry["patch"]
+    patch = yaml.safe_load(text)
+    targets = [
+        r for r in resources
+        if r["kind"] == patch["kind"] and r["metadata"]["name"] == patch["metadata"]["name"]
+    ]
+    if len(targets) != 1:
+        raise ValueError(f"{directory}: patch matches {len(targets)} resources: {patch['metadata']['name']}")
+    _merge(targets[0], patch)
+
+
+def _merge(target: dict, patch: dict) -> None:
+    """Strategic merge for maps; lists would need their merge keys, which nothing here patches."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        elif isinstance(value, list | dict) and key in target:
+            raise NotImplementedError(f"kustomize_lite cannot strategic-merge {key!r}")
+        else:
+            target[key] = value
 
 
 def _generate_configmap(directory: Path, gen: dict, resources: list[dict]) -> None:

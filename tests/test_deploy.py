@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import kubernetes_validate
@@ -34,9 +35,13 @@ DASHBOARD = GRAFANA / "dashboards" / "vidfarm.json"
 K8S_VERSION = "1.30"
 
 OVERLAYS = ["cpu", "gpu"]
+# Each optional component rendered on top of an overlay: "cpu+prometheus-operator" and so on.
+COMPONENTS = {"prometheus-operator": "cpu", "gateway-api": "gpu"}
+# Every rule below holds for all of these.
+VARIANTS = OVERLAYS + [f"{overlay}+{component}" for component, overlay in COMPONENTS.items()]
 APP_ROLES = {"uploader", "worker", "autoscaler"}
-# Kinds from CRDs (Prometheus Operator): not in the core schema, parse-checked only.
-CRD_GROUPS = ("monitoring.coreos.com/",)
+# Kinds from CRDs (Prometheus Operator, Gateway API): not in the core schema, parse-checked only.
+CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
 
 # Every metric the code exports; the dashboard may use nothing else.
 COUNTERS_GAUGES = {
@@ -76,14 +81,13 @@ def _render_path(path: str) -> tuple[dict, ...]:
     return tuple(build(Path(path)))
 
 
-def render(overlay: str) -> list[dict]:
-    return list(_render_path(str(K8S / "overlays" / overlay)))
-
-
-@pytest.fixture(scope="module")
-def operator_overlay(tmp_path_factory) -> Path:
-    """The cpu overlay plus the optional prometheus-operator component."""
-    d = tmp_path_factory.mktemp("overlay-operator")
+@functools.cache
+def variant_dir(variant: str) -> Path:
+    """The kustomization directory of an overlay, or of an overlay plus one optional component."""
+    overlay, _, component = variant.partition("+")
+    if not component:
+        return K8S / "overlays" / overlay
+    d = Path(tempfile.mkdtemp(prefix=f"vidfarm-{overlay}-{component}-"))
     (d / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
@@ -91,12 +95,16 @@ def operator_overlay(tmp_path_factory) -> Path:
                 "kind": "Kustomization",
                 "namespace": "vidfarm",
                 # kustomize refuses absolute paths here.
-                "resources": [os.path.relpath(K8S / "overlays" / "cpu", d)],
-                "components": [os.path.relpath(K8S / "components" / "prometheus-operator", d)],
+                "resources": [os.path.relpath(K8S / "overlays" / overlay, d)],
+                "components": [os.path.relpath(K8S / "components" / component, d)],
             }
         )
     )
     return d
+
+
+def render(variant: str) -> list[dict]:
+    return list(_render_path(str(variant_dir(variant))))
 
 
 def find(resources: list[dict], kind: str, name: str) -> dict:
@@ -133,9 +141,9 @@ def env_map(c: dict) -> dict[str, dict]:
 # --- rendering and schema --------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_the_whole_farm(overlay):
-    res = render(overlay)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overlay_renders_the_whole_farm(variant):
+    res = render(variant)
     names = {(r["kind"], r["metadata"]["name"]) for r in res}
     for expected in [
         ("Namespace", "vidfarm"),
@@ -151,7 +159,7 @@ def test_overlay_renders_the_whole_farm(overlay):
         ("PodDisruptionBudget", "uploader"),
     ]:
         assert expected in names
-    assert (("Deployment", "worker-gpu") in names) == (overlay == "gpu")
+    assert (("Deployment", "worker-gpu") in names) == variant.startswith("gpu")
     for r in res:
         if r["kind"] != "Namespace":
             assert r["metadata"]["namespace"] == "vidfarm", r["metadata"]["name"]
@@ -168,14 +176,13 @@ def _validate(resources: list[dict]) -> None:
         kubernetes_validate.validate(r, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_validates_against_kubernetes_schema(overlay):
-    _validate(render(overlay))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overlay_validates_against_kubernetes_schema(variant):
+    _validate(render(variant))
 
 
-def test_prometheus_operator_component(operator_overlay):
-    res = list(_render_path(str(operator_overlay)))
-    _validate(res)
+def test_prometheus_operator_component():
+    res = render("cpu+prometheus-operator")
     monitors = {r["metadata"]["name"]: r for r in res if r["apiVersion"].startswith("monitoring.coreos.com/")}
     assert set(monitors) == {"vidfarm-uploader", "vidfarm-workers", "vidfarm-autoscaler"}
     uploader_svc = find(res, "Service", "uploader")
@@ -195,9 +202,9 @@ def test_prometheus_operator_component(operator_overlay):
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_kustomize_lite_agrees_with_kubectl(overlay):
-    path = K8S / "overlays" / overlay
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kustomize_lite_agrees_with_kubectl(variant):
+    path = variant_dir(variant)
 
     def key(r):
         return (r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"])
@@ -212,9 +219,9 @@ def test_kustomize_lite_agrees_with_kubectl(overlay):
 # --- policy: every pod --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_pod_is_hardened_and_bounded(overlay):
-    for workload, tpl in pod_templates(render(overlay)):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_is_hardened_and_bounded(variant):
+    for workload, tpl in pod_templates(render(variant)):
         name = workload["metadata"]["name"]
         spec = tpl["spec"]
         pod_sc = spec.get("securityContext", {})
@@ -232,9 +239,9 @@ def test_every_pod_is_hardened_and_bounded(overlay):
                 assert {"cpu", "memory"} <= got.keys(), (name, c["name"], section)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_only_the_autoscaler_and_prometheus_talk_to_the_api_server(overlay):
-    for workload, tpl in pod_templates(render(overlay)):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_autoscaler_and_prometheus_talk_to_the_api_server(variant):
+    for workload, tpl in pod_templates(render(variant)):
         if workload["metadata"]["name"] not in ("autoscaler", "prometheus"):
             assert tpl["spec"].get("automountServiceAccountToken") is False, workload["metadata"]["name"]
 
@@ -256,12 +263,24 @@ def longest_job_timeout_s(workload: dict) -> int:
     return max(600, settings.job_timeout_s(settings.max_duration_s))
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_workers_start_at_zero_and_outlive_a_job(overlay):
-    workers = [w for w in app_workloads(render(overlay)) if w["metadata"]["name"].startswith("worker-")]
+def worker_deployments(resources: list[dict]) -> list[dict]:
+    workers = [
+        w for w in app_workloads(resources)
+        if w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
     assert workers
-    for w in workers:
-        assert w["spec"]["replicas"] == 0
+    return workers
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_workers_leave_replicas_to_the_autoscaler_and_outlive_a_job(variant):
+    for w in worker_deployments(render(variant)):
+        # The autoscaler owns the count: a value here resets it on every apply or GitOps sync.
+        assert "replicas" not in w["spec"], w["metadata"]["name"]
         # Must cover the longest job timeout, or scale-in kills transcodes.
         assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= longest_job_timeout_s(w)
         c = container(w)
@@ -271,6 +290,41 @@ def test_workers_start_at_zero_and_outlive_a_job(overlay):
         assert c["args"][0] == "worker"
         assert "--metrics-port" in c["args"]
         assert "livenessProbe" not in c
+        # Ready once the worker takes jobs: its metrics port opens after the start-up checks.
+        assert c["readinessProbe"]["tcpSocket"]["port"] in ("metrics", int(_arg(c["args"], "--metrics-port")))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_busy_workers_are_not_evicted_by_node_scale_down(variant):
+    for w in worker_deployments(render(variant)):
+        ann = w["spec"]["template"]["metadata"]["annotations"]
+        assert ann["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+        assert ann["karpenter.sh/do-not-disrupt"] == "true"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_worker_names_the_pool_that_scales_it(variant):
+    """--pool, not the first queue, ties a worker to the pools.yaml entry whose scale-in picks it."""
+    res = render(variant)
+    pools = _pools(res)
+    scaled = {p["deployment"]: name for name, p in pools.items()}
+    for w in worker_deployments(res):
+        args = container(w)["args"]
+        pool = _arg(args, "--pool")
+        assert scaled[w["metadata"]["name"]] == pool
+        assert _queues(args)[: len(pools[pool]["queues"])] == pools[pool]["queues"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ffmpeg_threads_follow_the_cpu_limit(variant):
+    from transcoder.worker import FFMPEG_THREADS_ENV
+
+    for w in worker_deployments(render(variant)):
+        c = container(w)
+        ref = env_map(c)[FFMPEG_THREADS_ENV]["valueFrom"]["resourceFieldRef"]
+        # Whole cores (divisor 1 rounds up), of this container's limit, which must exist.
+        assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
+        assert c["resources"]["limits"]["cpu"]
 
 
 def _queues(args: list[str]) -> list[str]:
@@ -290,7 +344,15 @@ def test_cpu_and_gpu_workers():
     assert _queues(gc["args"]) == ["gpu", "cpu"]
     assert gc["args"][gc["args"].index("--encoder") + 1] == "nvenc"
     assert gc["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert gpu_spec["nodeSelector"]
+    # Labels that GPU Feature Discovery or the GPU Operator set on running nodes only are missing
+    # from node group templates and NodePools: selecting on them, no GPU node ever scales up.
+    selected = set(gpu_spec.get("nodeSelector", {})) | {
+        expr["key"]
+        for term in gpu_spec.get("affinity", {}).get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+        for expr in term.get("matchExpressions", [])
+    }
+    assert not [k for k in selected if k.startswith(("nvidia.com/", "feature.node.kubernetes.io/"))], selected
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu_spec["tolerations"])
     assert "video" in env_map(gc)["NVIDIA_DRIVER_CAPABILITIES"]["value"]
 
@@ -298,9 +360,9 @@ def test_cpu_and_gpu_workers():
 # --- app pods ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_app_pods_share_one_image_and_the_environment(overlay):
-    res = render(overlay)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_app_pods_share_one_image_and_the_environment(variant):
+    res = render(variant)
     apps = app_workloads(res)
     assert {w["metadata"]["name"] for w in apps} >= {"uploader", "worker-cpu", "autoscaler"}
     assert len({container(w)["image"] for w in apps}) == 1
@@ -310,19 +372,71 @@ def test_app_pods_share_one_image_and_the_environment(overlay):
         assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vidfarm", "key": "REDIS_URL"}
         assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vidfarm", "key": "DATABASE_URL"}
         assert env["VIDFARM_STORAGE_DIR"]["value"] == "/data/storage"
-        assert env["VIDFARM_API_KEYS_FILE"]["value"] == "/etc/vidfarm/api-keys/keys"
+        assert c["imagePullPolicy"] == "IfNotPresent", name
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
-        assert volumes[mounts["/etc/vidfarm/api-keys"]]["secret"]["secretName"] == "vidfarm-api-keys"
-        if name != "autoscaler":
-            claim = volumes[mounts["/data/storage"]]["persistentVolumeClaim"]["claimName"]
-            assert claim == "vidfarm-storage"
+        # Every role touches the shared volume; the autoscaler's reconciler sweeps partial uploads there.
+        claim = volumes[mounts["/data/storage"]]["persistentVolumeClaim"]["claimName"]
+        assert claim == "vidfarm-storage", name
         # Scrape annotations point at a port the container really opens.
         ann = w["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true"
         assert ann["prometheus.io/path"] == "/metrics"
         assert int(ann["prometheus.io/port"]) in {p["containerPort"] for p in c["ports"]}
-    assert find(res, "PersistentVolumeClaim", "vidfarm-storage")["spec"]["accessModes"] == ["ReadWriteMany"]
+    pvc = find(res, "PersistentVolumeClaim", "vidfarm-storage")["spec"]
+    assert pvc["accessModes"] == ["ReadWriteMany"]
+    # Set by the overlay: GKE's and EKS's default classes are ReadWriteOnce and would never bind.
+    assert pvc["storageClassName"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_api_gets_the_api_keys(variant):
+    for workload, tpl in pod_templates(render(variant)):
+        name, spec = workload["metadata"]["name"], tpl["spec"]
+        secrets = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        env = {e["name"] for c in spec["containers"] for e in c.get("env", [])}
+        is_api = name == "uploader"
+        assert ("vidfarm-api-keys" in secrets) == is_api, name
+        assert ("VIDFARM_API_KEYS_FILE" in env) == is_api, name
+    uploader = container(find(render(variant), "Deployment", "uploader"))
+    assert env_map(uploader)["VIDFARM_API_KEYS_FILE"]["value"].startswith(
+        next(m["mountPath"] for m in uploader["volumeMounts"] if m["name"] == "api-keys")
+    )
+
+
+def _published_paths(res: list[dict]) -> list[tuple[str, str]]:
+    """(kind, path prefix) of every route from outside the cluster to the uploader."""
+    paths = [
+        ("Ingress", p["path"])
+        for ing in res if ing["kind"] == "Ingress"
+        for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]
+    ]
+    paths += [
+        ("HTTPRoute", m["path"]["value"])
+        for route in res if route["kind"] == "HTTPRoute"
+        for rule in route["spec"]["rules"] for m in rule["matches"]
+    ]
+    return paths
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_client_api_is_published(variant):
+    res = render(variant)
+    paths = _published_paths(res)
+    assert paths
+    for kind, path in paths:
+        # /v1 and below only: /metrics, /docs, /healthz and /readyz stay inside the cluster.
+        assert path == "/v1" or path.startswith("/v1/"), (kind, path)
+    assert ("HTTPRoute" in {k for k, _ in paths}) == variant.endswith("+gateway-api")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_uploader_drains_before_it_stops(variant):
+    up = find(render(variant), "Deployment", "uploader")
+    command = container(up)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    # preStop, then the API's graceful shutdown (30 s for requests in flight), before SIGKILL.
+    assert up["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= int(command[1]) + 30
 
 
 def test_uploader_api_probes_pdb_and_ingress():
@@ -355,9 +469,9 @@ def _pools(res: list[dict]) -> dict:
     return {p["name"]: p for p in yaml.safe_load(cm["data"][mount["subPath"]])["pools"]}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_autoscaler_runs_two_replicas_with_its_pools(overlay):
-    res = render(overlay)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_autoscaler_runs_two_replicas_with_its_pools(variant):
+    res = render(variant)
     asc = find(res, "Deployment", "autoscaler")
     c = container(asc)
     assert asc["spec"]["replicas"] == 2
@@ -365,26 +479,37 @@ def test_autoscaler_runs_two_replicas_with_its_pools(overlay):
     assert c["args"] == ["autoscaler", "--config", "/etc/vidfarm/pools.yaml", "--metrics-port", "9101"]
     pools = _pools(res)
     expected = {"cpu": ("worker-cpu", ["cpu"], 0, 10)}
-    if overlay == "gpu":
+    if variant.startswith("gpu"):
         expected["gpu"] = ("worker-gpu", ["gpu"], 0, 4)
     assert {n: (p["deployment"], p["queues"], p["min"], p["max"]) for n, p in pools.items()} == expected
     for p in pools.values():
         find(res, "Deployment", p["deployment"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_pools_config_loads_with_the_autoscaler(overlay):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pools_config_loads_with_the_autoscaler(variant):
     """The shipped pools file is one the real loader accepts, for this namespace and Lease."""
     config_mod = pytest.importorskip("autoscaler.config")
-    res = render(overlay)
+    res = render(variant)
     asc = find(res, "Deployment", "autoscaler")
     c = container(asc)
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/vidfarm/pools.yaml")
     volume = next(v for v in asc["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
     text = find(res, "ConfigMap", volume["configMap"]["name"])["data"][mount["subPath"]]
-    config = config_mod.parse_config(yaml.safe_load(text), source=f"{overlay} pools.yaml")
+    config = config_mod.parse_config(yaml.safe_load(text), source=f"{variant} pools.yaml")
     assert config.lease_name == "vidfarm-autoscaler"
     assert {p.namespace for p in config.pools} == {asc["metadata"]["namespace"]}
+
+
+def test_readme_states_the_workers_grace_period():
+    """deploy/README.md tells operators how long a worker rollout may take: it must match."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    stated = {int(n) for n in re.findall(r"terminationGracePeriodSeconds: (\d+)", readme)}
+    actual = {
+        w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for variant in OVERLAYS for w in worker_deployments(render(variant))
+    }
+    assert stated == actual
 
 
 # --- RBAC --------------------------------------------------------------------------
@@ -400,18 +525,18 @@ def _rules(role: dict) -> set[tuple[str, str, str]]:
     }
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_rbac_is_least_privilege(overlay):
-    res = render(overlay)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rbac_is_least_privilege(variant):
+    res = render(variant)
     assert not [r for r in res if r["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     for role in (r for r in res if r["kind"] == "Role"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
+    # Exactly what autoscaler/k8s.py and autoscaler/leader.py call (the selector comes from the scale).
     assert _rules(find(res, "Role", "vidfarm-autoscaler")) == {
         ("apps", "deployments/scale", "get"),
         ("apps", "deployments/scale", "patch"),
-        ("apps", "deployments", "get"),
         ("", "pods", "list"),
         ("", "pods", "patch"),
         ("coordination.k8s.io", "leases", "get"),
@@ -457,13 +582,27 @@ def test_data_stores_reachable_only_from_farm_pods(store, port):
     assert sts["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 999
 
 
-def test_redis_is_durable_and_password_protected():
-    res = render("cpu")
+UNITS = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "k": 1000, "m": 1000**2, "g": 1000**3,
+         "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", quantity).groups()
+    return int(number) * UNITS.get(unit.lower(), 1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_redis_is_durable_bounded_and_password_protected(variant):
+    res = render(variant)
     conf = find(res, "ConfigMap", "redis-config")["data"]["redis.conf"]
     lines = {line.strip() for line in conf.splitlines()}
     assert {"appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"} <= lines
     assert any(line.startswith("save ") for line in lines)
     c = container(find(res, "StatefulSet", "redis"))
+    # noeviction without maxmemory grows until the OOM killer ends Redis; an AOF rewrite forks and
+    # its copy-on-write pages need room under the same limit.
+    maxmemory = [_bytes(line.split()[1]) for line in lines if line.startswith("maxmemory ")]
+    assert len(maxmemory) == 1 and 0 < maxmemory[0] <= _bytes(c["resources"]["limits"]["memory"]) // 2
     assert "--requirepass" in " ".join(c["args"])
     assert env_map(c)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "vidfarm"
 
@@ -576,6 +715,13 @@ def test_local_prometheus_reads_the_vidfarm_up_targets_file():
 # --- image --------------------------------------------------------------------------
 
 
+def _project_dependencies() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+
 def test_dockerfile_builds_one_non_root_image_with_signal_forwarding():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
@@ -589,3 +735,15 @@ def test_dockerfile_builds_one_non_root_image_with_signal_forwarding():
     assert json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1)) == ["api"]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and "README.md" not in ignored
+
+
+def test_image_finds_gke_driver_libraries_and_pins_its_dependencies():
+    text = (ROOT / "Dockerfile").read_text()
+    library_path = re.search(r"LD_LIBRARY_PATH=(\S+)", text).group(1).split(":")
+    assert "/usr/local/nvidia/lib64" in library_path  # where GKE mounts libnvidia-encode
+    assert re.search(r"pip wheel [^\n]*--constraint constraints.txt", text)
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", line) for line in pins)
+    declared = {re.split(r"[\[<>=!~ ]", dep)[0].lower().replace("_", "-") for dep in _project_dependencies()}
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in pins}
+    assert declared <= pinned, declared - pinned

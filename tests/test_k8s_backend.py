@@ -9,7 +9,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from autoscaler.backend import WorkerRef
+from autoscaler.controller import Controller
 from autoscaler.k8s import ApiForbidden, ApiUnavailable, KubernetesDeployment
+from autoscaler.policy import PoolConfig, Snapshot
 from tests.kube_fake import DELETION_COST, FakeKube, Request
 
 NS = "vidfarm"
@@ -218,3 +220,69 @@ def test_backoff_resets_once_the_server_answers(fake: FakeKube, caplog: pytest.L
         assert deployment.current_replicas() == 4
     assert "reachable again" in caplog.text
     assert not deployment._call.backoff.failing
+
+
+# -- pods that never became workers ------------------------------------------------------------------
+
+
+def busy(pod: str) -> WorkerRef:
+    return WorkerRef(name=f"rq-{pod}", state="busy", pod=pod)
+
+
+def stuck(fake: FakeKube, *pods: str) -> None:
+    """Replace pods by ones stuck Pending: never ready, never registered with RQ."""
+    for pod in pods:
+        labels = fake.pods.pop((NS, pod))["metadata"]["labels"]
+        fake.add_pod(NS, pod, labels, ready=False)
+
+
+def test_spare_workers_are_the_not_ready_pods_without_a_worker(fake: FakeKube) -> None:
+    stuck(fake, "worker-cpu-c", "worker-cpu-d")
+    # worker-cpu-d registered and took a job before its readiness failed: never a spare.
+    registered = [idle("worker-cpu-a"), busy("worker-cpu-b"), busy("worker-cpu-d")]
+
+    spares = backend(fake).spare_workers(registered)
+
+    assert [w.pod for w in spares] == ["worker-cpu-c"]
+    # One request for the pods (the selector comes with the scale read); nothing written.
+    assert calls(fake) == [("GET", SCALE), ("GET", PODS)]
+    assert fake.writes() == []
+
+
+class PodsObserver:
+    """RQ's view: the registered workers given; no queued work, so the pool should shrink to the busy."""
+
+    def __init__(self, workers: list[WorkerRef]) -> None:
+        self.workers = workers
+
+    def __call__(self, config: PoolConfig) -> tuple[Snapshot, list[WorkerRef]]:
+        busy_count = sum(w.state == "busy" for w in self.workers)
+        idle_count = sum(w.state == "idle" for w in self.workers)
+        snapshot = Snapshot(now=0.0, queued_jobs=0, running_jobs=busy_count, idle_workers=idle_count,
+                            busy_workers=busy_count, current_replicas=0)  # fmt: skip
+        return snapshot, list(self.workers)
+
+
+def step_controller(fake: FakeKube, workers: list[WorkerRef]) -> None:
+    config = PoolConfig("cpu", ("cpu",), max_replicas=4, scale_down_after_s=0.0)
+    Controller([(config, backend(fake))], PodsObserver(workers), clock=FakeClock()).step()
+
+
+def test_pool_at_max_with_stuck_pods_and_no_idle_worker_still_shrinks(fake: FakeKube) -> None:
+    # Two workers busy, two pods that never started: before, no idle victim meant no scale-in ever.
+    stuck(fake, "worker-cpu-c", "worker-cpu-d")
+    step_controller(fake, [busy("worker-cpu-a"), busy("worker-cpu-b")])
+
+    assert fake.replicas(NS, DEPLOY) == 2
+    assert fake.pod_names(NS) == ["worker-cpu-a", "worker-cpu-b"]
+
+
+def test_not_ready_pods_go_before_idle_workers(fake: FakeKube) -> None:
+    stuck(fake, "worker-cpu-d")
+    step_controller(fake, [idle("worker-cpu-a"), busy("worker-cpu-b"), busy("worker-cpu-c")])
+
+    # Shrinking 4 -> 2: the stuck pod first, then the idle worker; both marked before the patch.
+    assert fake.replicas(NS, DEPLOY) == 2
+    assert fake.pod_names(NS) == ["worker-cpu-b", "worker-cpu-c"]
+    marked = [r.path.rsplit("/", 1)[1] for r in fake.requests if r.method == "PATCH" and "/pods/" in r.path]
+    assert marked == ["worker-cpu-d", "worker-cpu-a"]

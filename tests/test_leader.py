@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from autoscaler.backend import WorkerRef
+from autoscaler.cluster import forget_leader_gauges
 from autoscaler.controller import Controller
 from autoscaler.k8s import KubernetesDeployment
-from autoscaler.leader import AlwaysLeader, LeaseElector
+from autoscaler.leader import LeaseElector
 from autoscaler.policy import PoolConfig, Snapshot
-from tests.kube_fake import FakeKube, Request
+from tests.kube_fake import MICRO_TIME, FakeKube, Request
+from vidfarm import metrics as farm_metrics
 
 NS = "vidfarm"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/vidfarm-autoscaler"
@@ -33,9 +37,10 @@ def fake() -> Iterator[FakeKube]:
         yield server
 
 
-def elector(fake: FakeKube, identity: str, clock: FakeClock) -> LeaseElector:
+def elector(fake: FakeKube, identity: str, clock: FakeClock, **kwargs: object) -> LeaseElector:
     return LeaseElector(
-        NS, "vidfarm-autoscaler", identity, lease_duration_s=15, api_client=fake.api_client(), clock=clock
+        NS, "vidfarm-autoscaler", identity, lease_duration_s=15, api_client=fake.api_client(), clock=clock,
+        **kwargs,
     )
 
 
@@ -141,8 +146,85 @@ def test_forbidden_lease_logs_rbac_hint(fake: FakeKube, caplog: pytest.LogCaptur
     fake.forbid("GET", "/leases/")
     with caplog.at_level(logging.ERROR):
         assert elector(fake, "a", FakeClock()).try_acquire_or_renew() is False
-    assert "RBAC forbids lease access in namespace 'vidfarm'" in caplog.text
-    assert 'resources: ["leases"]' in caplog.text
+    # The same hint as the scaling backend's: one mechanism for every Kubernetes call.
+    assert "RBAC forbids 'get' on 'leases' (apiGroup 'coordination.k8s.io') in namespace 'vidfarm'" in caplog.text
+    assert 'resources: ["leases"], verbs: ["get"]' in caplog.text
+
+
+def test_unreachable_api_server_backs_off_like_the_backend(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    with FakeKube() as server:
+        a = elector(server, "a", clock)
+    with caplog.at_level(logging.WARNING):
+        assert a.try_acquire_or_renew() is False
+        assert "backing off 0.5s" in caplog.text
+        caplog.clear()
+        assert a.try_acquire_or_renew() is False  # within the backoff window: no request, no new log
+        assert "unreachable" not in caplog.text
+
+
+WHOLE_SECOND = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def test_timestamps_on_a_whole_second_are_written_with_six_fractional_digits(fake: FakeKube) -> None:
+    # datetime.isoformat() drops ".000000", which the API server (and the fake) reject with 400.
+    a = elector(fake, "a", FakeClock(), wall_clock=lambda: WHOLE_SECOND)
+    assert a.try_acquire_or_renew() is True  # create
+    assert a.try_acquire_or_renew() is True  # replace, with the acquireTime read back as a datetime
+    spec = lease_spec(fake)
+    assert spec["renewTime"] == spec["acquireTime"] == "2025-01-01T12:00:00.000000+00:00"
+    assert [(r.method, (r.body or {}).get("spec", {}).get("renewTime")) for r in fake.requests if r.body] == [
+        ("POST", "2025-01-01T12:00:00.000000+00:00"), ("PUT", "2025-01-01T12:00:00.000000+00:00"),
+    ]
+    assert MICRO_TIME.match(spec["renewTime"])
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def test_release_on_shutdown_hands_over_at_once(fake: FakeKube) -> None:
+    clock = FakeClock()
+    lost = Counter()
+    a, b = elector(fake, "a", clock, on_lost=lost), elector(fake, "b", clock)
+    assert a.try_acquire_or_renew() is True
+    assert b.try_acquire_or_renew() is False
+
+    a.release()
+
+    assert not a.is_leader and lost.calls == 1
+    assert "holderIdentity" not in lease_spec(fake)
+    assert lease_spec(fake)["leaseDurationSeconds"] == 1
+    # No lease duration to wait: the rival takes over on its next round, with no clock advance.
+    assert b.try_acquire_or_renew() is True
+    assert lease_spec(fake)["holderIdentity"] == "b"
+
+
+def test_release_by_a_follower_writes_nothing(fake: FakeKube) -> None:
+    clock = FakeClock()
+    a, b = elector(fake, "a", clock), elector(fake, "b", clock)
+    a.try_acquire_or_renew()
+    b.try_acquire_or_renew()
+    writes = fake.writes()
+    b.release()
+    assert fake.writes() == writes
+    assert lease_spec(fake)["holderIdentity"] == "a"
+
+
+def test_on_lost_runs_once_when_renewals_run_out(caplog: pytest.LogCaptureFixture) -> None:
+    clock, lost = FakeClock(), Counter()
+    with FakeKube() as server:
+        a = elector(server, "a", clock, on_lost=lost)
+        assert a.try_acquire_or_renew() is True
+    for _ in range(3):
+        clock.now += 10.0
+        a.try_acquire_or_renew()
+    assert not a.is_leader
+    assert lost.calls == 1
 
 
 def test_leader_stops_acting_when_it_cannot_renew(caplog: pytest.LogCaptureFixture) -> None:
@@ -156,12 +238,6 @@ def test_leader_stops_acting_when_it_cannot_renew(caplog: pytest.LogCaptureFixtu
     clock.now += 10.0
     assert a.try_acquire_or_renew() is False
     assert not a.is_leader
-
-
-def test_always_leader() -> None:
-    leader = AlwaysLeader()
-    assert leader.try_acquire_or_renew() is True
-    assert leader.is_leader
 
 
 # -- two controllers, one cluster --------------------------------------------------------------------
@@ -203,3 +279,35 @@ def test_only_the_leader_scales(fake: FakeKube) -> None:
     assert controllers["b"].step()["cpu"].desired == 3
     assert fake.writes().count(scale_patch) == 2
     assert lease_spec(fake)["holderIdentity"] == "b"
+
+
+def gauge(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_a_demoted_autoscaler_stops_exporting_pool_and_queue_gauges(fake: FakeKube) -> None:
+    fake.add_deployment(NS, "worker-cpu", [])
+    config = PoolConfig("cpu", ("cpu",), max_replicas=3)
+    clock = FakeClock()
+
+    def controller(name: str, on_lost: Callable[[], None]) -> Controller:
+        backend = KubernetesDeployment(NS, "worker-cpu", api_client=fake.api_client())
+        leader = elector(fake, name, clock, on_lost=on_lost)
+        return Controller([(config, backend)], StaticObserver(), leader=leader, clock=clock)
+
+    a = controller("a", forget_leader_gauges)
+    a.step()
+    farm_metrics.QUEUE_JOBS.labels("cpu", "queued").set(5)  # what a's observer exports as leader
+    assert gauge("vidfarm_autoscaler_desired_replicas", pool="cpu") == 3
+
+    # a stalls; b takes the lease after a full duration, and a notices on its next round.
+    b = controller("b", lambda: None)
+    b.step()
+    clock.now += 15.0
+    assert b.step()["cpu"].desired == 3
+    assert a.step() == {}
+
+    assert gauge("vidfarm_autoscaler_desired_replicas", pool="cpu") is None
+    assert gauge("vidfarm_autoscaler_current_replicas", pool="cpu") is None
+    assert gauge("vidfarm_autoscaler_backlog_seconds", pool="cpu") is None
+    assert gauge("vidfarm_queue_jobs", queue="cpu", state="queued") is None

@@ -8,8 +8,10 @@ idle worker exits at once, a busy one finishes its transcode first and shows as 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -27,21 +29,69 @@ from vidfarm.farm import Farm
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+# ffmpeg threads per decoder/encoder/filter graph. In Kubernetes the pod's CPU limit in whole cores,
+# through the downward API (resourceFieldRef limits.cpu); unset, ffmpeg sizes them from the machine.
+FFMPEG_THREADS_ENV = "VIDFARM_FFMPEG_THREADS"
+NVENC_UNUSABLE = (
+    "NVENC test encode failed: %s. This worker takes no job and stays not-ready until it is stopped. "
+    "NVENC needs an NVIDIA GPU with a video encoder (T4, L4, L40S, A10G, GeForce/RTX; A100, H100 and "
+    "H200 have none), NVIDIA_DRIVER_CAPABILITIES including 'video', and the driver's libnvidia-encode "
+    "on LD_LIBRARY_PATH (the image searches /usr/local/nvidia/lib64, where GKE mounts it)."
+)
+
+
+def nvenc_error() -> str | None:
+    """None when a one-frame NVENC encode works, else why not. Debian's ffmpeg lists h264_nvenc even
+    without a GPU, and A100/H100 GPUs have none, so only a real encode tells."""
+    probe = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "color=s=256x256:d=0.1",
+             "-frames:v", "1", "-c:v", NVENC.codec, "-f", "null", "-"]
+    try:
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if result.returncode == 0:
+        return None
+    return " ".join(result.stderr.split()) or f"ffmpeg exited with status {result.returncode}"
 
 
 def detect_encoder() -> Encoder:
-    """NVENC when a tiny test encode works (Debian's ffmpeg lists h264_nvenc even without a GPU)."""
-    probe = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "color=s=256x256:d=0.1",
-             "-c:v", NVENC.codec, "-f", "null", "-"]
-    try:
-        ok = subprocess.run(probe, capture_output=True, timeout=20, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    return NVENC if ok else X264
+    return NVENC if nvenc_error() is None else X264
 
 
 def resolve_encoder(name: str) -> Encoder:
     return detect_encoder() if name == "auto" else ENCODERS[name]
+
+
+def ffmpeg_threads() -> int | None:
+    raw = os.environ.get(FFMPEG_THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        log.warning("%s=%r is not a positive integer; ffmpeg picks its own thread counts", FFMPEG_THREADS_ENV, raw)
+        return None
+    return threads
+
+
+def nvenc_usable_if_required(encoder: str) -> bool:
+    """False, with the reason logged, when `--encoder nvenc` was asked for and NVENC cannot encode."""
+    if encoder != NVENC.name:
+        return True
+    error = nvenc_error()
+    if error is not None:
+        log.error(NVENC_UNUSABLE, error)
+    return error is None
+
+
+def wait_for_stop_signal() -> None:
+    """Block until SIGTERM or SIGINT: how an unusable worker stays up but never ready."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
 
 
 class FarmWorker(SimpleWorker):
@@ -109,26 +159,33 @@ def run_worker(
     pool: str | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    chosen = resolve_encoder(encoder)
+    if not nvenc_usable_if_required(encoder):
+        # Taking jobs would fail every one of them; exiting would crash-loop. Stay up, not ready: the
+        # metrics port (the readiness probe) never opens, and the autoscaler removes this pod first.
+        wait_for_stop_signal()
+        return
+    chosen = dataclasses.replace(resolve_encoder(encoder), threads=ffmpeg_threads())
     name = name or default_name()
-    metrics_url = ""
-    if metrics_port is not None:
-        server, _ = start_http_server(metrics_port)
-        metrics_url = f"http://{socket.gethostname()}:{server.server_port}/metrics"
     job_module.use_farm(farm)
     job_module.IDENTITY.name = name
     job_module.IDENTITY.encoder = chosen
     job_module.IDENTITY.stall_timeout_s = farm.settings.stall_timeout_s
     for result in ("ready", "failed", "canceled"):
         metrics.TRANSCODES.labels(chosen.name, result)  # present at zero from the start
+    farm.catalog  # noqa: B018 - migrate and connect before taking the first job
+    # Last: an open metrics port is what the readiness probe reads as "ready to take jobs".
+    metrics_url = ""
+    if metrics_port is not None:
+        server, _ = start_http_server(metrics_port)
+        metrics_url = f"http://{socket.gethostname()}:{server.server_port}/metrics"
     info = presence.WorkerInfo(
         name=name, pid=os.getpid(), host=os.environ.get("HOSTNAME", socket.gethostname()),
         queues=",".join(queues), encoder=chosen.name, pool=pool or queues[0], metrics_url=metrics_url,
     )
-    farm.catalog  # noqa: B018 - migrate and connect before taking the first job
     worker = FarmWorker([Queue(q, connection=farm.rq_redis) for q in queues], farm=farm, info=info,
                         maintenance_interval=60)
-    log.info("worker %s: queues %s, encoder %s", name, ",".join(queues), chosen.name)
+    log.info("worker %s: pool %s, queues %s, encoder %s, ffmpeg threads %s", name, info.pool, ",".join(queues),
+             chosen.name, chosen.threads or "auto")
     worker.start_heartbeat()
     try:
         worker.work(logging_level="WARNING", with_scheduler=False)

@@ -164,10 +164,18 @@ class Catalog:
     # -- schema -----------------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Create the schema, then add any column a newer vidfarm knows and the table lacks."""
-        Base.metadata.create_all(self.engine)
-        existing = {c["name"] for c in inspect(self.engine).get_columns("videos")}
+        """Create the schema, then add any column a newer vidfarm knows and the table lacks.
+
+        One transaction, and on PostgreSQL under an advisory lock: on a cluster's first boot every app
+        pod migrates at once, and racing CREATE TABLEs fail with duplicate keys (that pod would then
+        crash-loop). The others wait for the lock, then find nothing to do.
+        """
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Any fixed bigint, the same in every vidfarm process ("vidfarm1").
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x76696466_61726D31})
+            Base.metadata.create_all(conn)
+            existing = {c["name"] for c in inspect(conn).get_columns("videos")}
             for column in Video.__table__.columns:
                 if column.name in existing:
                     continue

@@ -1,0 +1,75 @@
+"""Worker start-up as a cluster runs it: the NVENC check that keeps a GPU pod not-ready, and ffmpeg
+threads bounded by the pod's CPU limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, make_clip, settings_env
+from transcoder.command import X264, chunk_args
+from transcoder.ladder import OutputPlan
+from transcoder.worker import FFMPEG_THREADS_ENV, ffmpeg_threads, nvenc_error
+from vidfarm.chunks import ChunkWindow
+from vidfarm.localredis import free_port
+from vidfarm.settings import Settings
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.skipif(nvenc_error() is None, reason="this machine has a working NVENC")
+def test_nvenc_worker_without_nvenc_stays_up_not_ready_and_says_why(settings: Settings) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "vidfarm", "worker", "--encoder", "nvenc", "--pool", "gpu", "--queue", "gpu",
+           "--metrics-port", str(port)]
+    proc = subprocess.Popen(cmd, env=settings_env(settings), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the worker logs the failed test encode, then waits
+        assert "NVENC test encode failed" in line
+        assert "T4, L4, L40S, A10G" in line and "stays not-ready" in line
+        time.sleep(1.0)
+        # Still running (no crash loop), but the readiness probe's port never opened.
+        assert proc.poll() is None
+        assert not port_open(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("raw", "threads"), [("4", 4), ("", None), ("0", None), ("2.5", None)])
+def test_ffmpeg_threads_from_the_environment(monkeypatch: pytest.MonkeyPatch, raw: str, threads: int | None) -> None:
+    monkeypatch.setenv(FFMPEG_THREADS_ENV, raw)
+    assert ffmpeg_threads() == threads
+
+
+def test_thread_counts_reach_decoder_filters_and_every_encoder(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "src.mp4", "testsrc2=size=320x240:rate=15:duration=1", True, [])
+    plans = [(OutputPlan("240p", 320, 240, Fraction(15), 400), tmp_path / "a.mp4"),
+             (OutputPlan("120p", 160, 120, Fraction(15), 200), tmp_path / "b.mp4")]
+    whole = {"window": ChunkWindow(seek_s=0.0, grid_start_frame=0, skip_frames=0), "frames": None}
+    args = chunk_args(source, plans, encoder=dataclasses.replace(X264, threads=2), **whole)
+
+    assert args[args.index("-i") - 2 : args.index("-i")] == ["-threads", "2"]  # decoder
+    assert args[args.index("-filter_complex_threads") + 1] == "2"
+    assert args.count("-threads") == 1 + len(plans)  # and each rendition's encoder
+    # This ffmpeg accepts them and encodes.
+    subprocess.run(["ffmpeg", *args], check=True, capture_output=True)
+    assert all(path.stat().st_size > 0 for _, path in plans)
+
+    unbounded = chunk_args(source, plans, encoder=X264, **whole)
+    assert "-threads" not in unbounded and "-filter_complex_threads" not in unbounded
