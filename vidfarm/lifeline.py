@@ -50,8 +50,8 @@ def die_with_parent(starter_pid: int | None = None) -> Callable[[], None]:
 
 
 class Spawner:
-    """Starts children, each in its own session and dying with this process, from one long-lived
-    thread (so a child started on behalf of a short-lived thread is not killed when that thread ends)."""
+    """Starts children that die with this process, from one thread that lives as long as it does
+    (so a child started on behalf of a short-lived thread is not killed when that thread ends)."""
 
     def __init__(self) -> None:
         self._requests: queue.SimpleQueue[tuple[Sequence[str], dict[str, Any], Future]] = queue.SimpleQueue()
@@ -67,9 +67,6 @@ class Spawner:
         while True:
             cmd, kwargs, done = self._requests.get()
             try:
-                # Own session: Ctrl-C in the terminal reaches `vidfarm up` alone, which then stops
-                # its children in order instead of all of them getting SIGINT at once.
-                done.set_result(subprocess.Popen(cmd, preexec_fn=die_with_parent(starter),
-                                                 start_new_session=True, **kwargs))
+                done.set_result(subprocess.Popen(cmd, preexec_fn=die_with_parent(starter), **kwargs))
             except Exception as exc:  # handed to the caller, whose popen() raises it
                 done.set_exception(exc)
