@@ -122,7 +122,8 @@ def test_sigkill_of_up_leaves_nothing_running_and_a_restart_finishes_every_video
     again = start_up("--max-workers", "1")
     videos = [wait_for(again.http, video_id, timeout_s=90) for video_id in (interrupted, waiting)]
     assert [(v["status"], v["attempts"]) for v in videos] == [("ready", 2), ("ready", 1)]
-    assert list(own_settings.storage_dir.rglob("*.part")) == []
+    leftovers = [*own_settings.storage_dir.rglob("*.part"), *own_settings.storage_dir.rglob("work/*")]
+    assert leftovers == [], "no partial file of the interrupted attempt may be left"
 
 
 def test_one_up_per_home_and_a_killed_one_does_not_hold_it(start_up, own_settings):
@@ -203,7 +204,8 @@ def test_up_refuses_what_its_pool_would_not_serve(settings):
 
 def test_children_read_the_settings_they_were_given(settings, monkeypatch):
     changed = replace(settings, queues=("cpu",), ladder=("720p",), max_duration_s=12.5, stall_timeout_s=7.0,
-                      upload_idle_timeout_s=3.0, job_timeout_factor=1.5, max_attempts=5)
+                      upload_idle_timeout_s=3.0, job_timeout_factor=1.5, max_attempts=5, chunk_seconds=4.0,
+                      playback_secret="s3cret", playback_ttl_s=60)
     env = changed.to_env({"VIDFARM_API_KEYS_FILE": "/nowhere", "PATH": "/bin"})
     assert "VIDFARM_API_KEYS_FILE" not in env and env["PATH"] == "/bin"  # the keys are in VIDFARM_API_KEYS
     monkeypatch.delenv("VIDFARM_API_KEYS_FILE", raising=False)

@@ -138,6 +138,9 @@ class Settings:
             "VIDFARM_JOB_TIMEOUT_FACTOR": str(self.job_timeout_factor),
             "VIDFARM_STALL_TIMEOUT_S": str(self.stall_timeout_s),
             "VIDFARM_WORKER_HEARTBEAT_TTL_S": str(self.worker_heartbeat_ttl_s),
+            "VIDFARM_CHUNK_SECONDS": str(self.chunk_seconds),
+            "VIDFARM_PLAYBACK_SECRET": self.playback_secret,
+            "VIDFARM_PLAYBACK_TTL_S": str(self.playback_ttl_s),
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
