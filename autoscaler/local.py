@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autoscaler.backend import WorkerRef
+from vidfarm.lifeline import Popen
 from vidfarm.localredis import free_port
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,13 @@ class LocalProcesses:
 
     def __init__(
         self, pool: str, queues: Sequence[str], *, encoder: str = "x264",
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[], None] | None = None, popen: Popen = subprocess.Popen,
     ) -> None:
         self.pool = pool
         self.queues = list(queues)
         self.encoder = encoder
         self.on_change = on_change
+        self._popen = popen
         self.workers: dict[str, LocalWorker] = {}
         self._serial = 0
 
@@ -72,7 +74,7 @@ class LocalProcesses:
             cmd += ["--queue", queue]
         # Own process group: Ctrl-C in the terminal reaches `vidfarm up`, which then drains workers
         # in order instead of every worker getting SIGINT at once.
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        proc = self._popen(cmd, start_new_session=True)
         self.workers[name] = LocalWorker(name, proc, port)
         log.info("started worker %s (pid %d)", name, proc.pid)
 

@@ -86,21 +86,7 @@ def farm(settings) -> Farm:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "VIDFARM_HOME": str(settings.home),
-        "REDIS_URL": settings.redis_url or "",
-        "DATABASE_URL": settings.database_url,
-        "VIDFARM_STORAGE_DIR": str(settings.storage_dir),
-        "VIDFARM_API_KEYS": ",".join(settings.api_keys),
-        "VIDFARM_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
-        "VIDFARM_MAX_DURATION_S": str(settings.max_duration_s),
-        "VIDFARM_MAX_PIXELS": str(settings.max_pixels),
-        "VIDFARM_WORKER_HEARTBEAT_TTL_S": str(settings.worker_heartbeat_ttl_s),
-        "VIDFARM_MAX_ATTEMPTS": str(settings.max_attempts),
-    })
-    env.pop("VIDFARM_API_KEYS_FILE", None)
-    return env
+    return settings.to_env(os.environ)
 
 
 class ApiServer:

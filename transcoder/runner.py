@@ -7,16 +7,14 @@ ffmpeg writing files; cancellation and stalls stop it from here.
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from vidfarm.lifeline import die_with_parent
+
 STDERR_TAIL_LINES = 12
-PR_SET_PDEATHSIG = 1
 
 
 class FfmpegError(Exception):
@@ -34,12 +32,6 @@ class FfmpegStalled(Exception):
 
 class Canceled(Exception):
     """The video was canceled while ffmpeg ran."""
-
-
-def _die_with_parent() -> None:
-    # Not Linux: orphans are then possible, nothing else changes.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _collect(pipe, sink: collections.deque[str]) -> None:
@@ -63,7 +55,7 @@ def run_ffmpeg(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent(),
     )
     stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     drain = threading.Thread(target=_collect, args=(proc.stderr, stderr_tail), daemon=True)

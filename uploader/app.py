@@ -211,7 +211,7 @@ def create_app(farm: Farm) -> FastAPI:
 
 def farm_snapshot(farm: Farm) -> dict[str, Any]:
     workers = presence.all_workers(farm.redis)
-    names = {farm.settings.default_queue} | {q for w in workers for q in w.queues.split(",") if q}
+    names = set(farm.settings.served_queues) | {q for w in workers for q in w.queues.split(",") if q}
     names |= {q.name for q in Queue.all(connection=farm.rq_redis)}
     queues = {name: queue_counts(farm.rq_redis, name) for name in sorted(names)}
     raw = farm.redis.get(presence.AUTOSCALER_STATUS_KEY)
@@ -269,11 +269,10 @@ def _renditions(raw: str | None, ladder: tuple[str, ...]) -> list[str] | None:
 
 def _queue(raw: str | None, settings: Settings) -> str:
     """Which pool runs the video (e.g. `gpu` for NVENC workers); the configured default otherwise."""
-    if not raw:
-        return settings.default_queue
-    if raw not in settings.queues and raw != settings.default_queue:
-        raise ApiError(422, "unknown_queue", f"unknown queue {raw!r}; choose from {', '.join(settings.queues)}")
-    return raw
+    try:
+        return settings.queue_for(raw)
+    except ValueError as exc:
+        raise ApiError(422, "unknown_queue", str(exc)) from None
 
 
 def _printable(filename: str) -> str:

@@ -47,13 +47,22 @@ def main(verbose: bool) -> None:
 # -- running the farm ---------------------------------------------------------------------------
 
 
-def _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync):
+def _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync):
     from vidfarm.up import UpOptions
 
     if max_workers < max(min_workers, 1):
         raise click.BadParameter("--max-workers must be at least 1 and at least --min-workers")
     return UpOptions(host=host, port=port, min_workers=min_workers, max_workers=max_workers,
-                     scale_down_after_s=scale_down_after, encoder=encoder, queue=queue, resync_s=resync)
+                     scale_down_after_s=scale_down_after, encoder=encoder, queues=tuple(queues), resync_s=resync)
+
+
+def _run_up(settings: Settings, options, **kwargs) -> None:
+    from vidfarm.up import UpError, run_up
+
+    try:
+        run_up(settings, options, **kwargs)
+    except UpError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def up_flags(func):
@@ -67,7 +76,9 @@ def up_flags(func):
                      help="Seconds of idle capacity before workers are stopped."),
         click.option("--encoder", default="x264", show_default=True, type=click.Choice(["x264", "nvenc", "auto"]),
                      help="Video encoder of the local workers."),
-        click.option("--queue", default="cpu", show_default=True, help="Queue the local workers take."),
+        click.option("--queue", "queues", multiple=True,
+                     help="Queue the local workers serve; repeat for several (default: every queue in "
+                          "VIDFARM_QUEUES). Uploads naming another queue are refused."),
         click.option("--resync", default=5.0, show_default=True, type=click.FloatRange(0.1),
                      help="Seconds between autoscaler passes besides those woken by new jobs."),
     ]):
@@ -77,34 +88,31 @@ def up_flags(func):
 
 @main.command()
 @up_flags
-def up(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync) -> None:
+def up(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync) -> None:
     """Run the whole farm on this machine.
 
     Starts Redis (unless REDIS_URL is set), the API and autoscaled workers in the foreground.
     Ctrl-C drains: busy workers finish their transcode; a second Ctrl-C interrupts them.
+    Nothing it starts outlives it, and one runs per VIDFARM_HOME.
     """
-    from vidfarm.up import run_up
-
-    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync)
-    run_up(load_settings(), options)
+    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync)
+    _run_up(load_settings(), options)
 
 
 @main.command()
 @up_flags
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to save the renditions (default: $VIDFARM_HOME/demo).")
-def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync, out) -> None:
+def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync, out) -> None:
     """Transcode a generated sample end to end.
 
     Brings the farm up, uploads a generated 1080p clip, downloads its renditions, stops.
     """
     from vidfarm.demo import run_demo
-    from vidfarm.up import run_up
 
-    settings = load_settings()
-    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queue, resync)
+    options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync)
     result: dict = {}
-    run_up(settings, options, after_start=lambda procs: result.update(run_demo(procs, out)))
+    _run_up(load_settings(), options, after_start=lambda procs: result.update(run_demo(procs, out)))
     if result.get("status") != "ready":
         raise click.ClickException(f"demo video ended {result.get('status')}: {result.get('error')}")
 
@@ -112,8 +120,12 @@ def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queue,
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-def api(host: str, port: int) -> None:
+@click.option("--fd", default=None, type=click.IntRange(0), hidden=True,
+              help="Serve on this inherited listening socket instead (how `vidfarm up` runs the API).")
+def api(host: str, port: int, fd: int | None) -> None:
     """Run the HTTP API (one process of a cluster deployment)."""
+    import socket
+
     import uvicorn
 
     from uploader.app import create_app
@@ -124,8 +136,9 @@ def api(host: str, port: int) -> None:
         raise click.ClickException("no API keys: set VIDFARM_API_KEYS or VIDFARM_API_KEYS_FILE")
     # h11, not httptools: only h11 bounds the header bytes it buffers (httptools takes 100 MB of
     # headers and more); the app itself answers 431 above 32 KiB.
-    uvicorn.run(create_app(Farm(settings)), host=host, port=port, log_level="warning", http="h11",
-                timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
+    config = uvicorn.Config(create_app(Farm(settings)), host=host, port=port, log_level="warning", http="h11",
+                            timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
+    uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
 
 @main.command()
@@ -255,8 +268,14 @@ def status(video_id: str | None, url: str, api_key: str | None) -> None:
         print_video(_api_call(client.video, video_id))
         return
     farm = _api_call(client.farm)
+    pools = (farm.get("autoscaler") or {}).get("pools") or {}
     for name, counts in farm["queues"].items():
-        click.echo(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
+        served_by = ", ".join(pool for pool, info in pools.items() if name in info["queues"]) or "none"
+        click.echo(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed"
+                   f"; served by pool {served_by}")
+    for name, pool in pools.items():
+        click.echo(f"pool {name}: queues {', '.join(pool['queues'])}; {pool['current'] or 0} worker(s) "
+                   f"of {pool['min']}..{pool['max']}")
     for w in farm["workers"]:
         click.echo(f"worker {w['name']} ({w['encoder']}): {w['state']} {w['video_id'] or ''}")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from vidfarm.lifeline import Popen
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -18,10 +20,12 @@ def free_port() -> int:
 
 
 class LocalRedis:
-    def __init__(self, data_dir: Path, port: int | None = None, *, persistent: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, persistent: bool = True,
+                 popen: Popen = subprocess.Popen) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.persistent = persistent
+        self._popen = popen
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -29,6 +33,7 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
+        """Start (or start again: an AOF in data_dir is loaded) and wait until it answers."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: install it (Debian: apt-get install redis-server) "
@@ -36,7 +41,7 @@ class LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         persistence = (["--appendonly", "yes", "--appendfsync", "everysec", "--save", "900 1"]
                        if self.persistent else ["--appendonly", "no", "--save", ""])
-        self.proc = subprocess.Popen(
+        self.proc = self._popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
              "--protected-mode", "yes", "--loglevel", "warning", *persistence],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -51,6 +56,8 @@ class LocalRedis:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"redis-server exited with status {self.proc.returncode}") from None
                 time.sleep(0.05)
+        self.proc.kill()  # a late starter would hold the port and the AOF against the next try
+        self.proc.wait()
         raise RuntimeError("redis-server did not start in time")
 
     def stop(self) -> None:

@@ -7,6 +7,7 @@ which limits apply; CLI flags override single fields with `dataclasses.replace`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -64,7 +65,7 @@ class Settings:
     max_pixels: int = 7680 * 4320
     upload_idle_timeout_s: float = 60.0  # an upload sending nothing this long is abandoned (408)
     default_queue: str = "cpu"
-    queues: tuple[str, ...] = ("cpu", "gpu")  # what an upload may ask for (`queue` field)
+    queues: tuple[str, ...] = ("cpu", "gpu")  # served by a pool, so an upload may ask for them (`queue`)
     ladder: tuple[str, ...] = ("1080p", "720p")
     max_attempts: int = 3
     # Job timeout = base + factor * source duration: RQ's 180 s default kills any real transcode.
@@ -115,6 +116,48 @@ class Settings:
             playback_secret=_playback_secret(home),
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
         )
+
+    def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` with these settings in it: what a child process needs to build the same Settings."""
+        env = dict(base)
+        env.update({
+            "VIDFARM_HOME": str(self.home),
+            "REDIS_URL": self.redis_url or "",
+            "DATABASE_URL": self.database_url,
+            "VIDFARM_STORAGE_DIR": str(self.storage_dir),
+            "VIDFARM_API_KEYS": ",".join(self.api_keys),
+            "VIDFARM_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            "VIDFARM_MAX_DURATION_S": str(self.max_duration_s),
+            "VIDFARM_MAX_PIXELS": str(self.max_pixels),
+            "VIDFARM_UPLOAD_IDLE_TIMEOUT_S": str(self.upload_idle_timeout_s),
+            "VIDFARM_DEFAULT_QUEUE": self.default_queue,
+            "VIDFARM_QUEUES": ",".join(self.queues),
+            "VIDFARM_LADDER": ",".join(self.ladder),
+            "VIDFARM_MAX_ATTEMPTS": str(self.max_attempts),
+            "VIDFARM_JOB_TIMEOUT_BASE_S": str(self.job_timeout_base_s),
+            "VIDFARM_JOB_TIMEOUT_FACTOR": str(self.job_timeout_factor),
+            "VIDFARM_STALL_TIMEOUT_S": str(self.stall_timeout_s),
+            "VIDFARM_WORKER_HEARTBEAT_TTL_S": str(self.worker_heartbeat_ttl_s),
+            "VIDFARM_CHUNK_SECONDS": str(self.chunk_seconds),
+            "VIDFARM_PLAYBACK_SECRET": self.playback_secret,
+            "VIDFARM_PLAYBACK_TTL_S": str(self.playback_ttl_s),
+        })
+        # The keys file is already read into api_keys; reading it again would only repeat them.
+        env.pop("VIDFARM_API_KEYS_FILE", None)
+        return env
+
+    @property
+    def served_queues(self) -> tuple[str, ...]:
+        """Queues a pool serves: VIDFARM_QUEUES, and the default queue an upload without one gets."""
+        return self.queues if self.default_queue in self.queues else (self.default_queue, *self.queues)
+
+    def queue_for(self, requested: str | None) -> str:
+        """The queue an upload runs on; ValueError for a queue no pool serves (it would wait forever)."""
+        if not requested:
+            return self.default_queue
+        if requested not in self.served_queues:
+            raise ValueError(f"no pool serves queue {requested!r}; served queues: {', '.join(self.served_queues)}")
+        return requested
 
     def job_timeout_s(self, duration_s: float) -> int:
         return int(self.job_timeout_base_s + self.job_timeout_factor * max(duration_s, 0.0))

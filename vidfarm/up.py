@@ -4,21 +4,33 @@ Starts (if needed) a private Redis, the API, and the autoscaler with the local-p
 which starts and stops `vidfarm worker` processes as the queue demands. The reconciler runs in the
 same loop. Ctrl-C or SIGTERM drains everything: workers finish their transcode (a second Ctrl-C
 interrupts them; those videos are re-queued on the next start), then the API and Redis stop.
+
+However `up` itself ends (even SIGKILL or the OOM killer), nothing it started outlives it: every
+child is started through `lifeline.Spawner`. One `up` runs per VIDFARM_HOME (an flock, which the
+kernel drops with its holder), so a restart never finds a second redis-server on the same AOF.
+The API and the private redis-server are supervised: restarted, with backoff, when they exit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import start_http_server
 
@@ -28,22 +40,31 @@ from autoscaler.local import LocalProcesses
 from autoscaler.observe import FarmObserver
 from autoscaler.policy import PoolConfig
 from vidfarm.farm import Farm
+from vidfarm.lifeline import Spawner
 from vidfarm.localredis import LocalRedis, free_port
 from vidfarm.settings import Settings
 
 log = logging.getLogger("vidfarm.up")
 
+SUPERVISE_EVERY_S = 0.2
 
-@dataclass
+
+class UpError(Exception):
+    """`up` cannot run: the message is one line for the user, and `up` exits 1."""
+
+
+@dataclass(frozen=True)
 class UpOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    min_workers: int = 0
-    max_workers: int = os.cpu_count() or 2
-    scale_down_after_s: float = 60.0
-    resync_s: float = 5.0
-    encoder: str = "x264"
-    queue: str = "cpu"
+    """What `vidfarm up` was asked for; the defaults live in one place, the CLI flags (vidfarm/cli.py)."""
+
+    host: str
+    port: int
+    min_workers: int
+    max_workers: int
+    scale_down_after_s: float
+    resync_s: float
+    encoder: str
+    queues: tuple[str, ...]  # empty: every queue the settings accept
 
 
 def ensure_api_key(settings: Settings) -> Settings:
@@ -59,49 +80,147 @@ def ensure_api_key(settings: Settings) -> Settings:
     return replace(settings, api_keys=(key,))
 
 
+def serve_queues(settings: Settings, queues: tuple[str, ...]) -> Settings:
+    """Accept exactly the queues the local pool serves: a video on a queue no worker reads would
+    stay `queued` forever, so the API refuses it instead."""
+    served = tuple(dict.fromkeys(queues)) or settings.served_queues
+    if settings.default_queue not in served:
+        raise UpError(f"the default queue {settings.default_queue!r} (VIDFARM_DEFAULT_QUEUE) is not among "
+                      f"the queues served ({', '.join(served)}); add it with --queue")
+    return replace(settings, queues=served)
+
+
+@contextlib.contextmanager
+def hold_home(home: Path) -> Iterator[None]:
+    """One farm per home, for as long as this process lives. flock, because the kernel releases it
+    when the holder dies however it dies: a crash never leaves a stale lock behind."""
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / "up.lock", os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children (PEP 446)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UpError(f"another `vidfarm up` (pid {holder}) is running on {home}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def api_socket(host: str, port: int) -> Iterator[socket.socket]:
+    """The API's listening socket, bound here and handed to each API process: a port someone else
+    holds stops `up` before it starts anything, and while a crashed API restarts, connections wait
+    in the backlog instead of being refused."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UpError(f"port {port} is taken by another process; choose another with --port") from None
+        raise UpError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def describe_exit(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+
+
+class Supervised:
+    """A child that is restarted when it exits. Every exit is logged; an exit soon after a start
+    doubles the wait before the next one, so a crash loop does not spin."""
+
+    FIRST_DELAY_S = 0.5
+    MAX_DELAY_S = 10.0
+    HEALTHY_AFTER_S = 30.0
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen]) -> None:
+        self.name = name
+        self._start = start
+        self.delay_s = self.FIRST_DELAY_S
+        self.proc = start()
+        self.started_at = time.monotonic()
+
+    def check(self, halt: threading.Event) -> None:
+        code = self.proc.poll()
+        if code is None:
+            return
+        if time.monotonic() - self.started_at >= self.HEALTHY_AFTER_S:
+            self.delay_s = self.FIRST_DELAY_S
+        log.warning("%s exited unexpectedly (%s); restarting in %.1f s", self.name, describe_exit(code), self.delay_s)
+        if halt.wait(self.delay_s):
+            return
+        self.delay_s = min(self.delay_s * 2, self.MAX_DELAY_S)
+        self.started_at = time.monotonic()
+        try:
+            self.proc = self._start()
+        except (OSError, RuntimeError) as exc:
+            log.warning("%s did not restart: %s", self.name, exc)  # the dead proc makes the next check retry
+            return
+        log.info("%s restarted (pid %d)", self.name, self.proc.pid)
+
+
 class FarmProcesses:
     """Owns every process `vidfarm up` starts, so nothing is left behind."""
 
-    def __init__(self, settings: Settings, options: UpOptions) -> None:
+    def __init__(self, settings: Settings, options: UpOptions, api_sock: socket.socket) -> None:
+        # Keys the operator configured are secrets: never in the logs (they end up in log stores).
+        self.show_key = not settings.api_keys
         self.settings = ensure_api_key(settings)
         self.options = options
+        self.api_sock = api_sock
+        self.spawner = Spawner()
         self.redis: LocalRedis | None = None
-        self.api: subprocess.Popen | None = None
+        self.supervised: list[Supervised] = []
         self.backend: LocalProcesses | None = None
+        self._supervisor: threading.Thread | None = None
         self.metrics_port = free_port()
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # the farm is stopping: no new work, workers drain
+        self.halt = threading.Event()  # workers are gone: stop restarting the API and Redis
 
     # -- start ------------------------------------------------------------------------------------
 
     def start(self) -> Farm:
-        settings = self.settings
-        settings.home.mkdir(parents=True, exist_ok=True)
-        if settings.redis_url is None:
-            self.redis = LocalRedis(settings.home / "redis").start()
+        if self.settings.redis_url is None:
+            self.redis = LocalRedis(self.settings.home / "redis", popen=self.spawner.popen)
+            self.supervised.append(Supervised("redis-server", lambda: self.redis.start().proc))
             log.info("started redis-server on port %d (AOF in %s)", self.redis.port, self.redis.data_dir)
-            self.settings = settings = replace(settings, redis_url=self.redis.url)
-        self._export_env(settings)
-        farm = Farm(settings)
+            self.settings = replace(self.settings, redis_url=self.redis.url)
+        farm = Farm(self.settings)
         farm.catalog  # noqa: B018 - create or migrate the schema once, before anything uses it
         farm.storage  # noqa: B018
-        self.api = subprocess.Popen(
-            [sys.executable, "-m", "vidfarm", "api", "--host", self.options.host, "--port", str(self.options.port)],
-            start_new_session=True,
-        )
+        self.supervised.append(Supervised("the API", self._start_api))
         start_http_server(self.metrics_port, addr="127.0.0.1")
         return farm
 
-    @staticmethod
-    def _export_env(settings: Settings) -> None:
-        """Children read the same settings from the environment."""
-        os.environ.update({
-            "VIDFARM_HOME": str(settings.home),
-            "REDIS_URL": settings.redis_url or "",
-            "DATABASE_URL": settings.database_url,
-            "VIDFARM_STORAGE_DIR": str(settings.storage_dir),
-            "VIDFARM_API_KEYS": ",".join(settings.api_keys),
-        })
-        os.environ.pop("VIDFARM_API_KEYS_FILE", None)
+    @functools.cached_property
+    def popen(self) -> Callable[..., subprocess.Popen]:
+        """Starts a vidfarm child: dies with `up`, reads the same settings (so only after Redis is up)."""
+        return functools.partial(self.spawner.popen, env=self.settings.to_env(os.environ))
+
+    def _start_api(self) -> subprocess.Popen:
+        fd = self.api_sock.fileno()
+        return self.popen([sys.executable, "-m", "vidfarm", "api", "--fd", str(fd)], pass_fds=(fd,),
+                          start_new_session=True)
+
+    def supervise(self) -> None:
+        """Restart the API and Redis whenever they exit, until the farm has drained its workers."""
+
+        def loop() -> None:
+            while not self.halt.wait(SUPERVISE_EVERY_S):
+                for child in self.supervised:
+                    child.check(self.halt)
+
+        self._supervisor = threading.Thread(target=loop, name="supervisor", daemon=True)
+        self._supervisor.start()
 
     def write_targets(self) -> None:
         """Prometheus file_sd targets for every process we run."""
@@ -117,13 +236,16 @@ class FarmProcesses:
     # -- run --------------------------------------------------------------------------------------
 
     def run_controller(self, farm: Farm) -> Controller:
+        # One pool for every served queue: its workers read them all (x264 unless --encoder says
+        # otherwise), so a `gpu` video on a machine without a GPU still gets transcoded.
+        queues = self.settings.queues
         pool = PoolConfig(
-            name=self.options.queue, queues=(self.options.queue,),
+            name=queues[0], queues=queues,
             min_replicas=self.options.min_workers, max_replicas=self.options.max_workers,
             scale_down_after_s=self.options.scale_down_after_s,
         )
         self.backend = LocalProcesses(pool.name, pool.queues, encoder=self.options.encoder,
-                                      on_change=self.write_targets)
+                                      on_change=self.write_targets, popen=self.popen)
         controller = Controller(
             [(pool, self.backend)], FarmObserver(farm),
             resync_s=self.options.resync_s, on_status=lambda status: runtime.publish_status(farm, status),
@@ -135,18 +257,17 @@ class FarmProcesses:
     def wait_api_ready(self, timeout_s: float = 30.0) -> None:
         import httpx
 
+        api = self.supervised[-1].proc
         deadline = time.monotonic() + timeout_s
         url = f"http://{self.options.host}:{self.options.port}/readyz"
         while time.monotonic() < deadline:
-            if self.api is not None and self.api.poll() is not None:
-                raise RuntimeError(f"the API exited with status {self.api.returncode} (port {self.options.port} busy?)")
-            try:
+            if api.poll() is not None:
+                raise UpError(f"the API exited with {describe_exit(api.returncode)} while starting")
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url, timeout=2).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.1)
-        raise RuntimeError(f"the API did not become ready at {url}")
+        raise UpError(f"the API did not become ready at {url}")
 
     # -- stop -------------------------------------------------------------------------------------
 
@@ -158,53 +279,77 @@ class FarmProcesses:
                 log.info("stopping %d worker(s); busy ones finish their current transcode first "
                          "(Ctrl-C again to interrupt; interrupted videos are re-queued)", len(busy))
             self.backend.stop_all(force=force)
-        if self.api is not None and self.api.poll() is None:
-            self.api.send_signal(signal.SIGTERM)
-            try:
-                self.api.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.api.kill()
-        if self.redis is not None:
-            self.redis.stop()
+        self.halt.set()
+        if self._supervisor is not None:
+            self._supervisor.join()  # it may be starting a child right now: let it finish, then stop that
+        for child in reversed(self.supervised):  # the API before the Redis it uses
+            self._terminate(child.proc)
         log.info("farm stopped")
 
+    @staticmethod
+    def _terminate(proc: subprocess.Popen) -> None:
+        if proc.poll() is not None:
+            return
+        proc.terminate()  # the API drains its requests; redis-server flushes the AOF
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
-def run_up(settings: Settings, options: UpOptions, *, after_start=None) -> None:
-    """Run until SIGINT/SIGTERM (or until `after_start` returns, for `vidfarm demo`)."""
-    procs = FarmProcesses(settings, options)
-    interrupts = {"count": 0}
 
-    def _on_signal(signum, _frame):
-        interrupts["count"] += 1
-        if interrupts["count"] == 1:
+class _Interrupts:
+    """SIGINT/SIGTERM: the first drains the farm, a second interrupts running transcodes."""
+
+    def __init__(self, procs: FarmProcesses) -> None:
+        self.procs = procs
+        self.count = 0
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
             log.info("stopping (signal %d)", signum)
-            procs.stop.set()
+            self.procs.stop.set()
         else:
             log.warning("second signal: interrupting running transcodes")
-            if procs.backend is not None:
-                procs.backend.stop_all(timeout_s=0, force=True)
+            if self.procs.backend is not None:
+                self.procs.backend.stop_all(timeout_s=0, force=True)
 
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        farm = procs.start()
-        procs.run_controller(farm)
-        procs.wait_api_ready()
-        if settings.api_keys:
-            # Keys the operator configured are secrets: never in the logs (they end up in log stores).
-            log.info("API on http://%s:%d  API keys: from the environment", options.host, options.port)
-        else:
-            log.info("API on http://%s:%d  API key: %s (kept in %s)", options.host, options.port,
-                     procs.settings.api_keys[0], procs.settings.local_key_file)
-        log.info("workers: %d..%d on queue %r; Ctrl-C stops the farm", options.min_workers,
-                 options.max_workers, options.queue)
-        if after_start is not None:
-            after_start(procs)
-        else:
-            procs.stop.wait()
-    finally:
-        procs.shutdown(force=interrupts["count"] > 1)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+def run_up(settings: Settings, options: UpOptions, *,
+           after_start: Callable[[FarmProcesses], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or until `after_start` returns, for `vidfarm demo`).
+    Raises UpError, having started nothing or stopped what it started, when the farm cannot run."""
+    settings = serve_queues(settings, options.queues)
+    with hold_home(settings.home), api_socket(options.host, options.port) as sock:
+        procs = FarmProcesses(settings, options, sock)
+        interrupts = _Interrupts(procs)
+        previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            _run(procs, after_start)
+        finally:
+            procs.shutdown(force=interrupts.count > 1)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _run(procs: FarmProcesses, after_start: Callable[[FarmProcesses], None] | None) -> None:
+    options = procs.options
+    farm = procs.start()
+    procs.run_controller(farm)
+    procs.wait_api_ready()
+    procs.supervise()
+    if procs.show_key:
+        log.info("API on http://%s:%d  API key: %s (kept in %s)", options.host, options.port,
+                 procs.settings.api_keys[0], procs.settings.local_key_file)
+    else:
+        log.info("API on http://%s:%d  API keys: from the environment", options.host, options.port)
+    log.info("pool %s: %d..%d workers serving queues %s; Ctrl-C stops the farm", procs.backend.pool,
+             options.min_workers, options.max_workers, ", ".join(procs.backend.queues))
+    if after_start is not None:
+        after_start(procs)
+    else:
+        procs.stop.wait()
 
 
 def key_for_cli(settings: Settings) -> str | None:
