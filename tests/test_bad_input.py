@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for
 from vidfarm.localredis import free_port
+from vidfarm.storage import Storage
 
 LIMIT_BYTES = 2_000_000
 LIMIT_DURATION_S = 60.0
@@ -470,8 +471,12 @@ def test_hostile_names_and_poison_data_with_a_real_worker(corpus, http, worker, 
     # Only server-named files in storage: no client name ever became a path; no temp leftovers.
     allowed = {"source", "poster.jpg"} | {r["name"] + ".mp4" for v in finished for r in v["renditions"]}
     for path in stored_files(settings):
-        assert path.parent.parent == settings.storage_dir / "videos", path
-        assert path.name in allowed, path
+        video_id, *inside = path.relative_to(settings.storage_dir / "videos").parts
+        assert video_id in {v["id"] for v in finished}, path
+        if inside[0] == "stream":  # the HLS/DASH package: only names the player routes accept
+            assert Storage(settings.storage_dir).stream_file(video_id, "/".join(inside[1:])) == path, path
+        else:
+            assert inside in ([name] for name in allowed), path
     assert not any((settings.storage_dir / "incoming").iterdir())
 
     # The worker survived all of it and still takes work.

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_URL
 from vidfarm.catalog import Catalog, utcnow
+from vidfarm.jobs import plan_tasks
 from vidfarm.redisconn import connect
 from vidfarm.storage import new_video_id
 
@@ -107,13 +108,27 @@ def test_list_is_newest_first_with_cursor_pages_and_tenant_scope(catalog):
         catalog.list(tenant="t1", cursor="not-a-cursor")
 
 
-def test_work_estimate_sums_queued_and_remaining_seconds(catalog):
+def planned_video(catalog: Catalog, duration_s: float, **overrides) -> dict:
+    """A video with its task graph, 30 fps in 60 s chunks, as the API plans it."""
+    video_id = new_video_id()
+    tasks = plan_tasks(video_id, duration_s, 30.0, True, 60.0)
+    return new_video(catalog, id=video_id, duration_s=duration_s, total_frames=round(duration_s * 30), tasks=tasks,
+                     **overrides)
+
+
+def test_work_estimate_counts_seconds_of_queued_chunks_and_what_running_chunks_have_left(catalog):
     queue = f"q-{uuid.uuid4().hex[:6]}"
-    new_video(catalog, duration_s=100.0, queue=queue)
-    new_video(catalog, duration_s=60.0, status="processing", progress=50.0, queue=queue)
-    new_video(catalog, duration_s=999.0, status="ready", queue=queue)
-    new_video(catalog, duration_s=999.0, queue="elsewhere")
-    assert catalog.work_estimate([queue]) == pytest.approx((100.0, 30.0))
+    planned_video(catalog, 100.0, queue=queue)  # one chunk of 100 s (under two chunks)
+    long = planned_video(catalog, 300.0, status="processing", queue=queue)  # five chunks of 60 s
+    # Two chunks done, one half way, two still queued; audio and finalize are not picture work.
+    for name, fields in {"chunk-00000": {"status": "done", "done_frames": 1800},
+                         "chunk-00001": {"status": "done", "done_frames": 1800},
+                         "chunk-00002": {"status": "running", "done_frames": 900},
+                         "audio": {"status": "running"}}.items():
+        assert catalog.update_task(long["id"], name, **fields)
+    planned_video(catalog, 999.0, status="ready", queue=queue)
+    planned_video(catalog, 999.0, queue="elsewhere")
+    assert catalog.work_estimate([queue]) == pytest.approx((100.0 + 2 * 60.0, 30.0))
 
 
 def test_migration_adds_missing_columns(database_url, cache):

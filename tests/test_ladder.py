@@ -7,8 +7,8 @@ from fractions import Fraction
 import pytest
 
 from transcoder.command import X264, chunk_args
-from transcoder.ladder import output_fps, plan_outputs, rungs_named
-from vidfarm.chunks import ChunkWindow
+from transcoder.ladder import plan_outputs, rungs_named
+from vidfarm.chunks import ChunkWindow, output_fps
 from vidfarm.probe import SourceInfo
 
 LADDER = rungs_named(["1080p", "720p"])

@@ -56,7 +56,7 @@ from vidfarm.catalog import (
 )
 from vidfarm.chunks import ChunkSpan, chunk_window
 from vidfarm.farm import Farm
-from vidfarm.jobs import stop_video
+from vidfarm.jobs import stop_failed_video
 from vidfarm.probe import SourceInfo
 from vidfarm.settings import Settings
 from vidfarm.storage import STORAGE_ERRNOS, publish, temp_name
@@ -160,6 +160,7 @@ class TaskAttempt:
             return "skipped"
         video, task = claimed
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)  # a storage error here fails the video clearly
             result = self.work(video, task)
         except Canceled:
             self.discard()
@@ -206,8 +207,6 @@ class TaskAttempt:
         self.observe_wait(video["queue"])
         self.mark_processing(video, attempt)
         log.info("video %s: %s attempt %d on %s", self.video_id, self.task_name, attempt, IDENTITY.name)
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
         return video, {**task, "attempts": attempt}
 
     def mark_processing(self, video: dict[str, Any], attempt: int) -> None:
@@ -251,7 +250,7 @@ class TaskAttempt:
             metrics.TRANSCODES.labels(self.encoder.name, FAILED).inc()
             events.publish(self.farm.redis, self.video_id, "status", status=FAILED,
                            error={"code": code, "message": message})
-            stop_video(self.farm, self.video_id, keep=self.job_id)
+            stop_failed_video(self.farm, self.video_id, keep=self.job_id)
             # What the other tasks finished is of no use now; stragglers discard their own files.
             shutil.rmtree(self.farm.storage.work_root(self.video_id), ignore_errors=True)
         return FAILED

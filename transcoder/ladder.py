@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from vidfarm.chunks import gop_frames
+from vidfarm.chunks import gop_frames, output_fps
 from vidfarm.probe import SourceInfo
 
 
@@ -34,7 +34,6 @@ RUNGS: dict[str, Rung] = {
     )
 }
 
-MAX_FPS = 60.0
 HIGH_FPS_BOOST = 1.5
 POSTER_SHORT_SIDE = 720
 # H.264 level 4.2 allows at most 8704 macroblocks per frame (about 1080p at any aspect ratio).
@@ -62,24 +61,6 @@ class OutputPlan:
 def rungs_named(names: Sequence[str]) -> list[Rung]:
     """Raises KeyError naming the first unknown rung."""
     return [RUNGS[name] for name in names]
-
-
-def _snap_rate(fps: float) -> Fraction:
-    """Recover exact NTSC rates (29.97 -> 30000/1001) that float storage blurred."""
-    whole = round(fps)
-    ntsc = round(fps * 1.001)
-    if abs(fps - whole) > 0.001 and abs(fps * 1.001 - ntsc) < 0.005:
-        return Fraction(ntsc * 1000, 1001)
-    return Fraction(fps).limit_denominator(1001)
-
-
-def output_fps(source_fps: float) -> Fraction:
-    """Keep the source rate up to 60; above, divide by the smallest integer that gets under 60
-    (120 -> 60, 100 -> 50) so motion stays even."""
-    rate = _snap_rate(source_fps)
-    if rate <= MAX_FPS:
-        return rate
-    return rate / math.ceil(rate / MAX_FPS)
 
 
 def _even(value: float) -> int:

@@ -14,6 +14,25 @@ from fractions import Fraction
 
 GOP_SECONDS = 2
 DEFAULT_CHUNK_SECONDS = 60.0
+MAX_FPS = 60.0
+
+
+def _snap_rate(fps: float) -> Fraction:
+    """Recover exact NTSC rates (29.97 -> 30000/1001) that float storage blurred."""
+    whole = round(fps)
+    ntsc = round(fps * 1.001)
+    if abs(fps - whole) > 0.001 and abs(fps * 1.001 - ntsc) < 0.005:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+def output_fps(source_fps: float) -> Fraction:
+    """Keep the source rate up to 60; above, divide by the smallest integer that gets under 60
+    (120 -> 60, 100 -> 50) so motion stays even."""
+    rate = _snap_rate(source_fps)
+    if rate <= MAX_FPS:
+        return rate
+    return rate / math.ceil(rate / MAX_FPS)
 
 
 @dataclass(frozen=True)

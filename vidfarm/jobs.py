@@ -22,10 +22,9 @@ import redis
 from rq import Queue
 from rq.job import Dependency, Job, JobStatus
 
-from transcoder.ladder import output_fps
 from vidfarm import cancel
 from vidfarm.catalog import AUDIO, CHUNK, FINALIZE, TASK_DONE, TASK_QUEUED
-from vidfarm.chunks import expected_frames, plan_chunks
+from vidfarm.chunks import expected_frames, output_fps, plan_chunks
 from vidfarm.settings import Settings
 
 if TYPE_CHECKING:
@@ -110,14 +109,19 @@ def notify(rq_redis: redis.Redis, queue: str) -> None:
 
 
 def stop_video(farm: Farm, video_id: str, keep: str | None = None) -> None:
-    """Stops every task of a video that failed or was canceled: the flag stops running ffmpegs within
-    a second, queued and deferred jobs are dropped from Redis. `keep` is the caller's own job."""
+    """Stops every task of a video that failed or is being canceled: the flag stops running ffmpegs
+    within a second, queued and deferred jobs are dropped from Redis. `keep` is the caller's own job.
+    Raises RedisError when Redis is away (the API then answers 503 and applies nothing)."""
+    cancel.request(farm.redis, video_id)
+    ids = [t["job_id"] for t in farm.catalog.tasks(video_id) if t["job_id"] and t["job_id"] != keep]
+    for job in Job.fetch_many(ids, connection=farm.rq_redis) if ids else []:
+        if job is not None and job.get_status(refresh=False) != JobStatus.STARTED:
+            job.delete()
+
+
+def stop_failed_video(farm: Farm, video_id: str, keep: str | None = None) -> None:
     try:
-        cancel.request(farm.redis, video_id)
-        ids = [t["job_id"] for t in farm.catalog.tasks(video_id) if t["job_id"] and t["job_id"] != keep]
-        for job in Job.fetch_many(ids, connection=farm.rq_redis) if ids else []:
-            if job is not None and job.get_status(refresh=False) != JobStatus.STARTED:
-                job.delete()
+        stop_video(farm, video_id, keep)
     except redis.RedisError as exc:
-        # The catalog already says the video is over: stale jobs find that out when they run.
+        # The catalog already says the video failed: stale jobs find that out when they run.
         log.warning("video %s: could not drop its other jobs: %s", video_id, exc)

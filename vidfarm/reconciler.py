@@ -23,7 +23,15 @@ from rq.job import Job, JobStatus
 from vidfarm import events, metrics, presence
 from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
 from vidfarm.farm import Farm
-from vidfarm.jobs import enqueue_graph, enqueue_task, new_job_id, notify, plan_tasks, stop_video, total_frames
+from vidfarm.jobs import (
+    enqueue_graph,
+    enqueue_task,
+    new_job_id,
+    notify,
+    plan_tasks,
+    stop_failed_video,
+    total_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +144,7 @@ class Reconciler:
             metrics.FAILURES.labels("worker_lost").inc()
             events.publish(self.farm.redis, video["id"], "status", status=FAILED,
                            error={"code": "worker_lost", "message": message})
-            stop_video(self.farm, video["id"])
+            stop_failed_video(self.farm, video["id"])
         return int(failed)
 
     def _requeue(self, video: dict[str, Any], task: dict[str, Any], why: str) -> int:

@@ -42,7 +42,7 @@ from autoscaler.policy import PoolConfig
 from vidfarm.farm import Farm
 from vidfarm.lifeline import Spawner
 from vidfarm.localredis import LocalRedis, free_port
-from vidfarm.settings import Settings
+from vidfarm.settings import PLAYBACK_SECRET_FILE, Settings
 
 log = logging.getLogger("vidfarm.up")
 
@@ -67,17 +67,23 @@ class UpOptions:
     queues: tuple[str, ...]  # empty: every queue the settings accept
 
 
-def ensure_api_key(settings: Settings) -> Settings:
-    """With no VIDFARM_API_KEYS, generate one key once and keep it in the vidfarm home."""
-    if settings.api_keys:
-        return settings
-    path = settings.local_key_file
+def _local_secret(path: Path) -> str:
+    """A secret generated once and kept (owner-only) in the vidfarm home."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(32) + "\n")
         path.chmod(0o600)
-    key = path.read_text().strip()
-    return replace(settings, api_keys=(key,))
+    return path.read_text().strip()
+
+
+def ensure_secrets(settings: Settings) -> Settings:
+    """With no VIDFARM_API_KEYS, generate one key once and keep it in the vidfarm home; the same for
+    the secret that signs playback URLs (VIDFARM_PLAYBACK_SECRET), so URLs survive a restart."""
+    if not settings.playback_secret:
+        settings = replace(settings, playback_secret=_local_secret(settings.home / PLAYBACK_SECRET_FILE))
+    if settings.api_keys:
+        return settings
+    return replace(settings, api_keys=(_local_secret(settings.local_key_file),))
 
 
 def serve_queues(settings: Settings, queues: tuple[str, ...]) -> Settings:
@@ -174,7 +180,7 @@ class FarmProcesses:
     def __init__(self, settings: Settings, options: UpOptions, api_sock: socket.socket) -> None:
         # Keys the operator configured are secrets: never in the logs (they end up in log stores).
         self.show_key = not settings.api_keys
-        self.settings = ensure_api_key(settings)
+        self.settings = ensure_secrets(settings)
         self.options = options
         self.api_sock = api_sock
         self.spawner = Spawner()
