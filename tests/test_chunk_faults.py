@@ -15,7 +15,7 @@ import redis
 from rq import Queue
 
 from tests.conftest import upload, wait_for
-from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, video, wait_until
+from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, reconciler, video, wait_until  # noqa: F401
 from transcoder import job as job_module
 from vidfarm.jobs import new_job_id
 
@@ -139,6 +139,7 @@ def test_a_rerun_racing_a_slow_original_cannot_corrupt_the_chunk(long_clip, http
     name = "chunk-00001"
     original = job_module.ChunkAttempt(farm, video_id, name, tasks(farm, video_id)[name]["job_id"])
     video_row, task = original.claim()
+    original.folder.mkdir(parents=True)  # as run() does before work()
     # The original looks dead; the reconciler hands the chunk to a new attempt, which finishes first.
     rerun_id = new_job_id(video_id, name)
     assert farm.catalog.update_task(video_id, name, expect={"job_id": task["job_id"]}, job_id=rerun_id,
