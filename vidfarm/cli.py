@@ -162,8 +162,9 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
               help="pools.yaml: which Deployments to scale, on which queues.")
 @click.option("--dry-run", is_flag=True, help="Log decisions without changing anything.")
 @click.option("--metrics-port", default=9101, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--resync", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Seconds between passes.")
-def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float) -> None:
+@click.option("--resync", default=None, type=click.FloatRange(0.1),
+              help="Seconds between passes (default: resync_s of --config, else 5).")
+def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float | None) -> None:
     """Scale worker Deployments in a Kubernetes cluster.
 
     Reads the pools from --config; several replicas may run, a Lease elects the one that acts.
