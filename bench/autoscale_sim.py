@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from autoscaler.backend import WorkerRef  # noqa: E402
 from autoscaler.controller import Controller  # noqa: E402
 from autoscaler.policy import PoolConfig, Snapshot  # noqa: E402
+from vidfarm.states import WorkerState  # noqa: E402
 
 TICK_S = 1.0
 MAX_REPLICAS = 10
@@ -254,9 +255,10 @@ class VidfarmPolicy(Policy):
         now = self.backend.now
         live = self.cluster.replicas()
         workers = [
-            WorkerRef(f"pod-{p.id}", "busy" if p.job else "idle", pod=f"pod-{p.id}") for p in live if p.ready(now)
+            WorkerRef(f"pod-{p.id}", WorkerState.BUSY if p.job else WorkerState.IDLE, pod=f"pod-{p.id}")
+            for p in live if p.ready(now)
         ]
-        busy = sum(w.state == "busy" for w in workers)
+        busy = sum(w.state == WorkerState.BUSY for w in workers)
         snapshot = Snapshot(
             now=now,
             queued_jobs=len(self.cluster.queue),

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vidfarm.settings import Settings
+from vidfarm.states import VideoStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -113,7 +114,7 @@ def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queues
     options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync)
     result: dict = {}
     _run_up(load_settings(), options, after_start=lambda procs: result.update(run_demo(procs, out)))
-    if result.get("status") != "ready":
+    if result.get("status") != VideoStatus.READY:
         raise click.ClickException(f"demo video ended {result.get('status')}: {result.get('error')}")
 
 
@@ -227,7 +228,7 @@ def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, ur
     if wait:
         video = wait_with_bar(client, video["id"])
         print_video(video)
-        if video["status"] != "ready":
+        if video["status"] != VideoStatus.READY:
             sys.exit(1)
 
 
@@ -236,7 +237,7 @@ def wait_with_bar(client, video_id: str) -> dict:
         shown = {"value": 0}
 
         def advance(video: dict) -> None:
-            target = int(video["progress"]) if video["status"] != "ready" else 100
+            target = int(video["progress"]) if video["status"] != VideoStatus.READY else 100
             if target > shown["value"]:
                 bar.update(target - shown["value"])
                 shown["value"] = target
