@@ -15,7 +15,6 @@ import random
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for
+from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for, wait_serving
 from vidfarm.localredis import free_port
 from vidfarm.storage import Storage
 
@@ -388,15 +387,7 @@ def test_vidfarm_api_bounds_header_size_before_buffering(settings, tmp_path):
                             env=settings_env(settings), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "vidfarm api did not start"
-            time.sleep(0.1)
+        wait_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=30)
         for size in (40_000, 20_000_000):
             answer = raw_request(port, big_header_request(size))
             status = int(answer.split(b" ", 2)[1])

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from autoscaler.backend import WorkerRef, choose_victims
 from autoscaler.controller import Controller
 from autoscaler.policy import PoolConfig, Snapshot
+from tests.conftest import wait_until
 
 
 class FakeClock:
@@ -258,11 +259,11 @@ def test_wake_triggers_a_step_well_before_resync() -> None:
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: len(world.observed) >= 1)  # the first pass runs at start
+        wait_until(lambda: len(world.observed) >= 1, 2.0, "the first pass, at start", every_s=0.005)
         world.queued = 2
         woken_at = time.monotonic()
         ctl.wake()
-        _wait_for(lambda: backend.calls == [(2, [])])
+        wait_until(lambda: backend.calls == [(2, [])], 2.0, "the woken pass to scale", every_s=0.005)
         assert time.monotonic() - woken_at < 0.5
     finally:
         stop.set()
@@ -285,15 +286,9 @@ def test_run_survives_exceptions_and_keeps_resyncing() -> None:
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: backend.calls == [(1, [])])
+        wait_until(lambda: backend.calls == [(1, [])], 2.0, "a pass after the failures", every_s=0.005)
     finally:
         stop.set()
         thread.join(timeout=2.0)
     assert not thread.is_alive()
 
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)

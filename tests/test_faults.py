@@ -33,11 +33,13 @@ from tests.conftest import (
     ROOT,
     ApiServer,
     WorkerProcess,
+    answers,
     ffprobe,
     pg_available,
     process_gone,
     upload,
     wait_for,
+    wait_until,
 )
 from vidfarm import presence
 from vidfarm.catalog import Catalog
@@ -85,17 +87,6 @@ def fault_clips(tmp_path_factory) -> dict[str, Path]:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(every_s)
 
 
 @contextlib.contextmanager
@@ -621,10 +612,8 @@ def test_sigterm_to_vidfarm_up_lets_the_busy_worker_finish(fault_clips, tmp_path
     url = f"http://127.0.0.1:{port}"
     try:
         def ready() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(url + "/readyz", timeout=2).status_code == 200
             assert proc.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
-            return False
+            return answers(url + "/readyz", timeout_s=2)
 
         wait_until(ready, 60, "vidfarm up to be ready")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
