@@ -6,7 +6,7 @@ from tests.conftest import API_KEY, OTHER_KEY, upload, wait_for, wait_until
 from vidfarm.storage import Storage
 
 
-def test_every_v1_route_needs_a_key(api, clips):
+def test_every_v1_route_needs_a_key(api):
     with api.client(key=None) as anonymous:
         for method, path in [("GET", "/v1/videos"), ("GET", "/v1/farm"), ("POST", "/v1/videos"),
                              ("GET", "/v1/videos/" + "0" * 32), ("DELETE", "/v1/videos/" + "0" * 32)]:
@@ -72,7 +72,7 @@ def test_delete_a_queued_video_cancels_it_and_removes_files(http, clips, farm):
     assert http.delete(f"/v1/videos/{video_id}").status_code == 204  # idempotent
 
 
-def test_delete_stops_a_running_transcode(http, clips, farm, start_worker, tmp_path):
+def test_delete_stops_a_running_transcode(http, farm, start_worker, tmp_path):
     long_clip = tmp_path / "long.mp4"
     from tests.conftest import make_clip
 
@@ -87,7 +87,7 @@ def test_delete_stops_a_running_transcode(http, clips, farm, start_worker, tmp_p
     assert not Storage(farm.settings.storage_dir).video_dir(video_id).exists()
 
 
-def test_farm_view_shows_queues_and_workers(http, clips, worker):
+def test_farm_view_shows_queues_and_workers(http, worker):
     def with_workers() -> dict | None:
         view = http.get("/v1/farm").json()
         return view if view["workers"] else None

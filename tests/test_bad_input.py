@@ -369,7 +369,7 @@ def big_header_request(size: int, key: str = API_KEY) -> bytes:
             b"Authorization: Bearer " + key.encode() + b"\r\nX-Padding: " + b"p" * size + b"\r\n\r\n")
 
 
-def test_oversized_headers_in_the_app_are_431_json(api, http):
+def test_oversized_headers_in_the_app_are_431_json(http):
     for size in (40_000, 1_000_000):
         response = http.get("/v1/videos", headers={"X-Padding": "p" * size})
         assert_json_error(response, 431, "headers_too_large")
@@ -378,7 +378,7 @@ def test_oversized_headers_in_the_app_are_431_json(api, http):
     assert http.get("/v1/videos").status_code == 200
 
 
-def test_vidfarm_api_bounds_header_size_before_buffering(settings, tmp_path):
+def test_vidfarm_api_bounds_header_size_before_buffering(settings):
     """`vidfarm api` (what a cluster runs) must stop a header flood at the HTTP parser: with
     httptools uvicorn buffers any amount of header bytes before the app sees the request."""
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,7 @@ def test_on_lost_runs_once_when_renewals_run_out(caplog: pytest.LogCaptureFixtur
     assert lost.calls == 1
 
 
-def test_leader_stops_acting_when_it_cannot_renew(caplog: pytest.LogCaptureFixture) -> None:
+def test_leader_stops_acting_when_it_cannot_renew() -> None:
     clock = FakeClock()
     with FakeKube() as server:
         a = elector(server, "a", clock)

@@ -29,7 +29,7 @@ def workers(client: httpx.Client) -> list[dict]:
     return client.get("/v1/farm").json()["workers"]
 
 
-def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, clips, settings):
+def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, clips):
     assert workers(farm_up) == []
     started = time.monotonic()
     ids = [upload(farm_up, clips["landscape720"]).json()["id"] for _ in range(4)]
