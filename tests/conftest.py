@@ -99,7 +99,7 @@ def redis_server(tmp_path_factory) -> Iterator[LocalRedis]:
 
 @pytest.fixture
 def settings(tmp_path, redis_server) -> Settings:
-    # Each test gets its own Redis database number? RQ keys are global, so flush instead.
+    # One Redis server for the whole session: each test starts with it empty.
     redis.Redis.from_url(redis_server.url).flushall()
     home = tmp_path / "home"
     return replace(
