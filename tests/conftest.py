@@ -45,6 +45,16 @@ CLIPS = {
 T = TypeVar("T")
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test says so: `clock.now += 10`."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.1) -> T:
     """Poll `predicate` until it returns something truthy, and return that; fail naming `what`."""
     deadline = time.monotonic() + timeout_s

@@ -14,15 +14,7 @@ from prometheus_client import REGISTRY
 from autoscaler.backend import WorkerRef, choose_victims
 from autoscaler.controller import Controller
 from autoscaler.policy import PoolConfig, Snapshot
-from tests.conftest import wait_until
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock, wait_until
 
 
 class MemoryBackend:

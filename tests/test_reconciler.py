@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from rq import Queue
 
+from tests.conftest import FakeClock
 from vidfarm import presence
 from vidfarm.catalog import VideoRow, utcnow
 from vidfarm.farm import Farm
@@ -21,21 +22,13 @@ from vidfarm.storage import new_video_id
 WORKER = "worker-a"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def reconciler(farm: Farm, clock: Clock) -> Reconciler:
+def reconciler(farm: Farm, clock: FakeClock) -> Reconciler:
     return Reconciler(farm, clock=clock)
 
 

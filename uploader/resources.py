@@ -108,10 +108,7 @@ def video_resource(video: VideoRow, base_url: str, settings: Settings) -> dict[s
         "progress": video["progress"] or 0.0,
         "attempts": video["attempts"],
         "error": video_error(video),
-        "source": {
-            k: video[k]
-            for k in ("filename", "size_bytes", "duration_s", "width", "height", "fps", "video_codec", "audio_codec")
-        },
+        "source": {k: video[k] for k in SourceOut.model_fields},
         "renditions": [
             {**r, "url": f"{prefix}/renditions/{r['name']}"} for r in (video["renditions"] or [])
         ] if ready else [],
