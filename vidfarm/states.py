@@ -30,4 +30,4 @@ class WorkerState(StrEnum):
 
     IDLE = "idle"
     BUSY = "busy"
-    DRAINING = "draining"  # asked to stop; finishing its current video first
+    DRAINING = "draining"  # asked to stop; finishing its current job first
