@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-WORKER_STATES = ("idle", "busy", "draining")
+from vidfarm.states import WorkerState
 
 
 @dataclass(frozen=True)
 class WorkerRef:
     name: str  # RQ worker name
-    state: str  # "idle" | "busy" | "draining"
+    state: WorkerState
     pod: str | None = None
     pid: int | None = None
 
@@ -54,5 +54,5 @@ def choose_victims(workers: Sequence[WorkerRef], count: int) -> list[WorkerRef]:
     """
     if count <= 0:
         return []
-    idle = sorted((w for w in workers if w.state == "idle"), key=lambda w: w.name)
+    idle = sorted((w for w in workers if w.state == WorkerState.IDLE), key=lambda w: w.name)
     return idle[:count]

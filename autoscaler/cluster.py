@@ -14,7 +14,7 @@ import threading
 from prometheus_client import start_http_server
 
 from autoscaler import metrics, runtime
-from autoscaler.config import load_config
+from autoscaler.config import AutoscalerConfig, load_config
 from autoscaler.controller import Controller
 from autoscaler.k8s import deployments_for, load_kube_client
 from autoscaler.leader import LeaseElector
@@ -37,11 +37,16 @@ def forget_leader_gauges() -> None:
         gauge.clear()
 
 
+def resync_interval(config: AutoscalerConfig, flag_s: float | None) -> float:
+    """`--resync` overrides pools.yaml only when given: the deployed autoscaler passes no flag."""
+    return config.resync_s if flag_s is None else flag_s
+
+
 def run_cluster_autoscaler(
     settings: Settings, config_path: str, *, dry_run: bool, metrics_port: int, resync_s: float | None = None
 ) -> None:
     config = load_config(config_path)
-    resync = resync_s or config.resync_s
+    resync = resync_interval(config, resync_s)
     api_client = load_kube_client()
     pools = deployments_for(config.pools, dry_run=dry_run, api_client=api_client)
     identity = os.environ.get("POD_NAME") or socket.gethostname()

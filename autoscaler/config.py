@@ -7,8 +7,8 @@ Format (see deploy/pools.example.yaml):
     lease_name: vidfarm-autoscaler   # optional: Lease used for leader election
     pools:
       - name: cpu
-        queues: [transcode-cpu]
-        deployment: vidfarm-worker-cpu
+        queues: [cpu]
+        deployment: worker-cpu
         min_replicas: 0         # or `min: 0`
         max_replicas: 8         # or `max: 8`
         ...any other PoolConfig field...

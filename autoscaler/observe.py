@@ -11,8 +11,9 @@ from autoscaler.policy import PoolConfig, Snapshot
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
 from vidfarm.queues import queue_counts
+from vidfarm.states import WorkerState
 
-RUNNING_STATES = (presence.BUSY, presence.DRAINING)
+RUNNING_STATES = (WorkerState.BUSY, WorkerState.DRAINING)
 
 
 class FarmObserver:
@@ -35,8 +36,8 @@ class FarmObserver:
             queued += counts["queued"]
         workers = [w for w in presence.all_workers(self.farm.redis) if w.pool == pool.name]
         busy = sum(1 for w in workers if w.state in RUNNING_STATES)
-        idle = sum(1 for w in workers if w.state == presence.IDLE)
-        for state in (presence.IDLE, presence.BUSY, presence.DRAINING):
+        idle = sum(1 for w in workers if w.state == WorkerState.IDLE)
+        for state in WorkerState:
             metrics.WORKERS.labels(pool.name, state).set(sum(1 for w in workers if w.state == state))
         queued_s, running_s = self.farm.catalog.work_estimate(pool.queues)
         snapshot = Snapshot(

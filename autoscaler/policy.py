@@ -4,7 +4,7 @@ Written in the spirit of Kubernetes' ``replica_calculator.go``: no I/O, no clock
 the policy needs arrives in a :class:`Snapshot`, a :class:`PoolConfig` and the :class:`PolicyState` that
 the previous call returned. That keeps every rule testable with a table and with property tests.
 
-What it does differently from KEDA's Redis scaler (see shared/REFERENCE.md):
+What it does differently from KEDA's Redis scaler (docs/design.md says why):
 
 * running jobs count as needing a worker (KEDA reads ``LLEN`` only and scales a busy farm down);
 * it never asks for fewer replicas than there are busy workers;

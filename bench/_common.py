@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 
 from vidfarm.localredis import free_port
+from vidfarm.states import TERMINAL
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDFARM = [sys.executable, "-m", "vidfarm"]
-TERMINAL = ("ready", "failed", "canceled")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

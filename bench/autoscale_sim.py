@@ -4,7 +4,8 @@ Run:  python bench/autoscale_sim.py [--seed 7] [--out bench/out]
 
 The vidfarm policy is not re-implemented here: the simulation drives the real `autoscaler.controller.
 Controller` (and so the real `policy.decide` and `backend.choose_victims`) through a simulated Backend.
-The other two policies follow the documented behaviour in shared/REFERENCE.md:
+The other two policies follow KEDA's and the HPA's documented behaviour (summarised, with links to
+the sources, in docs/design.md):
 
 * KEDA-like: Redis list scaler (`LLEN` only, running jobs invisible), `listLength` 1, activation polled
   every 30 s, scale to zero after `cooldownPeriod` 300 s without activity; between 1 and max an HPA with
@@ -17,7 +18,7 @@ The other two policies follow the documented behaviour in shared/REFERENCE.md:
 Both leave victim choice to the ReplicaSet: starting (not ready) pods go first, then a random ready pod,
 busy or not. A terminated busy worker gets SIGTERM, finishes its job if it can within the 30 s grace
 period, else it is killed; RQ re-queues the abandoned job only after its heartbeat expires and a
-maintenance pass runs (modelled as 90 s + uniform 0-600 s, see REFERENCE.md), and the work is redone.
+maintenance pass runs (modelled as 90 s + uniform 0-600 s, see docs/design.md), and the work is redone.
 
 Time advances in 1 s ticks. Worker-seconds bill every pod from creation (start latency included) to exit.
 """
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from autoscaler.backend import WorkerRef  # noqa: E402
 from autoscaler.controller import Controller  # noqa: E402
 from autoscaler.policy import PoolConfig, Snapshot  # noqa: E402
+from vidfarm.states import WorkerState  # noqa: E402
 
 TICK_S = 1.0
 MAX_REPLICAS = 10
@@ -254,9 +256,10 @@ class VidfarmPolicy(Policy):
         now = self.backend.now
         live = self.cluster.replicas()
         workers = [
-            WorkerRef(f"pod-{p.id}", "busy" if p.job else "idle", pod=f"pod-{p.id}") for p in live if p.ready(now)
+            WorkerRef(f"pod-{p.id}", WorkerState.BUSY if p.job else WorkerState.IDLE, pod=f"pod-{p.id}")
+            for p in live if p.ready(now)
         ]
-        busy = sum(w.state == "busy" for w in workers)
+        busy = sum(w.state == WorkerState.BUSY for w in workers)
         snapshot = Snapshot(
             now=now,
             queued_jobs=len(self.cluster.queue),

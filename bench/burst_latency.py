@@ -34,6 +34,7 @@ from _common import (
 )
 
 from vidfarm.presence import PREFIX
+from vidfarm.states import VideoStatus
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,7 +64,7 @@ def one_burst(farm: LocalFarm, conn: redis.Redis, clip) -> tuple[float, float, f
             status, _ = wait_terminal(http, [video_id])[video_id]
     finally:
         watcher.stop()
-    if status != "ready":
+    if status != VideoStatus.READY:
         raise RuntimeError(f"video {video_id} ended {status}")
     seen = watcher.first("worker")
     assert seen is not None

@@ -31,6 +31,7 @@ from _common import (
 )
 
 from vidfarm.presence import PREFIX
+from vidfarm.states import VideoStatus, WorkerState
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,7 +48,7 @@ def ffmpeg_label(_pid: int, args: list[str]) -> str | None:
 
 def worker_idle(conn: redis.Redis) -> bool:
     states = [conn.hget(key, "state") for key in conn.keys(PREFIX + "*")]
-    return states == [b"idle"]
+    return states == [WorkerState.IDLE.encode()]
 
 
 def one_upload(farm: LocalFarm, conn: redis.Redis, clip, watcher: ProcWatcher) -> tuple[float, float]:
@@ -58,7 +59,7 @@ def one_upload(farm: LocalFarm, conn: redis.Redis, clip, watcher: ProcWatcher) -
         accepted = now()
         wait_until(lambda: watcher.first(video_id) is not None, 30, poll_s=0.002, what="ffmpeg")
         status, _ = wait_terminal(http, [video_id])[video_id]
-    if status != "ready":
+    if status != VideoStatus.READY:
         raise RuntimeError(f"video {video_id} ended {status}")
     seen = watcher.first(video_id)
     assert seen is not None

@@ -41,6 +41,7 @@ from transcoder.ladder import plan_outputs, poster_size, rungs_named
 from vidfarm.presence import PREFIX
 from vidfarm.probe import probe
 from vidfarm.settings import Settings
+from vidfarm.states import VideoStatus
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,7 +107,7 @@ def run_farm(farm: LocalFarm, clips: list[Path]) -> Side:
         seen = wait_terminal(http, ids)
         cpu = tree_cpu_s(farm.pid) - cpu
         after = cpu_by_role(farm.pid)
-    failed = {vid: status for vid, (status, _) in seen.items() if status != "ready"}
+    failed = {vid: status for vid, (status, _) in seen.items() if status != VideoStatus.READY}
     if failed:
         raise RuntimeError(f"videos not ready: {failed}")
     roles = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}

@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 from _common import LocalFarm, machine, make_clip, percentile, table, temp_dir, wait_terminal
 
+from vidfarm.states import VideoStatus
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +90,7 @@ def main() -> int:
                 listing = poller.get("/v1/videos", params={"limit": 200}).json()["items"]
                 by_id = {v["id"]: v for v in listing}
                 lost = sorted(set(accepted) - set(by_id))
-                not_ready = sorted(vid for vid, (status, _) in seen.items() if status != "ready")
+                not_ready = sorted(vid for vid, (status, _) in seen.items() if status != VideoStatus.READY)
                 without_renditions = sorted(vid for vid in accepted if not by_id.get(vid, {}).get("renditions"))
                 sample = random.Random(1).sample(sorted(accepted), min(5, len(accepted)))
                 for vid in sample:

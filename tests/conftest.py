@@ -10,9 +10,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ import uvicorn
 from vidfarm.farm import Farm
 from vidfarm.localredis import LocalRedis, free_port
 from vidfarm.settings import Settings
+from vidfarm.states import TERMINAL, VideoStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-" + uuid.uuid4().hex[:8]
@@ -38,6 +40,48 @@ CLIPS = {
     "odd": ("testsrc2=size=853x481:rate=24:duration=2", True, []),
     "small": ("testsrc2=size=320x240:rate=15:duration=1", True, []),
 }
+
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test says so: `clock.now += 10`."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.1) -> T:
+    """Poll `predicate` until it returns something truthy, and return that; fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if value := predicate():
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def answers(url: str, timeout_s: float = 1.0) -> bool:
+    """The server at `url` is up and says so with a 200."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_serving(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Until `url` answers 200; fails at once if `proc`, the process that should serve it, exits."""
+
+    def serving() -> bool:
+        assert proc.poll() is None, f"exited with status {proc.returncode} before {url} answered"
+        return answers(url)
+
+    wait_until(serving, timeout_s, f"{url} to answer")
 
 
 def make_clip(path: Path, lavfi: str, audio: bool, extra: list[str], codec: str = "libx264") -> Path:
@@ -65,7 +109,7 @@ def redis_server(tmp_path_factory) -> Iterator[LocalRedis]:
 
 @pytest.fixture
 def settings(tmp_path, redis_server) -> Settings:
-    # Each test gets its own Redis database number? RQ keys are global, so flush instead.
+    # One Redis server for the whole session: each test starts with it empty.
     redis.Redis.from_url(redis_server.url).flushall()
     home = tmp_path / "home"
     return replace(
@@ -103,14 +147,8 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         self.thread.start()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("API did not start")
+        wait_until(lambda: answers(self.url + "/healthz"), 15, "the API to start", every_s=0.05)
+        return self
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -178,14 +216,16 @@ def upload(client: httpx.Client, path: Path, **params) -> httpx.Response:
         return client.post("/v1/videos", files={"file": (path.name, handle, "video/mp4")}, data=params)
 
 
-def wait_for(client: httpx.Client, video_id: str, timeout_s: float = 120, statuses=("ready", "failed", "canceled")):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def wait_for(client: httpx.Client, video_id: str, timeout_s: float = 120,
+             statuses: Iterable[VideoStatus] = TERMINAL) -> dict:
+    """The video once its status is one of `statuses` (by default: once it has ended)."""
+    wanted = set(statuses)
+
+    def arrived() -> dict | None:
         video = client.get(f"/v1/videos/{video_id}").json()
-        if video["status"] in statuses:
-            return video
-        time.sleep(0.2)
-    raise AssertionError(f"video {video_id} still {video['status']} after {timeout_s} s")
+        return video if video["status"] in wanted else None
+
+    return wait_until(arrived, timeout_s, f"video {video_id} to be {'/'.join(sorted(wanted))}", every_s=0.2)
 
 
 def pg_available() -> bool:
@@ -218,16 +258,11 @@ class FarmUp:
                                      env=settings_env(settings), cwd=ROOT, start_new_session=True)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}",
                                    headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("vidfarm up did not become ready")
+        try:
+            wait_until(lambda: answers(f"http://127.0.0.1:{self.port}/readyz"), 30, "vidfarm up to be ready")
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self, timeout_s: float = 60) -> int:
         self.client.close()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
-from tests.conftest import API_KEY, OTHER_KEY, upload, wait_for
+from tests.conftest import API_KEY, OTHER_KEY, upload, wait_for, wait_until
 from vidfarm.storage import Storage
 
 
-def test_every_v1_route_needs_a_key(api, clips):
+def test_every_v1_route_needs_a_key(api):
     with api.client(key=None) as anonymous:
         for method, path in [("GET", "/v1/videos"), ("GET", "/v1/farm"), ("POST", "/v1/videos"),
                              ("GET", "/v1/videos/" + "0" * 32), ("DELETE", "/v1/videos/" + "0" * 32)]:
@@ -74,7 +72,7 @@ def test_delete_a_queued_video_cancels_it_and_removes_files(http, clips, farm):
     assert http.delete(f"/v1/videos/{video_id}").status_code == 204  # idempotent
 
 
-def test_delete_stops_a_running_transcode(http, clips, farm, start_worker, tmp_path):
+def test_delete_stops_a_running_transcode(http, farm, start_worker, tmp_path):
     long_clip = tmp_path / "long.mp4"
     from tests.conftest import make_clip
 
@@ -83,22 +81,18 @@ def test_delete_stops_a_running_transcode(http, clips, farm, start_worker, tmp_p
     video_id = upload(http, long_clip).json()["id"]
     wait_for(http, video_id, statuses=("processing",), timeout_s=30)
     assert http.delete(f"/v1/videos/{video_id}").status_code == 204
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        farm_view = http.get("/v1/farm").json()
-        if all(w["state"] == "idle" for w in farm_view["workers"]):
-            break
-        time.sleep(0.2)
-    assert [w["state"] for w in farm_view["workers"]] == ["idle"], "the worker kept transcoding"
+    wait_until(lambda: [w["state"] for w in http.get("/v1/farm").json()["workers"]] == ["idle"], 15,
+               "the worker to stop transcoding the deleted video", every_s=0.2)
     assert http.get(f"/v1/videos/{video_id}").json()["status"] == "canceled"
     assert not Storage(farm.settings.storage_dir).video_dir(video_id).exists()
 
 
-def test_farm_view_shows_queues_and_workers(http, clips, worker):
-    deadline = time.monotonic() + 20
-    while not http.get("/v1/farm").json()["workers"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    farm_view = http.get("/v1/farm").json()
+def test_farm_view_shows_queues_and_workers(http, worker):
+    def with_workers() -> dict | None:
+        view = http.get("/v1/farm").json()
+        return view if view["workers"] else None
+
+    farm_view = wait_until(with_workers, 20, "the worker to show up")
     assert farm_view["queues"]["cpu"] == {"queued": 0, "running": 0, "failed": 0}
     (only,) = farm_view["workers"]
     assert only["name"] == worker.name and only["state"] == "idle" and only["encoder"] == "x264"
@@ -140,9 +134,7 @@ def test_events_stream_survives_redis_going_away(settings, clips, tmp_path):
 
             reader = threading.Thread(target=listen)
             reader.start()
-            deadline = time.monotonic() + 10
-            while not lines and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: lines, 10, "the first event", every_s=0.05)
             own.stop()  # Redis gone while the client listens
             farm.catalog.update(video_id, status="ready", progress=100.0)
             reader.join(timeout=20)
@@ -188,10 +180,7 @@ def test_a_client_that_hangs_up_or_stalls_mid_upload_leaves_nothing_behind(setti
             while '"upload_timeout"' not in answer and (data := stalls.recv(65536)):
                 answer += data.decode(errors="replace")
         assert answer.startswith("HTTP/1.1 408") and '"upload_timeout"' in answer
-        deadline = time.monotonic() + 15
-        while any(storage.incoming.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert list(storage.incoming.iterdir()) == []
+        wait_until(lambda: not any(storage.incoming.iterdir()), 15, "the partial uploads to be removed")
         assert list(storage.videos.iterdir()) == []
         with server.client() as http:
             assert http.get("/v1/videos").json()["items"] == []

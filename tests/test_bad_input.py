@@ -15,7 +15,6 @@ import random
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for
+from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for, wait_serving
 from vidfarm.localredis import free_port
 from vidfarm.storage import Storage, is_video_id
 
@@ -370,7 +369,7 @@ def big_header_request(size: int, key: str = API_KEY) -> bytes:
             b"Authorization: Bearer " + key.encode() + b"\r\nX-Padding: " + b"p" * size + b"\r\n\r\n")
 
 
-def test_oversized_headers_in_the_app_are_431_json(api, http):
+def test_oversized_headers_in_the_app_are_431_json(http):
     for size in (40_000, 1_000_000):
         response = http.get("/v1/videos", headers={"X-Padding": "p" * size})
         assert_json_error(response, 431, "headers_too_large")
@@ -379,7 +378,7 @@ def test_oversized_headers_in_the_app_are_431_json(api, http):
     assert http.get("/v1/videos").status_code == 200
 
 
-def test_vidfarm_api_bounds_header_size_before_buffering(settings, tmp_path):
+def test_vidfarm_api_bounds_header_size_before_buffering(settings):
     """`vidfarm api` (what a cluster runs) must stop a header flood at the HTTP parser: with
     httptools uvicorn buffers any amount of header bytes before the app sees the request."""
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -388,15 +387,7 @@ def test_vidfarm_api_bounds_header_size_before_buffering(settings, tmp_path):
                             env=settings_env(settings), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "vidfarm api did not start"
-            time.sleep(0.1)
+        wait_serving(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=30)
         for size in (40_000, 20_000_000):
             answer = raw_request(port, big_header_request(size))
             status = int(answer.split(b" ", 2)[1])

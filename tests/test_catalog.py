@@ -11,9 +11,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_URL
-from vidfarm.catalog import Catalog, utcnow
+from vidfarm.catalog import Catalog, Video, VideoRow, utcnow
 from vidfarm.jobs import plan_tasks
 from vidfarm.redisconn import connect
+from vidfarm.states import VideoStatus
 from vidfarm.storage import new_video_id
 
 
@@ -65,6 +66,17 @@ def test_create_and_read_back(catalog):
     again = catalog.get(video["id"])
     assert again["status"] == "queued" and again["duration_s"] == 12.5 and again["renditions"] == []
     assert again["created_at"].endswith("+00:00")
+
+
+def test_rows_have_the_typed_shape_from_the_database_and_the_cache(catalog, cache):
+    video = new_video(catalog, status=VideoStatus.PROCESSING)
+    assert set(VideoRow.__annotations__) == {c.name for c in Video.__table__.columns}
+    assert cache.get(Catalog.cache_key(video["id"])) is None
+    stored = catalog.get(video["id"])
+    assert '"status": "processing"' in cache.get(Catalog.cache_key(video["id"]))  # the JSON is unchanged
+    cached = catalog.get(video["id"])
+    assert stored == cached == video
+    assert type(cached["status"]) is VideoStatus and cached["status"] == "processing"
 
 
 def test_compare_and_set_applies_only_when_expectations_hold(catalog):

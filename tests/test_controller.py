@@ -7,23 +7,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
 from autoscaler.backend import WorkerRef, choose_victims
-from autoscaler.config import load_config, parse_config
 from autoscaler.controller import Controller
 from autoscaler.policy import PoolConfig, Snapshot
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock, wait_until
 
 
 class MemoryBackend:
@@ -260,11 +251,11 @@ def test_wake_triggers_a_step_well_before_resync() -> None:
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: len(world.observed) >= 1)  # the first pass runs at start
+        wait_until(lambda: len(world.observed) >= 1, 2.0, "the first pass, at start", every_s=0.005)
         world.queued = 2
         woken_at = time.monotonic()
         ctl.wake()
-        _wait_for(lambda: backend.calls == [(2, [])])
+        wait_until(lambda: backend.calls == [(2, [])], 2.0, "the woken pass to scale", every_s=0.005)
         assert time.monotonic() - woken_at < 0.5
     finally:
         stop.set()
@@ -287,83 +278,9 @@ def test_run_survives_exceptions_and_keeps_resyncing() -> None:
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: backend.calls == [(1, [])])
+        wait_until(lambda: backend.calls == [(1, [])], 2.0, "a pass after the failures", every_s=0.005)
     finally:
         stop.set()
         thread.join(timeout=2.0)
     assert not thread.is_alive()
 
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
-# -- pools.yaml ---------------------------------------------------------------------------------------
-
-
-def test_example_pools_file_loads() -> None:
-    config = load_config(Path(__file__).resolve().parents[1] / "deploy" / "pools.example.yaml")
-    assert [(p.pool.name, p.deployment, p.namespace) for p in config.pools] == [
-        ("cpu", "worker-cpu", "vidfarm"),
-        ("gpu", "worker-gpu", "vidfarm"),
-    ]
-    assert config.pools[0].pool.target_backlog_seconds == 600.0
-    assert config.pools[0].pool.max_scale_up_step is None
-
-
-def test_defaults_and_aliases() -> None:
-    config = parse_config({"pools": [{"name": "cpu", "queues": "cpu", "deployment": "worker-cpu", "min": 1, "max": 3}]})
-    entry = config.pools[0]
-    assert entry.namespace == "vidfarm"
-    assert entry.pool == PoolConfig("cpu", ("cpu",), min_replicas=1, max_replicas=3)
-    assert (config.resync_s, config.lease_name) == (5.0, "vidfarm-autoscaler")
-
-
-def test_pool_namespace_overrides_the_top_level_one() -> None:
-    config = parse_config(
-        {
-            "namespace": "media",
-            "pools": [
-                {"name": "a", "queues": ["a"], "deployment": "wa"},
-                {"name": "b", "queues": ["b"], "deployment": "wb", "namespace": "gpu"},
-            ],
-        }
-    )
-    assert [p.namespace for p in config.pools] == ["media", "gpu"]
-
-
-POOL = {"name": "cpu", "queues": ["cpu"], "deployment": "worker-cpu"}
-
-
-@pytest.mark.parametrize(
-    ("document", "message"),
-    [
-        ([], "expected a mapping"),
-        ({"pools": []}, "'pools' must be a non-empty list"),
-        ({"pools": [POOL], "nmespace": "x"}, r"top level: unknown field\(s\) \['nmespace'\]"),
-        ({"pools": [{**POOL, "max_replica": 3}]}, r"pool 'cpu': unknown field\(s\) \['max_replica'\]"),
-        ({"pools": [{"name": "cpu", "queues": ["cpu"]}]}, "pool 'cpu': missing required field 'deployment'"),
-        ({"pools": [{**POOL, "max_replicas": "ten"}]}, "pool 'cpu': max_replicas: expected a number"),
-        ({"pools": [{**POOL, "max_replicas": 2.5}]}, "max_replicas: expected a whole number"),
-        ({"pools": [{**POOL, "min_replicas": True}]}, "min_replicas: expected a number"),
-        ({"pools": [{**POOL, "min_replicas": 5, "max_replicas": 2}]}, "pool 'cpu': max_replicas must be >= 1"),
-        ({"pools": [{**POOL, "queues": []}]}, "queues: expected a non-empty list"),
-        ({"pools": [{**POOL, "min": 1, "min_replicas": 1}]}, "either 'min' or 'min_replicas'"),
-        ({"pools": [POOL, POOL]}, "pool name 'cpu' appears twice"),
-        ({"pools": [POOL, {**POOL, "name": "other"}]}, "deployment vidfarm/worker-cpu is used by two pools"),
-        ({"pools": [POOL], "resync_s": 0}, "resync_s must be > 0"),
-    ],
-)
-def test_config_errors_name_the_field(document: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_config(document)
-
-
-def test_invalid_yaml_is_a_value_error(tmp_path: Path) -> None:
-    path = tmp_path / "pools.yaml"
-    path.write_text("pools: [\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
-        load_config(path)

@@ -33,11 +33,13 @@ from tests.conftest import (
     ROOT,
     ApiServer,
     WorkerProcess,
+    answers,
     ffprobe,
     pg_available,
     process_gone,
     upload,
     wait_for,
+    wait_until,
 )
 from vidfarm import presence
 from vidfarm.catalog import Catalog
@@ -85,17 +87,6 @@ def fault_clips(tmp_path_factory) -> dict[str, Path]:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(every_s)
 
 
 @contextlib.contextmanager
@@ -280,8 +271,8 @@ def test_chaos_workers_killed_at_random_while_new_ones_start(fault_clips, tmp_pa
 
 
 @pytest.mark.slow
-def test_redis_wiped_with_accepted_uploads_all_end_ready(fault_clips, http, farm, settings, start_worker,
-                                                         reconciler, tmp_path):
+def test_redis_wiped_with_accepted_uploads_all_end_ready(fault_clips, http, settings, start_worker, reconciler,
+                                                         tmp_path):
     worker = start_worker()
     ids = [upload(http, fault_clips["short"]).json()["id"] for _ in range(4)]
     wait_until(lambda: any(video(http, i)["status"] == "processing" for i in ids), 60, "one video processing")
@@ -363,8 +354,7 @@ def pg_admin(sql: str) -> None:
 
 
 @pytest.mark.slow
-def test_database_unavailable_uploads_503_nothing_half_written_then_recovers(pg_database, fault_clips, settings,
-                                                                               tmp_path):
+def test_database_unavailable_uploads_503_nothing_half_written_then_recovers(pg_database, fault_clips, settings):
     settings = replace(settings, database_url=PG_URL.rsplit("/", 1)[0] + f"/{pg_database}")
     settings.home.mkdir(parents=True, exist_ok=True)
     farm = Farm(settings)
@@ -498,7 +488,7 @@ def short_timeouts(settings):
 
 
 @pytest.mark.slow
-def test_hung_ffmpeg_is_killed_at_the_job_timeout(short_timeouts, fault_clips, tmp_path):
+def test_hung_ffmpeg_is_killed_at_the_job_timeout(short_timeouts, fault_clips):
     settings = short_timeouts
     settings.home.mkdir(parents=True, exist_ok=True)
     farm = Farm(settings)
@@ -530,7 +520,7 @@ def test_hung_ffmpeg_is_killed_at_the_job_timeout(short_timeouts, fault_clips, t
 
 
 @pytest.mark.slow
-def test_poison_input_fails_once_and_is_not_retried(fault_clips, http, farm, worker, reconciler):
+def test_poison_input_fails_once_and_is_not_retried(fault_clips, http, worker, reconciler):
     created = upload(http, fault_clips["poison"])
     assert created.status_code == 201, created.text  # the header probes as a fine 640x360 H.264 clip
     failed = wait_for(http, created.json()["id"], timeout_s=60)
@@ -563,11 +553,11 @@ def test_transient_failure_is_retried(fault_clips, http, settings, worker, recon
 # -- shutdown ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def running_tasks(farm: Farm, video_id: str) -> list[str]:
     return [t["name"] for t in farm.catalog.tasks(video_id) if t["status"] == "running"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_busy_worker_finishes_the_job_then_exits(fault_clips, http, farm, start_worker, tmp_path):
     """Draining finishes the job in progress (one chunk: at most VIDFARM_CHUNK_SECONDS of video, so a
     rollout waits minutes, not the length of a film); the rest of the video goes to other workers."""
@@ -620,10 +610,8 @@ def test_sigterm_to_vidfarm_up_lets_the_busy_worker_finish(fault_clips, tmp_path
     url = f"http://127.0.0.1:{port}"
     try:
         def ready() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(url + "/readyz", timeout=2).status_code == 200
             assert proc.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
-            return False
+            return answers(url + "/readyz", timeout_s=2)
 
         wait_until(ready, 60, "vidfarm up to be ready")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:

@@ -12,6 +12,7 @@ from autoscaler.backend import WorkerRef
 from autoscaler.controller import Controller
 from autoscaler.k8s import ApiForbidden, ApiUnavailable, KubernetesDeployment
 from autoscaler.policy import PoolConfig, Snapshot
+from tests.conftest import FakeClock
 from tests.kube_fake import DELETION_COST, FakeKube, Request
 
 NS = "vidfarm"
@@ -19,14 +20,6 @@ DEPLOY = "worker-cpu"
 SCALE = f"/apis/apps/v1/namespaces/{NS}/deployments/{DEPLOY}/scale"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 POD_NAMES = ["worker-cpu-a", "worker-cpu-b", "worker-cpu-c", "worker-cpu-d"]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -193,7 +186,7 @@ def test_missing_deployment_is_a_404(fake: FakeKube) -> None:
 def test_unreachable_api_server_backs_off_exponentially(caplog: pytest.LogCaptureFixture) -> None:
     with FakeKube() as server:
         client = server.api_client()  # a port that will be closed once the server stops
-    clock = FakeClock()
+    clock = FakeClock(now=0.0)
     unreachable = KubernetesDeployment(NS, DEPLOY, api_client=client, clock=clock)
 
     with caplog.at_level(logging.WARNING), pytest.raises(ApiUnavailable):
@@ -212,7 +205,7 @@ def test_unreachable_api_server_backs_off_exponentially(caplog: pytest.LogCaptur
 
 
 def test_backoff_resets_once_the_server_answers(fake: FakeKube, caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
+    clock = FakeClock(now=0.0)
     deployment = backend(fake, clock=clock)
     deployment._call.backoff.failed()  # as if the previous call had failed
     clock.now = 1.0
@@ -265,7 +258,7 @@ class PodsObserver:
 
 def step_controller(fake: FakeKube, workers: list[WorkerRef]) -> None:
     config = PoolConfig("cpu", ("cpu",), max_replicas=4, scale_down_after_s=0.0)
-    Controller([(config, backend(fake))], PodsObserver(workers), clock=FakeClock()).step()
+    Controller([(config, backend(fake))], PodsObserver(workers), clock=FakeClock(now=0.0)).step()
 
 
 def test_pool_at_max_with_stuck_pods_and_no_idle_worker_still_shrinks(fake: FakeKube) -> None:

@@ -15,20 +15,13 @@ from autoscaler.controller import Controller
 from autoscaler.k8s import KubernetesDeployment
 from autoscaler.leader import LeaseElector
 from autoscaler.policy import PoolConfig, Snapshot
+from tests.conftest import FakeClock
 from tests.kube_fake import MICRO_TIME, FakeKube, Request
 from vidfarm import metrics as farm_metrics
 
 NS = "vidfarm"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/vidfarm-autoscaler"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -227,7 +220,7 @@ def test_on_lost_runs_once_when_renewals_run_out(caplog: pytest.LogCaptureFixtur
     assert lost.calls == 1
 
 
-def test_leader_stops_acting_when_it_cannot_renew(caplog: pytest.LogCaptureFixture) -> None:
+def test_leader_stops_acting_when_it_cannot_renew() -> None:
     clock = FakeClock()
     with FakeKube() as server:
         a = elector(server, "a", clock)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import FarmUp, make_clip, process_gone, settings_env, upload, wait_for
+from tests.conftest import FarmUp, make_clip, process_gone, settings_env, upload, wait_for, wait_until
 
 SCALE_DOWN_AFTER_S = 3
 
@@ -29,28 +29,19 @@ def workers(client: httpx.Client) -> list[dict]:
     return client.get("/v1/farm").json()["workers"]
 
 
-def wait_until(predicate, timeout_s: float, every_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
-
-
-def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, clips, settings):
+def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, clips):
     assert workers(farm_up) == []
     started = time.monotonic()
     ids = [upload(farm_up, clips["landscape720"]).json()["id"] for _ in range(4)]
-    wait_until(lambda: workers(farm_up), timeout_s=2.0)
+    wait_until(lambda: workers(farm_up), 2.0, "a first worker", every_s=0.05)
     assert time.monotonic() - started < 2.0 + 1.0  # uploads included
-    wait_until(lambda: len(workers(farm_up)) == 2, timeout_s=10)
+    wait_until(lambda: len(workers(farm_up)) == 2, 10, "two workers", every_s=0.05)
     finished = [wait_for(farm_up, video_id) for video_id in ids]
     assert [v["status"] for v in finished] == ["ready"] * 4
     assert [v["attempts"] for v in finished] == [1] * 4, "no job may be interrupted or retried"
     status = farm_up.get("/v1/farm").json()["autoscaler"]["pools"]["cpu"]
     assert status["max"] == 2 and status["last_decision"]["reason"]
-    wait_until(lambda: workers(farm_up) == [], timeout_s=SCALE_DOWN_AFTER_S + 10, every_s=0.2)
+    wait_until(lambda: workers(farm_up) == [], SCALE_DOWN_AFTER_S + 10, "scale-down to zero", every_s=0.2)
 
 
 def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path):
@@ -60,8 +51,10 @@ def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path):
     assert wait_for(farm_up, short_id)["status"] == "ready"
     # The short job's worker goes idle and is stopped after SCALE_DOWN_AFTER_S; the long one keeps going.
     long_worker = wait_until(
-        lambda: next((w for w in workers(farm_up) if w["video_id"] == long_id), None), timeout_s=10)
-    wait_until(lambda: len(workers(farm_up)) == 1, timeout_s=SCALE_DOWN_AFTER_S + 15, every_s=0.2)
+        lambda: next((w for w in workers(farm_up) if w["video_id"] == long_id), None), 10,
+        "the long video's worker", every_s=0.05)
+    wait_until(lambda: len(workers(farm_up)) == 1, SCALE_DOWN_AFTER_S + 15, "the idle worker to go",
+               every_s=0.2)
     (survivor,) = workers(farm_up)
     assert survivor["name"] == long_worker["name"] and survivor["state"] == "busy"
     video = wait_for(farm_up, long_id, timeout_s=180)
@@ -96,7 +89,7 @@ def test_autoscaler_carries_on_after_redis_comes_back_empty(settings, clips, tmp
     try:
         before = upload(farm.client, clips["small"]).json()["id"]
         assert wait_for(farm.client, before)["status"] == "ready"
-        wait_until(lambda: workers(farm.client) == [], timeout_s=15, every_s=0.2)
+        wait_until(lambda: workers(farm.client) == [], 15, "the workers to stop", every_s=0.2)
         own.proc.kill()
         own.proc.wait()
         time.sleep(2)  # the outage: every Redis user in the farm sees connection errors
@@ -113,7 +106,7 @@ def test_autoscaler_carries_on_after_redis_comes_back_empty(settings, clips, tmp
 
 def test_ctrl_c_stops_the_whole_farm_cleanly(settings):
     farm = FarmUp(settings, "--min-workers", "1", "--max-workers", "1")
-    (worker,) = wait_until(lambda: workers(farm.client), timeout_s=15)
+    (worker,) = wait_until(lambda: workers(farm.client), 15, "a worker", every_s=0.05)
     os.killpg(farm.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the foreground job
     assert farm.proc.wait(timeout=30) == 0
     assert process_gone(worker["pid"])

@@ -258,9 +258,3 @@ def test_idle_pool_reaches_min_after_the_delay(c: PoolConfig, current: int, star
             assert now - start >= c.scale_down_after_s
         replicas, state = d.desired, d.state
     assert replicas == c.min_replicas
-
-
-@settings(max_examples=200, deadline=None)
-@given(snapshots(), configs, states)
-def test_deterministic(s: Snapshot, c: PoolConfig, state: PolicyState) -> None:
-    assert decide(s, c, state) == decide(s, c, state)

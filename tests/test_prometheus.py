@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, FarmUp, upload, wait_for
+from tests.conftest import ROOT, FarmUp, upload, wait_for, wait_until
 from vidfarm.localredis import free_port
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "vidfarm.json"
@@ -64,15 +63,15 @@ def test_every_dashboard_panel_has_data(settings, clips, tmp_path):
         assert all(wait_for(client, video_id)["status"] == "ready" for video_id in ids)
         # Prometheus needs two scrapes of a series inside a rate() window; it starts slowly on a busy
         # machine, so poll instead of guessing a sleep.
-        deadline = time.monotonic() + 60
-        while True:
-            empty = [(title, expr) for title, expr in panel_queries() if not query(prom_url, expr)]
-            if not empty or time.monotonic() > deadline:
-                break
-            time.sleep(SCRAPE_S)
+        def empty_panels() -> list[tuple[str, str]]:
+            return [(title, expr) for title, expr in panel_queries() if not query(prom_url, expr)]
+
+        try:
+            wait_until(lambda: not empty_panels(), 60, "data in every panel", every_s=SCRAPE_S)
+        except AssertionError:
+            raise AssertionError(f"panels without data: {empty_panels()}") from None
         up = query(prom_url, "up")
         assert len(up) >= 3 and all(s["value"][1] == "1" for s in up), up
-        assert not empty, f"panels without data: {empty}"
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)

@@ -1,14 +1,147 @@
-"""The reconciler against real Redis and catalog: what it re-queues, what it leaves alone."""
+"""The reconciler against real Redis and catalog, one rule per test: which task it re-queues, which
+video it fails, what it leaves alone. Its clock is injected, so "a heartbeat TTL later" takes no time."""
 
 from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 
-from vidfarm.reconciler import Reconciler
+import pytest
+from rq import Queue
+
+from tests.conftest import FakeClock
+from vidfarm import presence
+from vidfarm.catalog import TASK_QUEUED, TASK_RUNNING, VideoRow, utcnow
+from vidfarm.farm import Farm
+from vidfarm.jobs import enqueue_graph, plan_tasks
+from vidfarm.reconciler import QUEUED_GRACE_S, Reconciler
+from vidfarm.states import VideoStatus, WorkerState
+from vidfarm.storage import new_video_id
+
+WORKER = "worker-a"
+CHUNK = "chunk-00000"  # a 2 s video is one chunk, then finalize
 
 
-def test_partial_uploads_of_a_dead_api_are_swept_and_live_ones_kept(farm):
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def reconciler(farm: Farm, clock: FakeClock) -> Reconciler:
+    return Reconciler(farm, clock=clock)
+
+
+def add_video(farm: Farm, *, age_s: float = 0.0, enqueued: bool = True, running_attempt: int = 0) -> VideoRow:
+    """A 2 s video and its tasks, last touched `age_s` ago; with `running_attempt`, WORKER claimed its
+    chunk for that attempt."""
+    video_id = new_video_id()
+    tasks = plan_tasks(video_id, 2.0, 25.0, False, farm.settings.chunk_seconds)
+    status = VideoStatus.PROCESSING if running_attempt else VideoStatus.QUEUED
+    video = farm.catalog.create(
+        id=video_id, tenant="t", status=status, attempts=0, filename="a.mp4", size_bytes=10, duration_s=2.0,
+        width=320, height=240, fps=25.0, video_codec="h264", audio_codec=None, queue="cpu",
+        job_id=None, requested=None, tasks=tasks,
+    )
+    for task in tasks:
+        farm.catalog.update_task(video_id, task["name"], updated_at=utcnow() - timedelta(seconds=age_s))
+    if enqueued:
+        enqueue_graph(farm.rq_redis, farm.settings, video, tasks)
+    if running_attempt:
+        farm.catalog.update_task(video_id, CHUNK, status=TASK_RUNNING, worker=WORKER, attempts=running_attempt)
+    return video
+
+
+def chunk(farm: Farm, video: VideoRow) -> dict:
+    return farm.catalog.task(video["id"], CHUNK)
+
+
+def queued_job_ids(farm: Farm) -> list[str]:
+    return Queue("cpu", connection=farm.rq_redis).job_ids
+
+
+def worker_reports(farm: Farm, video: VideoRow, name: str = WORKER) -> None:
+    info = presence.WorkerInfo(name=name, pid=1, host="h", queues="cpu", encoder="x264", state=WorkerState.BUSY,
+                               video_id=video["id"], job_id=chunk(farm, video)["job_id"])
+    presence.beat(farm.redis, info, farm.settings.worker_heartbeat_ttl_s)
+
+
+# -- queued -----------------------------------------------------------------------------------------
+
+
+def test_a_queued_task_whose_job_is_missing_is_queued_again(farm, reconciler):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5, enqueued=False)
+    before = chunk(farm, video)
+    assert reconciler.step() == 1
+    after = chunk(farm, video)
+    assert after["status"] == TASK_QUEUED and after["job_id"] != before["job_id"]
+    assert queued_job_ids(farm) == [after["job_id"]]
+
+
+def test_a_video_just_accepted_gets_a_grace_period_for_its_enqueue(farm, reconciler):
+    video = add_video(farm, age_s=1, enqueued=False)
+    before = chunk(farm, video)
+    assert reconciler.step() == 0
+    assert chunk(farm, video)["job_id"] == before["job_id"] and queued_job_ids(farm) == []
+
+
+def test_a_queued_task_whose_job_waits_in_redis_is_left_alone(farm, reconciler):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    waiting = queued_job_ids(farm)
+    assert reconciler.step() == 0
+    assert queued_job_ids(farm) == waiting == [chunk(farm, video)["job_id"]]
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+def test_a_worker_silent_for_less_than_its_ttl_is_left_alone_then_its_task_runs_again(farm, reconciler, clock):
+    video = add_video(farm, running_attempt=1)
+    ttl = farm.settings.worker_heartbeat_ttl_s
+    assert reconciler.step() == 0  # first seen without a worker: the clock starts
+    clock.now += ttl - 0.5
+    assert reconciler.step() == 0
+    assert chunk(farm, video)["status"] == TASK_RUNNING
+    clock.now += 0.5
+    assert reconciler.step() == 1
+    after = chunk(farm, video)
+    assert (after["status"], after["worker"], after["attempts"]) == (TASK_QUEUED, None, 1)
+    assert queued_job_ids(farm) == [after["job_id"]]
+
+
+def test_a_live_worker_on_the_task_keeps_it_however_long_it_takes(farm, reconciler, clock):
+    video = add_video(farm, running_attempt=1)
+    for _ in range(3):
+        worker_reports(farm, video)
+        assert reconciler.step() == 0
+        clock.now += 10 * farm.settings.worker_heartbeat_ttl_s
+    assert chunk(farm, video)["status"] == TASK_RUNNING
+
+
+def test_another_worker_on_the_same_job_does_not_count_as_its_own(farm, reconciler, clock):
+    video = add_video(farm, running_attempt=1)
+    worker_reports(farm, video, name="worker-b")  # not the worker the catalog says claimed it
+    assert reconciler.step() == 0
+    clock.now += farm.settings.worker_heartbeat_ttl_s
+    assert reconciler.step() == 1
+
+
+def test_a_task_at_its_last_attempt_fails_the_video_worker_lost(farm, reconciler, clock):
+    video = add_video(farm, running_attempt=farm.settings.max_attempts)
+    reconciler.step()
+    clock.now += farm.settings.worker_heartbeat_ttl_s
+    assert reconciler.step() == 1
+    after = farm.catalog.get(video["id"], cached=False)
+    assert (after["status"], after["error_code"]) == (VideoStatus.FAILED, "worker_lost")
+    assert f"each of {farm.settings.max_attempts} attempts at {CHUNK}" in after["error_message"]
+    assert queued_job_ids(farm) == []  # the video's other jobs are dropped
+
+
+# -- partial uploads --------------------------------------------------------------------------------
+
+
+def test_partial_uploads_of_a_dead_api_are_swept_and_live_ones_kept(farm, reconciler):
     incoming = farm.storage.incoming
     dead = incoming / ("a" * 32 + ".part")
     live = incoming / ("b" * 32 + ".part")
@@ -16,6 +149,6 @@ def test_partial_uploads_of_a_dead_api_are_swept_and_live_ones_kept(farm):
     live.write_bytes(b"x" * 10)
     long_ago = time.time() - (2 * farm.settings.upload_idle_timeout_s + 120)
     os.utime(dead, (long_ago, long_ago))
-    Reconciler(farm).step()
+    reconciler.step()
     assert not dead.exists()
     assert live.exists()

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import API_KEY, OTHER_KEY, ROOT, settings_env, upload, wait_for
+from tests.conftest import API_KEY, OTHER_KEY, ROOT, settings_env, upload, wait_for, wait_serving, wait_until
 from vidfarm.localredis import free_port
 
 # -- tenant isolation -------------------------------------------------------------------------------
@@ -91,19 +90,6 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
 # -- keys from a file ------------------------------------------------------------------------------
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, f"exited with status {proc.returncode}"
-        assert time.monotonic() < deadline, f"{url} not ready after {timeout_s} s"
-        time.sleep(0.1)
-
-
 def stop(proc: subprocess.Popen, timeout_s: float = 60) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -129,7 +115,7 @@ def test_keys_from_a_file_work_and_each_is_a_tenant(settings, tmp_path):
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        wait_serving(url + "/readyz", proc)
 
         def get(key: str, path: str = "/v1/videos") -> httpx.Response:
             return httpx.get(url + path, headers={"Authorization": f"Bearer {key}"}, timeout=30)
@@ -186,17 +172,17 @@ def secured_redis(request, tmp_path) -> Iterator[str]:
         url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
+
+    def answering() -> bool:
         try:
-            client.ping()
-            break
+            return client.ping()
         except redis.ConnectionError:
             if proc.poll() is not None:
                 output = proc.stdout.read().decode(errors="replace")
                 pytest.skip(f"this redis-server cannot serve {request.param}: {output[-300:]}")
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            return False
+
+    wait_until(answering, 10, f"redis-server ({request.param}) to answer", every_s=0.05)
     if request.param == "tls+password":
         # Proof that the port speaks only TLS: a plain client gets nowhere.
         with pytest.raises(redis.RedisError):
@@ -221,7 +207,7 @@ def test_farm_over_secured_redis_end_to_end_and_no_secret_in_logs(secured_redis,
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc, timeout_s=60)
+        wait_serving(url + "/readyz", proc)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {FARM_KEY}"}, timeout=60) as http:
             created = upload(http, clips["small"])
             assert created.status_code == 201, created.text

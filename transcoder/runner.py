@@ -30,6 +30,15 @@ class FfmpegStalled(Exception):
     """No progress for too long: a hung input or a wedged decoder."""
 
 
+class FfmpegKilled(Exception):
+    """ffmpeg was killed by a signal nobody here sent (the OOM killer, an operator): not the input's
+    fault, so the video deserves another attempt rather than failing."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"ffmpeg was killed by signal {signum}")
+        self.signum = signum
+
+
 class Canceled(Exception):
     """The video was canceled while ffmpeg ran."""
 
@@ -84,8 +93,7 @@ def run_ffmpeg(
         raise FfmpegStalled(f"ffmpeg made no progress for {stall_timeout_s:.0f} s")
     if proc.returncode != 0:
         if proc.returncode < 0:
-            # Killed by a signal we did not send (OOM killer, an operator): not the input's fault.
-            raise RuntimeError(f"ffmpeg was killed by signal {-proc.returncode}")
+            raise FfmpegKilled(-proc.returncode)
         raise FfmpegError(proc.returncode, "\n".join(stderr_tail))
     return encoded_s
 

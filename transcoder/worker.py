@@ -25,6 +25,7 @@ from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
+from vidfarm.states import TERMINAL, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class FarmWorker(SimpleWorker):
     # -- RQ hooks ---------------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.info.state = presence.DRAINING if self._stop_requested else presence.BUSY
+        self.info.state = WorkerState.DRAINING if self._stop_requested else WorkerState.BUSY
         self.info.video_id = str(job.args[0]) if job.args else ""
         self.info.job_id = job.id
         self.beat()
@@ -134,14 +135,14 @@ class FarmWorker(SimpleWorker):
             super().execute_job(job, queue)
         finally:
             self.info.video_id = self.info.job_id = ""
-            self.info.state = presence.DRAINING if self._stop_requested else presence.IDLE
+            self.info.state = WorkerState.DRAINING if self._stop_requested else WorkerState.IDLE
             self.beat()
 
     def request_stop(self, signum, frame) -> None:
         # No Redis call here: a signal handler may interrupt this thread inside redis-py's pool lock.
         # The heartbeat thread publishes the new state within HEARTBEAT_EVERY_S.
         if self.info.video_id:
-            self.info.state = presence.DRAINING
+            self.info.state = WorkerState.DRAINING
             log.info("worker %s: draining, finishing video %s first", self.info.name, self.info.video_id)
         super().request_stop(signum, frame)
 
@@ -170,7 +171,7 @@ def run_worker(
     job_module.IDENTITY.name = name
     job_module.IDENTITY.encoder = chosen
     job_module.IDENTITY.stall_timeout_s = farm.settings.stall_timeout_s
-    for result in ("ready", "failed", "canceled"):
+    for result in TERMINAL:
         metrics.TRANSCODES.labels(chosen.name, result)  # present at zero from the start
     farm.catalog  # noqa: B018 - migrate and connect before taking the first job
     # Last: an open metrics port is what the readiness probe reads as "ready to take jobs".

@@ -1,13 +1,23 @@
-"""One JSON error shape for every 4xx/5xx: `{"error": {"code": ..., "message": ...}}`."""
+"""The API's errors: one JSON shape for every 4xx/5xx, `{"error": {"code": ..., "message": ...}}`.
+
+`error_response` is the only place that builds it; below it, the handler of every exception type that
+becomes one (`HANDLERS`, given to the app as a whole).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from fastapi import FastAPI, Request
+import redis
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vidfarm.storage import STORAGE_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +25,25 @@ HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
     413: "too_large", 415: "unsupported_media_type", 422: "invalid", 503: "unavailable",
 }
+# How long a client should wait before retrying when a dependency is away: Redis and the database
+# come back in seconds (a restart, a failover), a full or read-only disk needs an operator.
+RETRY_SOON_S = "5"
+RETRY_LATER_S = "30"
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def internal_error() -> JSONResponse:
+    """A bug: logged with its traceback, answered without one."""
+    log.exception("unexpected error")
+    return error_response(500, "internal", "internal error; the request was not applied")
 
 
 class ApiError(Exception):
+    """An error the API reports on purpose: raise it anywhere below a route."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -26,29 +52,57 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Starlette's own 404s and 405s (no such route, wrong method) in our shape.
+    return error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail),
+                          getattr(exc, "headers", None))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
-        )
-        return JSONResponse(error_body("invalid_request", problems or "invalid request"), status_code=422)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+    )
+    return error_response(422, "invalid_request", problems or "invalid request")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return JSONResponse(error_body("internal", "internal error; the request was not applied"), 500)
+
+# Redis, the database or the disk being away is a 503 with a clear message, never a 500.
+
+
+async def _redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+    log.warning("redis unavailable: %s", type(exc).__name__)
+    return error_response(503, "redis_unavailable", "the queue (Redis) is unavailable; retry",
+                          {"Retry-After": RETRY_SOON_S})
+
+
+async def _database_down(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error_response(503, "database_unavailable", "the catalog database is unavailable; retry",
+                          {"Retry-After": RETRY_SOON_S})
+
+
+async def _storage_error(_: Request, exc: OSError) -> JSONResponse:
+    # A full or read-only disk under an upload is the server's trouble, not a bug: say so.
+    if exc.errno not in STORAGE_ERRNOS:
+        return internal_error()
+    log.warning("storage unavailable: %s", exc.strerror)
+    return error_response(503, "storage_unavailable", f"storage error: {exc.strerror}; retry later",
+                          {"Retry-After": RETRY_LATER_S})
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return internal_error()
+
+
+HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
+    ApiError: _api_error,
+    StarletteHTTPException: _http_error,
+    RequestValidationError: _validation_error,
+    redis.RedisError: _redis_down,
+    SQLAlchemyError: _database_down,
+    OSError: _storage_error,
+    Exception: _unexpected,
+}

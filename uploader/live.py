@@ -19,9 +19,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
+from uploader.resources import video_error
 from vidfarm import events
-from vidfarm.catalog import TERMINAL
+from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
+from vidfarm.states import TERMINAL, VideoStatus
 
 RECHECK_S = 5.0
 POLL_S = 1.0
@@ -33,9 +35,8 @@ def sse(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
-def _state(video: dict[str, Any]) -> dict[str, Any]:
-    error = {"code": video["error_code"], "message": video["error_message"]} if video["error_code"] else None
-    return {"id": video["id"], "status": video["status"], "progress": video["progress"], "error": error}
+def _state(video: VideoRow) -> dict[str, Any]:
+    return {"id": video["id"], "status": video["status"], "progress": video["progress"], "error": video_error(video)}
 
 
 class _PubSubFeed:
@@ -83,7 +84,7 @@ class _PubSubFeed:
         self.pubsub = self.client = None
 
 
-async def _read_catalog(farm: Farm, video_id: str) -> dict[str, Any] | None | bool:
+async def _read_catalog(farm: Farm, video_id: str) -> VideoRow | None | bool:
     """The row, None when it is gone, False when the database cannot answer right now."""
     try:
         return await run_in_threadpool(farm.catalog.get, video_id, cached=False)
@@ -91,7 +92,7 @@ async def _read_catalog(farm: Farm, video_id: str) -> dict[str, Any] | None | bo
         return False
 
 
-async def event_stream(farm: Farm, video: dict[str, Any], request: Request) -> AsyncIterator[str]:
+async def event_stream(farm: Farm, video: VideoRow, request: Request) -> AsyncIterator[str]:
     yield sse("status", _state(video))
     if video["status"] in TERMINAL:
         return
@@ -106,7 +107,8 @@ async def event_stream(farm: Farm, video: dict[str, Any], request: Request) -> A
                 last_check = now
                 current = await _read_catalog(farm, video["id"])
                 if current is None or (current and current["status"] in TERMINAL):
-                    yield sse("status", _state(current) if current else {"id": video["id"], "status": "canceled"})
+                    deleted = {"id": video["id"], "status": VideoStatus.CANCELED}
+                    yield sse("status", _state(current) if current else deleted)
                     return
                 if current and not feed.connected:
                     last_sent = now

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from uploader.playback import playback_urls
+from vidfarm.catalog import VideoRow
 from vidfarm.settings import Settings
-
-Status = Literal["queued", "processing", "ready", "failed", "canceled"]
+from vidfarm.states import VideoStatus, WorkerState
 
 
 class ErrorDetail(BaseModel):
@@ -49,7 +49,7 @@ class PlaybackOut(BaseModel):
 
 class VideoOut(BaseModel):
     id: str
-    status: Status
+    status: VideoStatus
     progress: float
     attempts: int
     error: ErrorDetail | None
@@ -77,7 +77,7 @@ class WorkerOut(BaseModel):
     pid: int
     host: str
     queues: list[str]
-    state: Literal["idle", "busy", "draining"]
+    state: WorkerState
     video_id: str | None
     encoder: str
     pool: str
@@ -92,20 +92,23 @@ class FarmOut(BaseModel):
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 503)}
 
 
-def video_resource(video: dict[str, Any], base_url: str, settings: Settings) -> dict[str, Any]:
+def video_error(video: VideoRow) -> dict[str, str | None] | None:
+    """Why a video failed, as the API and the live events show it."""
+    if not video["error_code"]:
+        return None
+    return {"code": video["error_code"], "message": video["error_message"]}
+
+
+def video_resource(video: VideoRow, base_url: str, settings: Settings) -> dict[str, Any]:
     prefix = f"{base_url.rstrip('/')}/v1/videos/{video['id']}"
-    ready = video["status"] == "ready"
-    error = {"code": video["error_code"], "message": video["error_message"]} if video["error_code"] else None
+    ready = video["status"] == VideoStatus.READY
     return {
         "id": video["id"],
         "status": video["status"],
         "progress": video["progress"] or 0.0,
         "attempts": video["attempts"],
-        "error": error,
-        "source": {
-            k: video[k]
-            for k in ("filename", "size_bytes", "duration_s", "width", "height", "fps", "video_codec", "audio_codec")
-        },
+        "error": video_error(video),
+        "source": {k: video[k] for k in SourceOut.model_fields},
         "renditions": [
             {**r, "url": f"{prefix}/renditions/{r['name']}"} for r in (video["renditions"] or [])
         ] if ready else [],

@@ -12,9 +12,9 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from sqlalchemy import (
@@ -38,12 +38,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from vidfarm.states import ACTIVE, VideoStatus
+from vidfarm.states import TERMINAL as TERMINAL  # re-exported, like the aliases below
+
 log = logging.getLogger(__name__)
 
-QUEUED, PROCESSING, READY, FAILED, CANCELED = "queued", "processing", "ready", "failed", "canceled"
-STATUSES = (QUEUED, PROCESSING, READY, FAILED, CANCELED)
-TERMINAL = frozenset({READY, FAILED, CANCELED})
-ACTIVE = (QUEUED, PROCESSING)
+# The statuses under their old names, for the modules that import them from here.
+QUEUED, PROCESSING, READY, FAILED, CANCELED = (
+    VideoStatus.QUEUED, VideoStatus.PROCESSING, VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED,
+)
 CACHE_TTL_S = 30
 
 
@@ -114,6 +117,50 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RenditionRow(TypedDict):
+    name: str
+    width: int
+    height: int
+    bitrate_kbps: int
+    size_bytes: int
+
+
+class VideoRow(TypedDict):
+    """A `videos` row as `Catalog` hands it out (and caches it as JSON): the columns of `Video`, with
+    times as ISO 8601 text in UTC."""
+
+    id: str
+    tenant: str
+    status: VideoStatus
+    progress: float
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    filename: str
+    size_bytes: int
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    audio_codec: str | None
+    interlaced: int
+    hdr_transfer: str | None
+    queue: str
+    job_id: str | None
+    worker: str | None
+    requested: list[str] | None
+    renditions: list[RenditionRow]
+    has_poster: int
+    created_at: str
+    updated_at: str
+    enqueued_at: str | None
+    start_s: float | None
+    file_start_s: float | None
+    total_frames: int | None
+    has_stream: int
+
+
 def _as_utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes even for timezone=True columns.
     if value is not None and value.tzinfo is None:
@@ -123,6 +170,18 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 def _task_rows(video_id: str, tasks: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
     return [{"video_id": video_id, "updated_at": now, **task} for task in tasks]
+
+
+def _plain(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as JSON-ready values: times become ISO 8601 text in UTC."""
+    return {k: (_as_utc(v).isoformat() if isinstance(v, datetime) else v) for k, v in raw.items()}
+
+
+def _video_row(raw: Mapping[str, Any]) -> VideoRow:
+    """A `videos` row from the database or the cache in its typed shape."""
+    row = _plain(raw)
+    row["status"] = VideoStatus(row["status"])
+    return row  # type: ignore[return-value]
 
 
 def make_engine(url: str) -> Engine:
@@ -193,16 +252,16 @@ class Catalog:
     def cache_key(video_id: str) -> str:
         return f"vidfarm:video:{video_id}"
 
-    def _cache_get(self, video_id: str) -> dict[str, Any] | None:
+    def _cache_get(self, video_id: str) -> VideoRow | None:
         if self.cache is None:
             return None
         try:
             raw = self.cache.get(self.cache_key(video_id))
         except redis.RedisError:
             return None  # the database still answers; the cache is an optimisation
-        return json.loads(raw) if raw else None
+        return _video_row(json.loads(raw)) if raw else None
 
-    def _cache_put(self, video: dict[str, Any]) -> None:
+    def _cache_put(self, video: VideoRow) -> None:
         if self.cache is None:
             return
         with contextlib.suppress(redis.RedisError):
@@ -219,10 +278,10 @@ class Catalog:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    def get(self, video_id: str, *, cached: bool = True) -> dict[str, Any] | None:
+    def get(self, video_id: str, *, cached: bool = True) -> VideoRow | None:
         if cached and (hit := self._cache_get(video_id)) is not None:
             return hit
-        rows = self._select_dicts(select(*Video.__table__.columns).where(Video.id == video_id))
+        rows = self._select_videos(select(*Video.__table__.columns).where(Video.id == video_id))
         if not rows:
             return None
         if cached:
@@ -231,15 +290,14 @@ class Catalog:
 
     def _select_dicts(self, stmt: Any) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
-        return [
-            {k: (_as_utc(v).isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
-            for r in rows
-        ]
+            return [_plain(r) for r in conn.execute(stmt).mappings().all()]
+
+    def _select_videos(self, stmt: Any) -> list[VideoRow]:
+        return [_video_row(r) for r in self._select_dicts(stmt)]
 
     def list(
-        self, *, tenant: str | None, status: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+        self, *, tenant: str | None, status: VideoStatus | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[VideoRow], str | None]:
         """Newest first; the cursor names the last item of the previous page."""
         stmt = select(*Video.__table__.columns)
         if tenant is not None:
@@ -252,15 +310,15 @@ class Catalog:
                 or_(Video.created_at < created, (Video.created_at == created) & (Video.id < last_id))
             )
         stmt = stmt.order_by(Video.created_at.desc(), Video.id.desc()).limit(limit + 1)
-        rows = self._select_dicts(stmt)
+        rows = self._select_videos(stmt)
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
         return rows, next_cursor
 
-    def active(self, statuses: Sequence[str] = ACTIVE) -> list[dict[str, Any]]:
-        return self._select_dicts(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
+    def active(self, statuses: Sequence[VideoStatus] = ACTIVE) -> list[VideoRow]:
+        return self._select_videos(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
 
     def work_estimate(self, queues: Iterable[str]) -> tuple[float, float]:
         """Seconds of source video in chunks still queued, and still to encode in running chunks.
@@ -283,7 +341,7 @@ class Catalog:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def create(self, *, tasks: Sequence[dict[str, Any]] = (), **fields: Any) -> dict[str, Any]:
+    def create(self, *, tasks: Sequence[dict[str, Any]] = (), **fields: Any) -> VideoRow:
         """The video row and its task graph, in one transaction: a video never exists half planned."""
         now = utcnow()
         fields.setdefault("created_at", now)

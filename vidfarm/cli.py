@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vidfarm.settings import Settings
+from vidfarm.states import VideoStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -113,7 +114,7 @@ def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queues
     options = _up_options(host, port, min_workers, max_workers, scale_down_after, encoder, queues, resync)
     result: dict = {}
     _run_up(load_settings(), options, after_start=lambda procs: result.update(run_demo(procs, out)))
-    if result.get("status") != "ready":
+    if result.get("status") != VideoStatus.READY:
         raise click.ClickException(f"demo video ended {result.get('status')}: {result.get('error')}")
 
 
@@ -162,8 +163,9 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
               help="pools.yaml: which Deployments to scale, on which queues.")
 @click.option("--dry-run", is_flag=True, help="Log decisions without changing anything.")
 @click.option("--metrics-port", default=9101, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--resync", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Seconds between passes.")
-def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float) -> None:
+@click.option("--resync", default=None, type=click.FloatRange(0.1),
+              help="Seconds between passes (default: resync_s of --config, else 5).")
+def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float | None) -> None:
     """Scale worker Deployments in a Kubernetes cluster.
 
     Reads the pools from --config; several replicas may run, a Lease elects the one that acts.
@@ -226,7 +228,7 @@ def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, ur
     if wait:
         video = wait_with_bar(client, video["id"])
         print_video(video)
-        if video["status"] != "ready":
+        if video["status"] != VideoStatus.READY:
             sys.exit(1)
 
 
@@ -235,7 +237,7 @@ def wait_with_bar(client, video_id: str) -> dict:
         shown = {"value": 0}
 
         def advance(video: dict) -> None:
-            target = int(video["progress"]) if video["status"] != "ready" else 100
+            target = int(video["progress"]) if video["status"] != VideoStatus.READY else 100
             if target > shown["value"]:
                 bar.update(target - shown["value"])
                 shown["value"] = target

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from vidfarm.states import TERMINAL
+
 CHUNK = 1024 * 1024
 
 
@@ -64,7 +66,7 @@ class Client:
         while True:
             video = self.video(video_id)
             on_progress(video)
-            if video["status"] in ("ready", "failed", "canceled"):
+            if video["status"] in TERMINAL:
                 return video
             time.sleep(poll_s)
 

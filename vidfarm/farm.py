@@ -39,6 +39,12 @@ class Farm:
         catalog.migrate()
         return catalog
 
+    def open(self) -> None:
+        """Create the storage folders and migrate the catalog now, before the first request or job
+        needs them, so a broken database or disk stops the process at start-up."""
+        self.storage  # noqa: B018 - the cached properties do the work
+        self.catalog  # noqa: B018
+
     def _redis_url(self) -> str:
         if not self.settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (vidfarm up sets it for the processes it starts)")

@@ -68,5 +68,5 @@ class Spawner:
             cmd, kwargs, done = self._requests.get()
             try:
                 done.set_result(subprocess.Popen(cmd, preexec_fn=die_with_parent(starter), **kwargs))
-            except Exception as exc:  # handed to the caller, whose popen() raises it
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, whose popen() raises it
                 done.set_exception(exc)

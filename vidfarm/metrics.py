@@ -7,21 +7,22 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-SIZE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+# Histogram buckets in seconds: requests take milliseconds, transcodes and queue waits up to hours.
 FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LONG_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
 UPLOADS = Counter("vidfarm_uploads_total", "Uploads by result.", ["result"])
 UPLOAD_BYTES = Counter("vidfarm_upload_bytes_total", "Bytes received in accepted uploads.")
 UPLOAD_SECONDS = Histogram("vidfarm_upload_duration_seconds", "Time to receive, store and probe an upload.",
-                           buckets=FAST_BUCKETS + SIZE_BUCKETS[3:])
+                           buckets=FAST_BUCKETS + LONG_BUCKETS[3:])
 HTTP_SECONDS = Histogram("vidfarm_http_request_duration_seconds", "API request latency.",
                          ["method", "route", "status"], buckets=FAST_BUCKETS)
 JOBS_ENQUEUED = Counter("vidfarm_jobs_enqueued_total", "Transcoding jobs queued.", ["queue"])
 QUEUE_JOBS = Gauge("vidfarm_queue_jobs", "Jobs per queue and state.", ["queue", "state"])
 JOB_WAIT_SECONDS = Histogram("vidfarm_job_wait_seconds", "Time from enqueue to a worker starting the job.",
-                             ["queue"], buckets=FAST_BUCKETS + SIZE_BUCKETS[3:])
+                             ["queue"], buckets=FAST_BUCKETS + LONG_BUCKETS[3:])
 TRANSCODE_SECONDS = Histogram("vidfarm_transcode_duration_seconds", "Wall time of one transcode.",
-                              ["queue", "encoder"], buckets=SIZE_BUCKETS)
+                              ["queue", "encoder"], buckets=LONG_BUCKETS)
 TRANSCODE_SPEED = Histogram("vidfarm_transcode_speed_ratio", "Seconds of video transcoded per wall second.",
                             ["encoder"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
 TRANSCODES = Counter("vidfarm_transcodes_total", "Finished transcode attempts by result.", ["encoder", "result"])

@@ -12,10 +12,11 @@ from typing import Any
 
 import redis
 
+from vidfarm.states import WorkerState
+
 PREFIX = "vidfarm:worker:"
 # The autoscaler's view of its pools (JSON), shown by `GET /v1/farm`.
 AUTOSCALER_STATUS_KEY = "vidfarm:autoscaler:status"
-IDLE, BUSY, DRAINING = "idle", "busy", "draining"
 
 
 @dataclass
@@ -26,7 +27,7 @@ class WorkerInfo:
     queues: str          # comma separated, in priority order
     encoder: str
     pool: str = ""        # the autoscaling pool (Deployment) this worker belongs to
-    state: str = IDLE
+    state: WorkerState = WorkerState.IDLE
     video_id: str = ""
     job_id: str = ""      # the attempt it runs: the reconciler tells a live task from a lost one by it
     metrics_url: str = ""
@@ -81,7 +82,8 @@ def all_workers(conn: redis.Redis) -> list[WorkerInfo]:
             WorkerInfo(
                 name=data["name"], pid=int(data.get("pid") or 0), host=data.get("host", ""),
                 queues=data.get("queues", ""), encoder=data.get("encoder", ""), pool=data.get("pool", ""),
-                state=data.get("state", IDLE), video_id=data.get("video_id", ""), job_id=data.get("job_id", ""),
+                state=WorkerState(data.get("state", WorkerState.IDLE)), video_id=data.get("video_id", ""),
+                job_id=data.get("job_id", ""),
                 metrics_url=data.get("metrics_url", ""),
             )
         )

@@ -1,0 +1,33 @@
+"""The two vocabularies every process shares: a video's status and a worker's state.
+
+They are `StrEnum`s, as RQ's `JobStatus` and `WorkerStatus` are: each member *is* its string, so the
+catalog column, the presence hash in Redis, the events and the API's JSON hold the same text as
+plain strings would, and a row read back compares equal to the member.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class VideoStatus(StrEnum):
+    """Where a video is in its life, as the catalog records it and the API shows it."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# A tuple, not a set: the catalog's compare-and-set reads a tuple as "one of".
+ACTIVE = (VideoStatus.QUEUED, VideoStatus.PROCESSING)
+TERMINAL = frozenset({VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED})
+
+
+class WorkerState(StrEnum):
+    """What a worker is doing, as its presence hash says."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"  # asked to stop; finishing its current job first
