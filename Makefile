@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# `setup` installs what the project needs: ffmpeg and redis-server from Debian (when missing and
-# we are root), a virtualenv in .venv with the project and its test extras.
+# `setup` installs what the project needs: ffmpeg, redis-server, and for the browser playback test
+# chromium and node/npm, from Debian (when missing); a virtualenv in .venv with the project and its
+# test extras; the test's players and browser driver from npm (tests/browser/node_modules).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,19 +9,32 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages demo test lint
 
+# command:Debian package. Only what is missing is installed: a node from elsewhere (NodeSource) ships
+# its own npm, and Debian's npm package would conflict with it.
+SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server prometheus:prometheus \
+	chromium:chromium node:nodejs npm:npm
+BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
+
 system-packages:
 	@missing=""; \
-	for bin in ffmpeg ffprobe redis-server prometheus; do command -v $$bin >/dev/null || missing=1; done; \
-	python3 -c 'import ensurepip, venv' 2>/dev/null || missing=1; \
+	for pair in $(SYSTEM_COMMANDS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg redis-server prometheus python3-venv >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: system-packages $(PY)
+# hls.js, dash.js and playwright-core at the versions in package-lock.json; again when it changes.
+$(BROWSER_DEPS): tests/browser/package-lock.json | system-packages
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: system-packages $(PY) $(BROWSER_DEPS)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 

@@ -156,11 +156,18 @@ def concat_list(chunks: Sequence[Path]) -> str:
 
 def segment_args(source: Path, stream: str, folder: Path, segment_s: float) -> list[str]:
     """Stream copy of one stream (`v:0` or `a:0`) into CMAF segments (fragmented MP4) of `segment_s`,
-    cut at keyframes: init.mp4, seg_00000.m4s, ... and ffmpeg's own playlist, which we read back."""
+    cut at keyframes: init.mp4, seg_00000.m4s, ... and ffmpeg's own playlist, which we read back.
+
+    With B-frames the first picture decodes before it is shown (DTS < PTS = 0). By default ffmpeg
+    shifts every timestamp up to make DTS non-negative and hides the shift in an edit list, which
+    Media Source Extensions ignore: in hls.js and dash.js the picture then starts 2 frames late, out
+    of sync with the sound and past the manifests' end. Negative composition offsets (trun v1, as
+    CMAF expects) keep the first picture at PTS 0 = tfdt, with no shift and no edit list."""
     out = ffmpeg.input(str(source))[stream].output(
         str(folder / "ffmpeg.m3u8"), format="hls", c="copy", hls_time=f"{segment_s:.6f}",
         hls_playlist_type="vod", hls_segment_type="fmp4", hls_fmp4_init_filename="init.mp4",
         hls_segment_filename=str(folder / "seg_%05d.m4s"), hls_list_size=0,
+        avoid_negative_ts="disabled", hls_segment_options="movflags=+negative_cts_offsets",
     )
     return out.global_args(*QUIET).overwrite_output().get_args()
 

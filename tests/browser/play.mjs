@@ -1,0 +1,49 @@
+// Drives Debian's chromium headless through Playwright and plays each scenario in a fresh page.
+//
+//   node play.mjs PAGE_URL < scenarios.json > results.json
+//
+// PAGE_URL is player.html on the test's static server (another origin than the API). Each result
+// is what window.play() reported plus every HTTP response the page saw (URL, status, CORS header),
+// so the test can check which rung's segments were fetched and that an expired token got a 403.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  "--autoplay-policy=no-user-gesture-required",
+];
+
+const pageUrl = process.argv[2];
+const scenarios = JSON.parse(readFileSync(0, "utf8"));
+// A fresh profile each run: nothing cached from an earlier run can make a request look answered.
+const profile = mkdtempSync(join(tmpdir(), "vidfarm-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 60_000,
+});
+const results = [];
+try {
+  for (const scenario of scenarios) {
+    const page = await context.newPage();
+    const responses = [];
+    const console_ = [];
+    page.on("response", (r) => responses.push({
+      url: r.url(), status: r.status(), cors: r.headers()["access-control-allow-origin"] ?? null,
+    }));
+    page.on("requestfailed", (r) => responses.push({url: r.url(), status: null, failure: r.failure()?.errorText}));
+    page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console_.push(m.text()); });
+    page.on("pageerror", (e) => console_.push("pageerror: " + e.message));
+    const started = Date.now();
+    await page.goto(pageUrl);
+    const outcome = await page.evaluate((s) => window.play(s), scenario);
+    results.push({...scenario, ...outcome, responses, console: console_, seconds: (Date.now() - started) / 1000});
+    await page.close();
+  }
+} finally {
+  await context.close();
+  rmSync(profile, {recursive: true, force: true});
+}
+process.stdout.write(JSON.stringify(results));
