@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VIDFARM = [sys.executable, "-m", "vidfarm"]
 TERMINAL = ("ready", "failed", "canceled")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A chunk length no video reaches: the plan is then one chunk (what VIDFARM_CHUNK_SECONDS takes too;
+# infinity would not survive the rounding to whole GOPs).
+ONE_CHUNK_S = 1e9
 
 
 # -- clips --------------------------------------------------------------------------------------
