@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import httpx
+import redis
 
 from transcoder.command import (
     X264,
@@ -36,6 +37,7 @@ from transcoder.ladder import OutputPlan, output_fps, plan_outputs, poster_size,
 from vidfarm.chunks import ChunkSpan, chunk_window, plan_chunks
 from vidfarm.jobs import chunk_name
 from vidfarm.localredis import free_port
+from vidfarm.presence import PREFIX
 from vidfarm.probe import SourceInfo, probe
 from vidfarm.settings import Settings
 
@@ -393,8 +395,9 @@ class LocalFarm:
     """`vidfarm up` as a subprocess with its own VIDFARM_HOME; stopped with SIGTERM, leaving no process."""
 
     def __init__(self, home: Path, *, min_workers: int, max_workers: int, scale_down_after_s: float,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.env = env or {}  # VIDFARM_ settings for this farm (the caller's own are never passed on)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [*VIDFARM, "up", "--port", str(self.port), "--min-workers", str(min_workers),
@@ -407,7 +410,7 @@ class LocalFarm:
     def start(self, timeout_s: float = 60) -> LocalFarm:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.args, env=farm_env(self.home), cwd=ROOT, stdout=log,
+            self.proc = subprocess.Popen(self.args, env=farm_env(self.home) | self.env, cwd=ROOT, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -443,6 +446,11 @@ class LocalFarm:
 
     def worker_pids(self) -> list[int]:
         return [pid for pid in descendants(self.pid) if is_worker(cmdline(pid))]
+
+    def wait_workers(self, count: int, timeout_s: float = 60) -> None:
+        """Until `count` workers have registered (presence hashes in Redis): ready to take jobs."""
+        conn = redis.Redis.from_url(self.redis_url())
+        wait_until(lambda: len(conn.keys(PREFIX + "*")) >= count, timeout_s, what=f"{count} workers registered")
 
     def stop(self, timeout_s: float = 120) -> None:
         """SIGTERM, wait, then check every process the farm had is gone (kill and record any that is not)."""

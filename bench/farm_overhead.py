@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from _common import (
     LocalFarm,
     cpu_by_role,
@@ -40,11 +39,9 @@ from _common import (
     tree_cpu_s,
     upload_file,
     wait_terminal,
-    wait_until,
 )
 
 from vidfarm.chunks import DEFAULT_CHUNK_SECONDS
-from vidfarm.presence import PREFIX
 
 
 def parse_args() -> argparse.Namespace:
@@ -111,11 +108,6 @@ def run_farm(farm: LocalFarm, clips: list[Path]) -> Side:
     return Side(max(at for _, at in seen.values()) - started, cpu, uploaded, roles)
 
 
-def wait_workers(farm: LocalFarm, count: int) -> None:
-    conn = redis.Redis.from_url(farm.redis_url())
-    wait_until(lambda: len(conn.keys(PREFIX + "*")) >= count, 60, what=f"{count} workers registered")
-
-
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -128,7 +120,7 @@ def main() -> None:
                  for i in range(args.clips)]
         with LocalFarm(work / "home", min_workers=args.workers, max_workers=args.workers,
                        scale_down_after_s=600) as farm:
-            wait_workers(farm, args.workers)
+            farm.wait_workers(args.workers)
             for rep in range(args.reps):
                 out = work / f"direct{rep}"
                 out.mkdir()
