@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from _common import (
     ONE_CHUNK_S,
     LocalFarm,
@@ -271,8 +272,6 @@ def pin_workers(farm: LocalFarm, per_worker: int, first: int) -> list[str]:
 
 def job_times(farm: LocalFarm, video_id: str) -> tuple[float, float]:
     """(chunk + audio jobs, finalize) run seconds from RQ's records of the finished jobs."""
-    import redis
-
     queue = Queue("cpu", connection=redis.Redis.from_url(farm.redis_url()))
     ids = [i for i in FinishedJobRegistry(queue=queue).get_job_ids() if i.startswith(video_id)]
     spans = {i: (job.ended_at - job.started_at).total_seconds()
