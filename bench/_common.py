@@ -33,8 +33,8 @@ from transcoder.command import (
     stitch_args,
 )
 from transcoder.job import first_frame, segment_seconds
-from transcoder.ladder import OutputPlan, output_fps, plan_outputs, poster_size, rungs_named
-from vidfarm.chunks import ChunkSpan, chunk_window, plan_chunks
+from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
+from vidfarm.chunks import ChunkSpan, chunk_window, output_fps, plan_chunks
 from vidfarm.jobs import chunk_name
 from vidfarm.localredis import free_port
 from vidfarm.presence import PREFIX
