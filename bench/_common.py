@@ -16,16 +16,38 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
+import redis
 
+from transcoder.command import (
+    X264,
+    Encoder,
+    audio_args,
+    chunk_args,
+    concat_list,
+    poster_args,
+    segment_args,
+    stitch_args,
+)
+from transcoder.job import first_frame, segment_seconds
+from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
+from vidfarm.chunks import ChunkSpan, chunk_window, output_fps, plan_chunks
+from vidfarm.jobs import chunk_name
 from vidfarm.localredis import free_port
+from vidfarm.presence import PREFIX
+from vidfarm.probe import SourceInfo, probe
+from vidfarm.settings import Settings
 from vidfarm.states import TERMINAL
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDFARM = [sys.executable, "-m", "vidfarm"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A chunk length no video reaches: the plan is then one chunk (what VIDFARM_CHUNK_SECONDS takes too;
+# infinity would not survive the rounding to whole GOPs).
+ONE_CHUNK_S = 1e9
 
 
 # -- clips --------------------------------------------------------------------------------------
@@ -42,6 +64,89 @@ def make_clip(path: Path, seconds: float, *, size: str = "1920x1080", rate: int 
     cmd += ["-c:v", "libx264", *encode, "-pix_fmt", "yuv420p", str(path)]
     subprocess.run(cmd, check=True)
     return path
+
+
+# -- the worker's ffmpeg commands, run directly -------------------------------------------------
+
+
+WHOLE_VIDEO = ChunkSpan(0, 0, None)  # the video as one chunk: frame 0 to the end
+
+
+def chunk_command(source: Path, info: SourceInfo, outputs: Sequence[tuple[OutputPlan, Path]], span: ChunkSpan,
+                  encoder: Encoder = X264) -> list[str]:
+    """The ffmpeg a chunk job runs for `span` (video only, every output from one decode), built
+    exactly as transcoder.job.ChunkAttempt builds it. For WHOLE_VIDEO the window is
+    `ChunkWindow(seek_s=0.0, grid_start_frame=<first frame>, skip_frames=0)`."""
+    fps = outputs[0][0].fps
+    window = chunk_window(span, fps, first_frame({"start_s": info.start_s}, fps), info.file_start_s)
+    return ["ffmpeg", *chunk_args(source, outputs, window=window, frames=span.frames, encoder=encoder,
+                                  deinterlace=info.interlaced, hdr_transfer=info.hdr_transfer)]
+
+
+def audio_command(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], target: Path) -> list[str]:
+    """The audio job's ffmpeg: the whole track once, lined up with the first frame (AudioAttempt)."""
+    fps = plans[0].fps
+    start_s = float(Fraction(first_frame({"start_s": info.start_s}, fps)) / fps)
+    return ["ffmpeg", *audio_args(source, target, start_s=start_s)]
+
+
+@dataclass(frozen=True)
+class GraphCommands:
+    """Every ffmpeg of one video's job graph, in the order the worker runs them; finalize's are split
+    into stitching (one MP4 per rung) and packaging (CMAF segments) so they can be timed apart."""
+
+    chunks: list[list[str]]
+    audio: list[list[str]]
+    stitch: list[list[str]]
+    package: list[list[str]]
+    poster: list[list[str]]
+    renditions: dict[str, Path]  # rung -> stitched MP4
+
+    @property
+    def all(self) -> list[list[str]]:
+        return [*self.chunks, *self.audio, *self.stitch, *self.package, *self.poster]
+
+
+def graph_commands(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], folder: Path, *,
+                   chunk_s: float, encoder: Encoder = X264) -> GraphCommands:
+    """The commands of transcoder.job for one video with `chunk_s` chunks, writing under `folder`
+    (created, with the concat lists the stitch reads)."""
+    spans = plan_chunks(info.duration_s, output_fps(info.fps), chunk_s)
+    parts = [folder / chunk_name(span.index) for span in spans]
+    chunks = []
+    for span, part in zip(spans, parts, strict=True):
+        part.mkdir(parents=True, exist_ok=True)
+        chunks.append(chunk_command(source, info, [(p, part / f"{p.name}.mp4") for p in plans], span, encoder))
+    audio = folder / "audio.m4a" if info.has_audio else None
+    stitch, package, renditions = [], [], {}
+    for plan in plans:
+        listing = folder / f"{plan.name}.txt"
+        listing.write_text(concat_list([part / f"{plan.name}.mp4" for part in parts]))
+        renditions[plan.name] = folder / f"{plan.name}.mp4"
+        stitch.append(["ffmpeg", *stitch_args(listing, audio, renditions[plan.name])])
+        package.append(_segment_command(renditions[plan.name], "v:0", folder / "stream" / plan.name, plans[0]))
+    if audio is not None:
+        package.append(_segment_command(audio, "a:0", folder / "stream" / "audio", plans[0]))
+    width, height = poster_size(info)
+    poster = ["ffmpeg", *poster_args(source, folder / "poster.jpg", at_s=min(info.duration_s * 0.1, 5.0),
+                                     width=width, height=height)]
+    return GraphCommands(chunks, [audio_command(source, info, plans, audio)] if audio else [], stitch, package,
+                         [poster], renditions)
+
+
+def _segment_command(media: Path, stream: str, folder: Path, plan: OutputPlan) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return ["ffmpeg", *segment_args(media, stream, folder, segment_seconds(plan))]
+
+
+def source_info(path: Path) -> SourceInfo:
+    """ffprobe as the API does, without its upload limits."""
+    return probe(path, max_duration_s=1e9, max_pixels=1 << 40)
+
+
+def ladder_plans(info: SourceInfo, rungs: Sequence[str] | None = None) -> list[OutputPlan]:
+    """The renditions a worker plans for this source; the farm's default ladder unless `rungs`."""
+    return plan_outputs(info, rungs_named(list(rungs) if rungs else Settings.from_env().ladder))
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -290,8 +395,9 @@ class LocalFarm:
     """`vidfarm up` as a subprocess with its own VIDFARM_HOME; stopped with SIGTERM, leaving no process."""
 
     def __init__(self, home: Path, *, min_workers: int, max_workers: int, scale_down_after_s: float,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.env = env or {}  # VIDFARM_ settings for this farm (the caller's own are never passed on)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [*VIDFARM, "up", "--port", str(self.port), "--min-workers", str(min_workers),
@@ -304,7 +410,7 @@ class LocalFarm:
     def start(self, timeout_s: float = 60) -> LocalFarm:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.args, env=farm_env(self.home), cwd=ROOT, stdout=log,
+            self.proc = subprocess.Popen(self.args, env=farm_env(self.home) | self.env, cwd=ROOT, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -340,6 +446,11 @@ class LocalFarm:
 
     def worker_pids(self) -> list[int]:
         return [pid for pid in descendants(self.pid) if is_worker(cmdline(pid))]
+
+    def wait_workers(self, count: int, timeout_s: float = 60) -> None:
+        """Until `count` workers have registered (presence hashes in Redis): ready to take jobs."""
+        conn = redis.Redis.from_url(self.redis_url())
+        wait_until(lambda: len(conn.keys(PREFIX + "*")) >= count, timeout_s, what=f"{count} workers registered")
 
     def stop(self, timeout_s: float = 120) -> None:
         """SIGTERM, wait, then check every process the farm had is gone (kill and record any that is not)."""

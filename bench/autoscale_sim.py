@@ -1,6 +1,6 @@
 """Trace-driven simulation: vidfarm's autoscaler vs a KEDA-like and an HPA-like policy.
 
-Run:  python bench/autoscale_sim.py [--seed 7] [--out bench/out]
+Run:  python bench/autoscale_sim.py [--seed 7] [--out bench/out] [--long-only]
 
 The vidfarm policy is not re-implemented here: the simulation drives the real `autoscaler.controller.
 Controller` (and so the real `policy.decide` and `backend.choose_victims`) through a simulated Backend.
@@ -21,6 +21,11 @@ period, else it is killed; RQ re-queues the abandoned job only after its heartbe
 maintenance pass runs (modelled as 90 s + uniform 0-600 s, see docs/design.md), and the work is redone.
 
 Time advances in 1 s ticks. Worker-seconds bill every pod from creation (start latency included) to exit.
+
+A second table (issue 13) replays long uploads (10-120 min) as the job graph vidfarm.jobs queues:
+the chunk jobs of the real chunk plan plus one audio job at upload, a finalize job once they are all
+done, one FIFO queue shared by every video. It compares 60 s chunks with one chunk per video for
+several max-worker settings, with the vidfarm policy only.
 """
 
 from __future__ import annotations
@@ -34,13 +39,17 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from _common import ONE_CHUNK_S  # noqa: E402  (bench/, next to this file)
+
 from autoscaler.backend import WorkerRef  # noqa: E402
 from autoscaler.controller import Controller  # noqa: E402
 from autoscaler.policy import PoolConfig, Snapshot  # noqa: E402
+from vidfarm.chunks import plan_chunks  # noqa: E402
 from vidfarm.states import WorkerState  # noqa: E402
 
 TICK_S = 1.0
@@ -95,6 +104,86 @@ def bursty_trace(rng: random.Random) -> list[Job]:
     return jobs
 
 
+# -- long uploads, split into chunks (issue 13) -----------------------------------------------------
+
+# Encode cost of the picture (every rung from one decode) in worker-seconds per source second. An
+# assumption, not a measurement: about real time for 1080p + 720p with x264 veryfast on one worker.
+# Only ratios between rows matter; it scales every time in the table alike.
+ENCODE_COST = 1.0
+AUDIO_COST = 0.02  # the whole AAC track once
+FINALIZE_COST = 0.01  # stream copy: stitch + package, a few % of the encode at most (issue 13 target 2 %)
+CHUNK_OVERHEAD_S = 1.0  # per chunk job: process start and decoding the warm-up before the chunk
+LONG_FPS = Fraction(30)
+
+
+@dataclass
+class Upload:
+    """One long video: its chunk and audio jobs are queued at upload; finalize when they are done."""
+
+    id: int
+    arrival: float
+    source_s: float
+    parts: list[Job]
+    finalize: Job
+    left: int = 0
+
+    def __post_init__(self) -> None:
+        self.left = len(self.parts)
+
+    @property
+    def ready_s(self) -> float | None:
+        done = self.finalize.finished_at
+        return None if done is None else done - self.arrival
+
+
+def long_arrivals(rng: random.Random) -> list[tuple[float, float]]:
+    """(arrival, source seconds): lectures and recordings, lognormal median 40 min, 10-120 min, one
+    every 15 min on average (about 3 busy workers of load at ENCODE_COST 1)."""
+    uploads = []
+    t = rng.expovariate(1 / 900.0)
+    while t < TRACE_S:
+        uploads.append((t, min(7200.0, max(600.0, rng.lognormvariate(math.log(2400.0), 0.5)))))
+        t += rng.expovariate(1 / 900.0)
+    return uploads
+
+
+def split_upload(index: int, arrival: float, source_s: float, chunk_s: float, next_id: int) -> Upload:
+    """The job graph vidfarm.jobs plans for one upload, with the real chunk plan (whole GOPs, the
+    last chunk absorbing the remainder, a video under two chunks as one)."""
+    spans = plan_chunks(source_s, LONG_FPS, chunk_s)
+    lengths = [float((s.frames or 0) / LONG_FPS) for s in spans[:-1]]
+    lengths.append(source_s - sum(lengths))
+    works = [n * ENCODE_COST + CHUNK_OVERHEAD_S for n in lengths] + [source_s * AUDIO_COST]
+    parts = [Job(next_id + i, arrival, w) for i, w in enumerate(works)]
+    finalize = Job(next_id + len(parts), math.inf, source_s * FINALIZE_COST)
+    return Upload(index, arrival, source_s, parts, finalize)
+
+
+def long_trace(rng: random.Random, chunk_s: float) -> tuple[list[Upload], list[Job]]:
+    uploads: list[Upload] = []
+    next_id = 0
+    for index, (arrival, source_s) in enumerate(long_arrivals(rng)):
+        uploads.append(split_upload(index, arrival, source_s, chunk_s, next_id))
+        next_id += len(uploads[-1].parts) + 1
+    return uploads, [job for u in uploads for job in u.parts]
+
+
+def finalize_when_done(uploads: Sequence[Upload], cluster: Cluster) -> Callable[[Job, float], None]:
+    """Cluster.on_finish: the last chunk or audio job of a video to end queues its finalize job."""
+    owner = {job.id: u for u in uploads for job in u.parts}
+
+    def on_finish(job: Job, now: float) -> None:
+        upload = owner.get(job.id)
+        if upload is None:
+            return
+        upload.left -= 1
+        if upload.left == 0:
+            upload.finalize.arrival = now
+            cluster.queue.append(upload.finalize)
+
+    return on_finish
+
+
 # -- the simulated cluster ------------------------------------------------------------------------
 
 
@@ -119,6 +208,7 @@ class Cluster:
     requeue: list[tuple[float, Job]] = field(default_factory=list)
     worker_seconds: float = 0.0
     kills: int = 0
+    on_finish: Callable[[Job, float], None] | None = None  # RQ's Dependency: queues a finalize job
     _next_pod: int = 0
 
     # state the policies read
@@ -170,8 +260,10 @@ class Cluster:
                 continue
             pod.job.remaining_s -= TICK_S
             if pod.job.remaining_s <= 0:
-                pod.job.finished_at = now
-                pod.job = None
+                done, pod.job = pod.job, None
+                done.finished_at = now
+                if self.on_finish is not None:
+                    self.on_finish(done, now)
 
     def _finish_terminations(self, now: float) -> None:
         survivors = []
@@ -373,14 +465,14 @@ class Result:
     series: dict[str, list[float]]
 
 
-def make_policy(name: str, cluster: Cluster) -> Policy:
+def make_policy(name: str, cluster: Cluster, max_replicas: int = MAX_REPLICAS) -> Policy:
     if name == "vidfarm":
-        config = PoolConfig("sim", ("cpu",), min_replicas=0, max_replicas=MAX_REPLICAS, scale_down_after_s=60.0)
+        config = PoolConfig("sim", ("cpu",), min_replicas=0, max_replicas=max_replicas, scale_down_after_s=60.0)
         return VidfarmPolicy(cluster, config)
     if name == "keda-like":
-        return KedaLike(MAX_REPLICAS)
+        return KedaLike(max_replicas)
     if name == "hpa-like":
-        return HpaLike(lambda c: float(len(c.queue) + c.running_jobs()), 1.0, 1, MAX_REPLICAS)
+        return HpaLike(lambda c: float(len(c.queue) + c.running_jobs()), 1.0, 1, max_replicas)
     raise ValueError(name)
 
 
@@ -396,12 +488,18 @@ def simulate(trace: str, latency: str, policy_name: str, seed: int) -> Result:
     jobs = TRACES[trace](random.Random(seed))  # same jobs for every policy
     cluster = Cluster(random.Random(seed + 1), LATENCIES[latency])
     policy = make_policy(policy_name, cluster)
+    series = run_trace(cluster, policy, jobs, TRACE_S + TAIL_S)
+    return _result(trace, latency, policy_name, jobs, cluster, series)
+
+
+def run_trace(cluster: Cluster, policy: Policy, jobs: Sequence[Job], horizon_s: float) -> dict[str, list[float]]:
+    """Tick the cluster and the policy until `horizon_s`; jobs arrive at their `arrival` time."""
     cluster.add_pods(policy.initial_replicas, now=-cluster.start_latency(cluster.rng))
     for pod in cluster.pods:
         pod.ready_at = 0.0
-    arrivals = deque(jobs)
+    arrivals = deque(sorted(jobs, key=lambda j: j.arrival))
     series: dict[str, list[float]] = {"t": [], "queued": [], "replicas": [], "busy": []}
-    for tick in range(int((TRACE_S + TAIL_S) / TICK_S)):
+    for tick in range(int(horizon_s / TICK_S)):
         now = tick * TICK_S
         arrived = []
         while arrivals and arrivals[0].arrival <= now:
@@ -410,7 +508,7 @@ def simulate(trace: str, latency: str, policy_name: str, seed: int) -> Result:
         policy.act(now, cluster, woke=bool(arrived))
         cluster.dispatch(now)  # a worker that just became free or ready takes work in the same tick
         _record(series, now, cluster)
-    return _result(trace, latency, policy_name, jobs, cluster, series)
+    return series
 
 
 def _record(series: dict[str, list[float]], now: float, cluster: Cluster) -> None:
@@ -459,6 +557,61 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+LONG_LATENCY = "pod 20-40s"
+LONG_TAIL_S = 4 * 3600  # long videos on a small pool need hours to drain: bill every row alike
+LONG_MAX_WORKERS = (2, 4, 8, 16, 32)
+LONG_CHUNKS: dict[str, float] = {"one chunk": ONE_CHUNK_S, "60 s chunks": 60.0}
+
+
+@dataclass
+class LongResult:
+    chunking: str
+    max_workers: int
+    videos: int
+    jobs: int
+    p50_ready_s: float
+    p95_ready_s: float
+    peak_replicas: int
+    worker_s: float
+    killed: int
+    unfinished: int
+
+
+def simulate_long(chunking: str, max_workers: int, seed: int) -> LongResult:
+    """The long-upload trace through the real controller (vidfarm policy only)."""
+    uploads, jobs = long_trace(random.Random(seed), LONG_CHUNKS[chunking])
+    cluster = Cluster(random.Random(seed + 1), LATENCIES[LONG_LATENCY])
+    cluster.on_finish = finalize_when_done(uploads, cluster)
+    series = run_trace(cluster, make_policy("vidfarm", cluster, max_workers), jobs, TRACE_S + LONG_TAIL_S)
+    ready = [u.ready_s for u in uploads if u.ready_s is not None]
+    return LongResult(
+        chunking=chunking,
+        max_workers=max_workers,
+        videos=len(uploads),
+        jobs=len(jobs) + len(uploads),
+        p50_ready_s=_percentile(ready, 50),
+        p95_ready_s=_percentile(ready, 95),
+        peak_replicas=int(max(series["replicas"])),
+        worker_s=cluster.worker_seconds,
+        killed=cluster.kills,
+        unfinished=len(uploads) - len(ready),
+    )
+
+
+def format_long_table(results: Sequence[LongResult]) -> str:
+    header = (
+        "| chunking | max workers | videos | jobs | p50 upload->ready min | p95 upload->ready min | "
+        "peak replicas | worker-hours | jobs killed | unfinished |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    rows = [
+        f"| {r.chunking} | {r.max_workers} | {r.videos} | {r.jobs} | {r.p50_ready_s / 60:.1f} | "
+        f"{r.p95_ready_s / 60:.1f} | {r.peak_replicas} | {r.worker_s / 3600:.1f} | {r.killed} | {r.unfinished} |"
+        for r in results
+    ]
+    return "\n".join([header, rule, *rows])
+
+
 def plot(results: Sequence[Result], trace: str, latency: str, out: Path) -> list[Path]:
     import matplotlib
 
@@ -491,17 +644,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--long-only", action="store_true", help="only the long uploads split into chunks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)  # the controller logs every change at INFO
 
+    if args.long_only:
+        return print_long(args.seed)
     results = [
         simulate(trace, latency, policy, args.seed) for trace in TRACES for latency in LATENCIES for policy in POLICIES
     ]
     print(format_table(results))
+    print()
+    print_long(args.seed)
     if not args.no_plot:
         args.out.mkdir(parents=True, exist_ok=True)
         for path in plot(results, "bursty", "pod 20-40s", args.out):
             print(f"plot: {path}")
+    return 0
+
+
+def print_long(seed: int) -> int:
+    results = [simulate_long(c, m, seed) for c in LONG_CHUNKS for m in LONG_MAX_WORKERS]
+    print(f"long uploads split into chunks (vidfarm policy, worker start {LONG_LATENCY}):")
+    print(format_long_table(results))
     return 0
 
 

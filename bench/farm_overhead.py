@@ -5,8 +5,12 @@ K workers already up; every clip is uploaded over HTTP, then we wait until all a
 from the first upload's start to the last `ready` seen (status polled every 50 ms); upload time is
 shown apart, and the CPU seconds of the whole farm process tree (API, Redis, autoscaler, workers
 and their ffmpegs) over the batch, which a noisy shared box disturbs much less than wall time.
-Direct: for each clip the worker's two ffmpeg commands (the ladder transcode built by
-`transcode_args` and the poster built by `poster_args`), K clips at a time in a thread pool.
+Direct: for each clip every ffmpeg the worker runs for its job graph (issue 13), built by the same
+builders: the chunk job (`chunk_args`; these clips are one chunk), the audio job (`audio_args`), and
+finalize's stream copies (`stitch_args` per rung, `segment_args` per rung and for the audio) and
+poster (`poster_args`), one after the other per clip, K clips at a time in a thread pool. (The farm
+may run a clip's chunk and audio jobs on two workers at once; over a batch of clips both sides keep
+K ffmpegs busy.)
 
     python bench/farm_overhead.py --clips 8 --seconds 10 --workers 2 --reps 3
 """
@@ -21,26 +25,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from _common import (
     LocalFarm,
     cpu_by_role,
+    graph_commands,
+    ladder_plans,
     machine,
     make_clip,
     median,
+    source_info,
     table,
     temp_dir,
     tree_cpu_s,
     upload_file,
     wait_terminal,
-    wait_until,
 )
 
-from transcoder.command import X264, poster_args, transcode_args
-from transcoder.ladder import plan_outputs, poster_size, rungs_named
-from vidfarm.presence import PREFIX
-from vidfarm.probe import probe
-from vidfarm.settings import Settings
+from vidfarm.chunks import DEFAULT_CHUNK_SECONDS
 from vidfarm.states import VideoStatus
 
 
@@ -66,16 +67,10 @@ class Side:
 
 
 def worker_commands(source: Path, out: Path) -> list[list[str]]:
-    """What a worker runs for one video with the default ladder: the transcode, then the poster."""
-    info = probe(source, max_duration_s=1e9, max_pixels=1 << 40)
-    plans = plan_outputs(info, rungs_named(Settings.from_env().ladder))
-    outputs = [(plan, out / f"{source.stem}-{plan.name}.mp4") for plan in plans]
-    width, height = poster_size(info)
-    at_s = min(info.duration_s * 0.1, 5.0)
-    return [
-        ["ffmpeg", *transcode_args(source, outputs, has_audio=info.has_audio, encoder=X264)],
-        ["ffmpeg", *poster_args(source, out / f"{source.stem}.jpg", at_s=at_s, width=width, height=height)],
-    ]
+    """What the workers run for one video with the default ladder and chunk length (the farm's
+    defaults: `farm_env` passes no VIDFARM_ setting)."""
+    info = source_info(source)
+    return graph_commands(source, info, ladder_plans(info), out / source.stem, chunk_s=DEFAULT_CHUNK_SECONDS).all
 
 
 def children_cpu_s() -> float:
@@ -114,11 +109,6 @@ def run_farm(farm: LocalFarm, clips: list[Path]) -> Side:
     return Side(max(at for _, at in seen.values()) - started, cpu, uploaded, roles)
 
 
-def wait_workers(farm: LocalFarm, count: int) -> None:
-    conn = redis.Redis.from_url(farm.redis_url())
-    wait_until(lambda: len(conn.keys(PREFIX + "*")) >= count, 60, what=f"{count} workers registered")
-
-
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -131,7 +121,7 @@ def main() -> None:
                  for i in range(args.clips)]
         with LocalFarm(work / "home", min_workers=args.workers, max_workers=args.workers,
                        scale_down_after_s=600) as farm:
-            wait_workers(farm, args.workers)
+            farm.wait_workers(args.workers)
             for rep in range(args.reps):
                 out = work / f"direct{rep}"
                 out.mkdir()
@@ -151,8 +141,9 @@ def report(args: argparse.Namespace, direct: list[Side], farm_runs: list[Side]) 
     wall = [100 * (f.wall_s / d.wall_s - 1) for d, f in pairs]
     cpu = [100 * (f.cpu_s / d.cpu_s - 1) for d, f in pairs]
     print()
-    print(f"batch: {args.clips} clips {args.size}@30 {args.seconds:g} s testsrc2+sine, ladder 1080p+720p + poster, "
-          f"x264 veryfast, K={args.workers}; {args.reps} reps, order alternating; {machine()}")
+    print(f"batch: {args.clips} clips {args.size}@30 {args.seconds:g} s testsrc2+sine, ladder 1080p+720p "
+          f"(chunk + audio + stitch + HLS/DASH segments + poster), x264 veryfast, K={args.workers}; "
+          f"{args.reps} reps, order alternating; {machine()}")
     print()
     rows = [[i + 1, d.wall_s, f.wall_s, f.upload_s, w, d.cpu_s, f.cpu_s, c]
             for i, ((d, f), w, c) in enumerate(zip(pairs, wall, cpu, strict=True))]

@@ -1,8 +1,10 @@
 """One ffmpeg decoding once and `split`ting into every rendition vs one ffmpeg per rendition.
 
-Both sides use exactly the arguments `transcoder.command.transcode_args` builds (x264, the farm's
-ladder); the per-rendition side calls it with one output at a time. Each ffmpeg's own CPU time comes
-from wait4; the order of the two sides alternates between repetitions.
+Both sides run exactly the command a chunk job builds (`transcoder.command.chunk_args`, x264, the
+farm's ladder) for the whole video as one chunk; the per-rendition side builds it with one output at
+a time. Picture only: since issue 13 the audio is its own job, encoded once whatever the rungs, so
+neither side encodes it. Each ffmpeg's own CPU time comes from wait4; the order of the two sides
+alternates between repetitions.
 
     python bench/one_decode.py --seconds 20 --reps 5 --rungs 1080p,720p
 """
@@ -12,11 +14,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import Measure, machine, make_clip, median, run_measured, table, temp_dir
+from _common import (
+    WHOLE_VIDEO,
+    Measure,
+    chunk_command,
+    ladder_plans,
+    machine,
+    make_clip,
+    median,
+    run_measured,
+    source_info,
+    table,
+    temp_dir,
+)
 
-from transcoder.command import X264, transcode_args
-from transcoder.ladder import OutputPlan, plan_outputs, rungs_named
-from vidfarm.probe import SourceInfo, probe
+from transcoder.ladder import OutputPlan
+from vidfarm.probe import SourceInfo
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,18 +45,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def ffmpeg_cmd(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan, Path]]) -> list[str]:
-    return ["ffmpeg", *transcode_args(source, outputs, has_audio=info.has_audio, encoder=X264)]
-
-
 def run_split(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan, Path]]) -> Measure:
-    return run_measured(ffmpeg_cmd(source, info, outputs))
+    return run_measured(chunk_command(source, info, outputs, WHOLE_VIDEO))
 
 
 def run_separate(source: Path, info: SourceInfo, outputs: list[tuple[OutputPlan, Path]]) -> Measure:
     total = Measure(0.0, 0.0)
     for output in outputs:
-        total = total + run_measured(ffmpeg_cmd(source, info, [output]))
+        total = total + run_measured(chunk_command(source, info, [output], WHOLE_VIDEO))
     return total
 
 
@@ -52,8 +61,8 @@ def main() -> None:
     with temp_dir("bench-one-decode-") as work:
         source = make_clip(work / "source.mp4", args.seconds, size=args.size, rate=args.rate,
                            encode=args.source_encode.split())
-        info = probe(source, max_duration_s=1e9, max_pixels=1 << 40)
-        plans = plan_outputs(info, rungs_named(args.rungs.split(",")))
+        info = source_info(source)
+        plans = ladder_plans(info, args.rungs.split(","))
         outputs = [(plan, work / f"out-{plan.name}.mp4") for plan in plans]
         split: list[Measure] = []
         separate: list[Measure] = []
@@ -71,7 +80,8 @@ def report(args: argparse.Namespace, plans: list[OutputPlan], split: list[Measur
     wall_ratios = [s.wall_s / o.wall_s for s, o in zip(separate, split, strict=True)]
     print()
     print(f"clip: {args.size}@{args.rate} {args.seconds:g} s testsrc2+sine (x264 {args.source_encode}); renditions: "
-          f"{', '.join(f'{p.name} {p.width}x{p.height}' for p in plans)}; x264 veryfast; {args.reps} reps; "
+          f"{', '.join(f'{p.name} {p.width}x{p.height}' for p in plans)} (picture only); x264 veryfast; "
+          f"{args.reps} reps; "
           f"{machine()}")
     print()
     print(table(
