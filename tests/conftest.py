@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ import uvicorn
 
 from vidfarm.farm import Farm
 from vidfarm.localredis import LocalRedis, free_port
+from vidfarm.reconciler import Reconciler
 from vidfarm.settings import Settings
 from vidfarm.states import TERMINAL, VideoStatus
 
@@ -277,3 +279,31 @@ def process_gone(pid: int) -> bool:
     except OSError:
         return True
     return state == "Z"  # a zombie has stopped running; only its parent's wait is missing
+
+
+@contextlib.contextmanager
+def reconciling(farm: Farm, every_s: float = 0.5) -> Iterator[list[Exception]]:
+    """The reconciler loop `vidfarm up` runs, in a thread; yields the errors its passes raised."""
+    stop, errors = threading.Event(), []
+
+    def loop() -> None:
+        reconciler = Reconciler(farm)
+        while not stop.wait(every_s):
+            try:
+                reconciler.step()
+            except Exception as exc:  # noqa: BLE001 - Redis or the database may be away on purpose
+                errors.append(exc)
+
+    thread = threading.Thread(target=loop, name="reconciler", daemon=True)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def reconciler(farm) -> Iterator[list[Exception]]:
+    with reconciling(farm) as errors:
+        yield errors

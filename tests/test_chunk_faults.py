@@ -14,8 +14,8 @@ import pytest
 import redis
 from rq import Queue
 
-from tests.conftest import upload, wait_for
-from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, reconciler, video, wait_until  # noqa: F401
+from tests.conftest import upload, wait_for, wait_until
+from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, video
 from transcoder import job as job_module
 from vidfarm.jobs import new_job_id
 

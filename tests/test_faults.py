@@ -37,6 +37,7 @@ from tests.conftest import (
     ffprobe,
     pg_available,
     process_gone,
+    reconciling,
     upload,
     wait_for,
     wait_until,
@@ -45,7 +46,6 @@ from vidfarm import presence
 from vidfarm.catalog import Catalog
 from vidfarm.farm import Farm
 from vidfarm.localredis import LocalRedis, free_port
-from vidfarm.reconciler import Reconciler
 
 HEARTBEAT_TTL_S = 5
 
@@ -87,34 +87,6 @@ def fault_clips(tmp_path_factory) -> dict[str, Path]:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def reconciling(farm: Farm, every_s: float = 0.5) -> Iterator[list[Exception]]:
-    """The reconciler loop `vidfarm up` runs, in a thread; yields the errors its passes raised."""
-    stop, errors = threading.Event(), []
-
-    def loop() -> None:
-        reconciler = Reconciler(farm)
-        while not stop.wait(every_s):
-            try:
-                reconciler.step()
-            except Exception as exc:  # noqa: BLE001 - Redis or the database may be away on purpose
-                errors.append(exc)
-
-    thread = threading.Thread(target=loop, name="reconciler", daemon=True)
-    thread.start()
-    try:
-        yield errors
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
-@pytest.fixture
-def reconciler(farm) -> Iterator[list[Exception]]:
-    with reconciling(farm) as errors:
-        yield errors
 
 
 def ffmpeg_pids(marker: str) -> list[int]:

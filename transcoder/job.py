@@ -38,7 +38,7 @@ from transcoder.command import (
     stitch_args,
 )
 from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
-from transcoder.runner import Canceled, FfmpegError, FfmpegStalled, run_ffmpeg
+from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
 from vidfarm import cancel, events, metrics
 from vidfarm.catalog import (
     ACTIVE,
@@ -180,10 +180,18 @@ class TaskAttempt:
                 self.discard()
                 raise
             return self.fail("storage_error", f"storage error: {exc.strerror}")
+        except FfmpegKilled as exc:
+            # Killed from outside (the OOM killer, an operator): not the input's fault, so it runs
+            # again; at the task's last attempt the video fails with the real reason instead.
+            if task["attempts"] >= self.farm.settings.max_attempts:
+                return self.fail("killed", str(exc))
+            log.warning("video %s: %s: %s; it will run again", self.video_id, self.task_name, exc)
+            self.discard()
+            raise
         except BaseException:
-            # Transient (database, Redis, a signal, ffmpeg killed from outside): this attempt's files
-            # are dropped, the task stays `running` and the reconciler runs it again once this worker
-            # is no longer on it. The reconciler counts the retry (it also sees workers that died).
+            # Transient (database, Redis, a signal): this attempt's files are dropped, the task stays
+            # `running` and the reconciler runs it again once this worker is no longer on it. The
+            # reconciler counts the retry (it also sees workers that died).
             self.discard()
             raise
         return self.record(video, result)

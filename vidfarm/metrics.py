@@ -31,7 +31,7 @@ WORKERS = Gauge("vidfarm_workers", "Workers by pool and state.", ["pool", "state
 
 # Known label values start at zero, so dashboards show a flat line instead of "no data" until the
 # first failure (and rate() has a series to work on).
-FAILURE_REASONS = ("media_error", "truncated", "stalled", "timeout", "storage_error", "worker_lost")
+FAILURE_REASONS = ("media_error", "truncated", "stalled", "timeout", "storage_error", "worker_lost", "killed")
 for _reason in FAILURE_REASONS:
     FAILURES.labels(_reason)
 for _result in ("accepted", "rejected"):
