@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -154,3 +155,19 @@ def test_a_rerun_racing_a_slow_original_cannot_corrupt_the_chunk(long_clip, http
     assert not original.folder.exists()
     assert packet_hashes(farm.storage.work_dir(video_id, rerun_id) / f"{RUNG}.mp4") == rerun_files
     assert video(http, video_id)["status"] == "processing"
+
+
+def test_delete_mid_transcode_removes_every_job_and_every_file(long_clip, http, farm, settings, start_worker):
+    start_worker()
+    video_id = upload(http, long_clip).json()["id"]
+    wait_until(lambda: len(done_chunks(farm, video_id)) >= 1, 90, "a chunk done")
+    assert http.delete(f"/v1/videos/{video_id}").status_code == 204
+    # No job of the graph is left to run: queued chunks, audio, and finalize waiting on them.
+    queue = Queue("cpu", connection=farm.rq_redis)
+    assert queue.count == 0 and queue.deferred_job_registry.count == 0
+    wait_until(lambda: not ffmpeg_pids(video_id), 10, "the running chunk's ffmpeg to stop")
+    folder = settings.storage_dir / "videos" / video_id
+    wait_until(lambda: not folder.exists(), 10, "the video's files removed")
+    time.sleep(2)  # a chunk that was running when DELETE came must not write anything back
+    assert not folder.exists()
+    assert video(http, video_id)["status"] == "canceled"
