@@ -19,7 +19,17 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import API_KEY, ROOT, FarmUp, make_clip, process_gone, settings_env, upload, wait_for
+from tests.conftest import (
+    API_KEY,
+    ROOT,
+    FarmUp,
+    make_clip,
+    process_gone,
+    settings_env,
+    upload,
+    wait_for,
+    wait_until,
+)
 from tests.test_faults import descendants, ffmpeg_pids
 from vidfarm.localredis import free_port
 from vidfarm.settings import Settings
@@ -72,15 +82,6 @@ class Up:
             self.proc.terminate()
             self.proc.wait(timeout=60)
         self.http.close()
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture
@@ -141,6 +142,9 @@ def test_killed_api_is_back_within_5_s_and_takes_uploads(start_up, clips):
     api = up.child("vidfarm api")
     os.kill(api, signal.SIGKILL)
     killed_at = time.monotonic()
+    # kill() returns before the process is gone: until then it may still accept a connection and
+    # take it down with it.
+    wait_until(lambda: process_gone(api), 5, "the API process to be gone")
     # The port stays open in `up` while the API restarts: a new connection waits for it, it is not
     # refused (a kept-alive one died with the old process).
     with up.client() as fresh:

@@ -143,7 +143,9 @@ def audio_args(source: Path, target: Path, *, start_s: float) -> list[str]:
 
 def stitch_args(concat_list: Path, audio: Path | None, target: Path) -> list[str]:
     """Stream copy: the rung's chunks one after another, plus the audio track, as one MP4."""
-    picture = ffmpeg.input(str(concat_list), f="concat", safe=0)
+    # auto_convert off: packets are copied byte for byte (every chunk of a rung has the same SPS/PPS,
+    # so none need the parameter sets repeated in band, which the conversion would add to each IDR).
+    picture = ffmpeg.input(str(concat_list), f="concat", safe=0, auto_convert=0)
     streams = [picture["v:0"]] + ([ffmpeg.input(str(audio))["a:0"]] if audio else [])
     out = ffmpeg.output(*streams, str(target), format="mp4", c="copy", movflags="+faststart")
     return out.global_args(*QUIET).overwrite_output().get_args()
