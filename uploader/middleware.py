@@ -1,4 +1,4 @@
-"""HTTP middleware of the API: a bound on header bytes, and request latency for Prometheus."""
+"""HTTP middleware of the API: a bound on header bytes, request latency for Prometheus, the tus version."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request, Response
 
 from uploader.errors import error_response
-from vidfarm import metrics
+from vidfarm import metrics, tus
 
 MAX_HEADER_BYTES = 32 * 1024
 
@@ -34,5 +34,13 @@ async def observe_latency(request: Request, call_next: Next) -> Response:
     return response
 
 
+async def tus_resumable(request: Request, call_next: Next) -> Response:
+    """tus clients look for the protocol version on every answer of the upload routes, errors included."""
+    response = await call_next(request)
+    if request.url.path.startswith("/v1/uploads"):
+        response.headers.setdefault("Tus-Resumable", tus.VERSION)
+    return response
+
+
 # Outermost last: latency covers the whole request, the 431 included.
-MIDDLEWARE = (limit_header_size, observe_latency)
+MIDDLEWARE = (tus_resumable, limit_header_size, observe_latency)

@@ -30,7 +30,7 @@ class Received:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def _too_large(limit: int) -> ApiError:
+def too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large", f"the upload is larger than the limit of {limit} bytes")
 
 
@@ -45,7 +45,7 @@ class _Sink:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise _too_large(self.limit)
+            raise too_large(self.limit)
         self.out.write(data)
 
 
@@ -109,17 +109,19 @@ class _MultipartUpload:
             self.fields[self._part_name] = self._value.decode("utf-8", errors="replace")
 
 
-def _declared_length(request: Request, limit: int) -> None:
+def check_declared_length(request: Request, allowed: int, limit: int) -> None:
+    """Refuse before reading a body whose Content-Length says it is over `allowed` bytes (413 naming
+    the `limit` the user knows of)."""
     raw = request.headers.get("content-length")
     if raw is None:
         return
     if not raw.isdigit():
         raise ApiError(400, "bad_request", "invalid Content-Length header")
-    if int(raw) > limit + MAX_FIELD_BYTES:
-        raise _too_large(limit)
+    if int(raw) > allowed:
+        raise too_large(limit)
 
 
-async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
     """The body as it arrives. A client that sends nothing for `idle_timeout_s` is given up on: a dead
     peer is not always reported as a disconnect, and a trickling one would hold its slot forever."""
     body = request.stream().__aiter__()
@@ -135,7 +137,7 @@ async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[byte
 
 
 async def receive_upload(request: Request, target: Path, limit: int, idle_timeout_s: float = 60.0) -> Received:
-    _declared_length(request, limit)
+    check_declared_length(request, limit + MAX_FIELD_BYTES, limit)
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type = content_type.decode("latin-1").lower()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +145,9 @@ async def receive_upload(request: Request, target: Path, limit: int, idle_timeou
         with target.open("wb") as out:
             sink = _Sink(out, limit)
             if content_type == "multipart/form-data":
-                received = await _receive_multipart(_chunks(request, idle_timeout_s), sink, params.get(b"boundary"))
+                received = await _receive_multipart(body_chunks(request, idle_timeout_s), sink, params.get(b"boundary"))
             elif content_type.startswith("video/") or content_type == "application/octet-stream":
-                async for chunk in _chunks(request, idle_timeout_s):
+                async for chunk in body_chunks(request, idle_timeout_s):
                     sink.write(chunk)
                 received = Received(request.query_params.get("filename") or "upload", sink.size)
             else:

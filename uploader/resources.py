@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from uploader.playback import playback_urls
+from vidfarm import tus
 from vidfarm.catalog import VideoRow
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus, WorkerState
@@ -47,6 +48,14 @@ class PlaybackOut(BaseModel):
     expires_at: int
 
 
+class UploadOut(BaseModel):
+    """A resumable upload still receiving bytes (status `uploading`)."""
+
+    received_bytes: int
+    length_bytes: int
+    expires_at: str
+
+
 class VideoOut(BaseModel):
     id: str
     status: VideoStatus
@@ -57,6 +66,7 @@ class VideoOut(BaseModel):
     renditions: list[RenditionOut]
     poster_url: str | None
     playback: PlaybackOut | None = None
+    upload: UploadOut | None = None
     created_at: str
     updated_at: str
 
@@ -114,6 +124,17 @@ def video_resource(video: VideoRow, base_url: str, settings: Settings) -> dict[s
         ] if ready else [],
         "poster_url": f"{prefix}/poster.jpg" if ready and video["has_poster"] else None,
         "playback": playback_urls(settings, video, base_url),
+        "upload": _upload(video, settings),
         "created_at": video["created_at"],
         "updated_at": video["updated_at"],
+    }
+
+
+def _upload(video: VideoRow, settings: Settings) -> dict[str, Any] | None:
+    if video["status"] != VideoStatus.UPLOADING:
+        return None
+    return {
+        "received_bytes": video["received_bytes"] or 0,
+        "length_bytes": video["size_bytes"],
+        "expires_at": tus.expires_at(video, settings.tus_expiry_s).isoformat(),
     }

@@ -91,6 +91,8 @@ class Video(Base):
     file_start_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     total_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)  # planned; exact once ready
     has_stream: Mapped[int] = mapped_column(Integer, default=0)  # HLS + DASH package published
+    # Bytes of a resumable upload received so far, as of its last PATCH (the partial file is the truth).
+    received_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 # Task states. A task is one RQ job of a video's graph: a chunk of the picture, the audio, or the
@@ -159,6 +161,7 @@ class VideoRow(TypedDict):
     file_start_s: float | None
     total_frames: int | None
     has_stream: int
+    received_bytes: int | None
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -353,6 +356,23 @@ class Catalog:
             if tasks:
                 conn.execute(Task.__table__.insert(), _task_rows(fields["id"], tasks, now))
         return self.get(fields["id"], cached=False)  # type: ignore[return-value]
+
+    def fill(self, video_id: str, *, was: VideoStatus, tasks: Sequence[dict[str, Any]] = (),
+             **fields: Any) -> VideoRow | None:
+        """`create` for a row that already exists in status `was` (a resumable upload whose last byte
+        just arrived): row and task graph in one transaction, and only if the row is still `was`
+        (terminated or expired meanwhile: None, nothing written)."""
+        now = utcnow()
+        fields.setdefault("updated_at", now)
+        stmt = update(Video).where(Video.id == video_id, Video.status == was).values(**fields)
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            if not conn.execute(stmt).rowcount:
+                return None
+            if tasks:
+                conn.execute(Task.__table__.insert(), _task_rows(video_id, tasks, now))
+        self._cache_drop(video_id)
+        return self.get(video_id, cached=False)
 
     def add_tasks(self, video_id: str, tasks: Sequence[dict[str, Any]]) -> None:
         """A plan for a video accepted before chunked encoding existed (an upgrade in place)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -214,16 +215,23 @@ def _api_call(fn, *args, **kwargs):
 @click.option("--wait", is_flag=True, help="Wait for the transcode, with a progress bar.")
 @click.option("--renditions", default=None, help="Comma-separated rungs (e.g. 720p); default: all.")
 @click.option("--queue", default=None, help="Queue (worker pool) to run on, e.g. gpu; default: the server's.")
+@click.option("--resumable-above", envvar="VIDFARM_RESUMABLE_ABOVE", default=64 * 1024 * 1024, show_default=True,
+              type=click.IntRange(0), help="Files larger than this many bytes go up resumably (tus), in chunks, "
+                                           "resuming after a dropped connection.")
+@click.option("--chunk-size", envvar="VIDFARM_TUS_CHUNK_BYTES", default=64 * 1024 * 1024, show_default=True,
+              type=click.IntRange(1), help="Bytes per request of a resumable upload.")
 @client_options
-def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, url: str, api_key: str | None) -> None:
+def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, resumable_above: int,
+           chunk_size: int, url: str, api_key: str | None) -> None:
     """Upload a video file.
 
     Prints the video id; with --wait, follows the transcode and prints the rendition URLs.
     """
     client = make_client(url, api_key)
-    with click.progressbar(length=file.stat().st_size, label="upload   ", file=sys.stderr,
-                           show_pos=False, show_percent=True) as bar:
-        video = _api_call(client.upload, file, bar.update, renditions, queue)
+    size = file.stat().st_size
+    send = partial(client.upload_resumable, chunk_size=chunk_size) if size > resumable_above else client.upload
+    with click.progressbar(length=size, label="upload   ", file=sys.stderr, show_pos=False, show_percent=True) as bar:
+        video = _api_call(send, file, bar.update, renditions, queue)
     click.echo(video["id"])
     if wait:
         video = wait_with_bar(client, video["id"])

@@ -20,7 +20,7 @@ from typing import Any
 
 from rq.job import Job, JobStatus
 
-from vidfarm import events, metrics, presence
+from vidfarm import events, metrics, presence, tus
 from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
 from vidfarm.farm import Farm
 from vidfarm.jobs import (
@@ -60,6 +60,7 @@ class Reconciler:
             fixed += self._repair(video, tasks, working)
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
         self._sweep_abandoned_uploads()
+        tus.sweep_expired(self.farm)
         return fixed
 
     def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
@@ -125,11 +126,12 @@ class Reconciler:
 
     def _sweep_abandoned_uploads(self) -> None:
         """Partial uploads nobody writes to any more: their API process died mid-upload. A live
-        upload touches its file at least every idle timeout, or the API gives up on it itself."""
+        upload touches its file at least every idle timeout, or the API gives up on it itself.
+        A resumable upload waits for its client far longer: its expiry is `tus.sweep_expired`'s."""
         cutoff = time.time() - (2 * self.farm.settings.upload_idle_timeout_s + 60)
         for part in self.farm.storage.incoming.glob("*.part"):
             with contextlib.suppress(FileNotFoundError):
-                if part.stat().st_mtime < cutoff:
+                if part.stat().st_mtime < cutoff and not tus.is_resumable(self.farm, part.stem):
                     part.unlink()
                     log.info("removed abandoned partial upload %s", part.name)
 

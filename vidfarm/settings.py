@@ -80,6 +80,8 @@ class Settings:
     # Playback URLs carry a token signed with this secret, valid this long.
     playback_secret: str = ""
     playback_ttl_s: int = 6 * 3600
+    # A resumable (tus) upload nobody has written to for this long is given up and its bytes removed.
+    tus_expiry_s: float = 24 * 3600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -115,6 +117,7 @@ class Settings:
             chunk_seconds=_env_float("VIDFARM_CHUNK_SECONDS", 60.0),
             playback_secret=_playback_secret(home),
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
+            tus_expiry_s=_env_float("VIDFARM_TUS_EXPIRY_S", 24 * 3600.0),
         )
 
     def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -141,6 +144,7 @@ class Settings:
             "VIDFARM_CHUNK_SECONDS": str(self.chunk_seconds),
             "VIDFARM_PLAYBACK_SECRET": self.playback_secret,
             "VIDFARM_PLAYBACK_TTL_S": str(self.playback_ttl_s),
+            "VIDFARM_TUS_EXPIRY_S": str(self.tus_expiry_s),
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)

@@ -13,6 +13,7 @@ from enum import StrEnum
 class VideoStatus(StrEnum):
     """Where a video is in its life, as the catalog records it and the API shows it."""
 
+    UPLOADING = "uploading"  # a resumable (tus) upload still receiving bytes: not yet work for anyone
     QUEUED = "queued"
     PROCESSING = "processing"
     READY = "ready"
@@ -20,7 +21,8 @@ class VideoStatus(StrEnum):
     CANCELED = "canceled"
 
 
-# A tuple, not a set: the catalog's compare-and-set reads a tuple as "one of".
+# A tuple, not a set: the catalog's compare-and-set reads a tuple as "one of". `uploading` is in
+# neither: the reconciler must not plan or re-queue a video whose source has not fully arrived.
 ACTIVE = (VideoStatus.QUEUED, VideoStatus.PROCESSING)
 TERMINAL = frozenset({VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED})
 

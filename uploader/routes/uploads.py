@@ -1,9 +1,13 @@
-"""`POST /v1/videos`: receive, probe, record and queue one upload."""
+"""`POST /v1/videos`: receive, probe, record and queue one upload.
+
+`admit` is the path from a stored file to a queued video; resumable uploads (`tus.py`) take it too."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -61,39 +65,65 @@ _UPLOAD_BODY_DOC = {
 async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[str, Any]:
     started = time.perf_counter()
     video_id = new_video_id()
+    settings = farm.settings
     try:
-        video, received = await _accept(request, farm, tenant, video_id)
-    except ProbeError as exc:
-        _rejected(farm.storage, video_id)
-        raise ApiError(422, exc.code, exc.message) from exc
+        received = await receive_upload(request, farm.storage.incoming_path(video_id), settings.max_upload_bytes,
+                                        settings.upload_idle_timeout_s)
+        video = await admit(farm, Upload(
+            video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
+            renditions=_form_or_query(request, received, "renditions"),
+            queue=_form_or_query(request, received, "queue"),
+        ))
     except BaseException:
-        _rejected(farm.storage, video_id)
+        rejected(farm.storage, video_id)
         raise
+    metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
+    return video_resource(video, str(request.base_url), settings)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file that has fully arrived at `Storage.incoming_path(video_id)`, and what was asked of it."""
+
+    video_id: str
+    tenant: str
+    filename: str
+    size_bytes: int
+    renditions: str | None
+    queue: str | None
+
+
+async def admit(farm: Farm, upload: Upload, *, was: VideoStatus | None = None) -> VideoRow:
+    """The one way an upload becomes a video, for `POST /v1/videos` and a tus upload's last PATCH alike:
+    check what was asked, probe the file, move it into its video folder, record the video as queued with
+    its task graph (filling in the `was` row a resumable upload created), queue it.
+
+    Raises ApiError (422 for a file that is not a video we accept); the caller removes what is left."""
+    settings, storage = farm.settings, farm.storage
+    wanted = renditions_asked(upload.renditions, settings.ladder)
+    queue = queue_asked(upload.queue, settings)
+    try:
+        source = await run_in_threadpool(probe, storage.incoming_path(upload.video_id),
+                                         max_duration_s=settings.max_duration_s, max_pixels=settings.max_pixels)
+    except ProbeError as exc:
+        raise ApiError(422, exc.code, exc.message) from exc
+    await run_in_threadpool(storage.promote_upload, upload.video_id)
+    fields = {
+        "tenant": upload.tenant, "status": VideoStatus.QUEUED, "progress": 0.0, "attempts": 0,
+        "filename": printable(upload.filename), "size_bytes": upload.size_bytes, **_source_columns(source),
+        "queue": queue, "job_id": new_job_id(upload.video_id), "requested": wanted, "has_poster": 0,
+        "tasks": plan_tasks(upload.video_id, source.duration_s, source.fps, source.has_audio, settings.chunk_seconds),
+    }
+    if was is None:
+        video = await run_in_threadpool(partial(farm.catalog.create, id=upload.video_id, **fields))
+    else:
+        video = await run_in_threadpool(partial(farm.catalog.fill, upload.video_id, was=was, **fields))
+    if video is None:
+        raise ApiError(404, "not_found", f"upload {upload.video_id} was terminated or expired before it completed")
     await run_in_threadpool(_enqueue_or_defer, farm, video)
     metrics.UPLOADS.labels("accepted").inc()
-    metrics.UPLOAD_BYTES.inc(received.size_bytes)
-    metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
-    return video_resource(video, str(request.base_url), farm.settings)
-
-
-async def _accept(request: Request, farm: Farm, tenant: str, video_id: str) -> tuple[VideoRow, Received]:
-    """Store the body, check what was asked and what arrived, then record the video as queued."""
-    settings, storage = farm.settings, farm.storage
-    incoming = storage.incoming_path(video_id)
-    received = await receive_upload(request, incoming, settings.max_upload_bytes, settings.upload_idle_timeout_s)
-    wanted = _renditions(_form_or_query(request, received, "renditions"), settings.ladder)
-    queue = _queue(_form_or_query(request, received, "queue"), settings)
-    source = await run_in_threadpool(probe, incoming, max_duration_s=settings.max_duration_s,
-                                     max_pixels=settings.max_pixels)
-    await run_in_threadpool(storage.promote_upload, video_id)
-    video = await run_in_threadpool(
-        farm.catalog.create,
-        id=video_id, tenant=tenant, status=VideoStatus.QUEUED, progress=0.0, attempts=0,
-        filename=_printable(received.filename), size_bytes=received.size_bytes, **_source_columns(source),
-        queue=queue, job_id=new_job_id(video_id), requested=wanted, has_poster=0,
-        tasks=plan_tasks(video_id, source.duration_s, source.fps, source.has_audio, settings.chunk_seconds),
-    )
-    return video, received
+    metrics.UPLOAD_BYTES.inc(upload.size_bytes)
+    return video
 
 
 def _form_or_query(request: Request, received: Received, name: str) -> str | None:
@@ -111,7 +141,7 @@ def _source_columns(source: SourceInfo) -> dict[str, Any]:
     }
 
 
-def _renditions(raw: str | None, ladder: tuple[str, ...]) -> list[str] | None:
+def renditions_asked(raw: str | None, ladder: tuple[str, ...]) -> list[str] | None:
     if not raw:
         return None
     wanted = [r.strip() for r in raw.split(",") if r.strip()]
@@ -122,7 +152,7 @@ def _renditions(raw: str | None, ladder: tuple[str, ...]) -> list[str] | None:
     return sorted(set(wanted), key=ladder.index)
 
 
-def _queue(raw: str | None, settings: Settings) -> str:
+def queue_asked(raw: str | None, settings: Settings) -> str:
     """Which pool runs the video (e.g. `gpu` for NVENC workers); the configured default otherwise."""
     try:
         return settings.queue_for(raw)
@@ -130,14 +160,14 @@ def _queue(raw: str | None, settings: Settings) -> str:
         raise ApiError(422, "unknown_queue", str(exc)) from None
 
 
-def _printable(filename: str) -> str:
+def printable(filename: str) -> str:
     """Kept only as metadata; strip control characters and path parts so it displays safely."""
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
     cleaned = "".join(ch for ch in name if ch.isprintable())[:255]
     return cleaned or "upload"
 
 
-def _rejected(storage: Storage, video_id: str) -> None:
+def rejected(storage: Storage, video_id: str) -> None:
     """Count the rejection; nothing is left behind for it."""
     metrics.UPLOADS.labels("rejected").inc()
     try:

@@ -1,0 +1,283 @@
+"""Resumable uploads (tus 1.0.0 at /v1/uploads): the real `tuspy` client through a connection that
+drops, an API restarted in between, the protocol's error answers, expiry and the CLI resuming."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from tusclient.client import TusClient
+from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+
+from tests.conftest import API_KEY, OTHER_KEY, ROOT, ApiServer, settings_env, wait_for, wait_until
+from vidfarm.farm import Farm
+from vidfarm.reconciler import Reconciler
+from vidfarm.states import VideoStatus
+
+TUS = {"Tus-Resumable": "1.0.0"}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+OFFSET_TYPE = {"Content-Type": "application/offset+octet-stream"}
+
+
+class DroppingProxy:
+    """A TCP relay to an API that cuts the connection carrying the `drop_after`-th upstream byte, once:
+    a real dropped connection, mid-request, for client and server alike."""
+
+    def __init__(self, target_port: int, drop_after: int) -> None:
+        self.target_port, self.drop_after = target_port, drop_after
+        self.sent, self.dropped = 0, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+                threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if counted and not self.dropped.is_set() and self.sent + len(data) >= self.drop_after:
+                    self.dropped.set()
+                    for sock in (src, dst):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    return
+                self.sent += len(data) if counted else 0
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def create(http: httpx.Client, length: int, **metadata: str) -> httpx.Response:
+    encoded = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in metadata.items())
+    headers = {**TUS, "Upload-Length": str(length)} | ({"Upload-Metadata": encoded} if metadata else {})
+    return http.post("/v1/uploads", headers=headers)
+
+
+def patch(http: httpx.Client, location: str, offset: int, body: bytes, **headers: str) -> httpx.Response:
+    return http.patch(location, content=body, headers={**TUS, **OFFSET_TYPE, "Upload-Offset": str(offset), **headers})
+
+
+def sha1(data: bytes) -> str:
+    return "sha1 " + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def video(http: httpx.Client, video_id: str) -> dict:
+    return http.get(f"/v1/videos/{video_id}").json()
+
+
+def test_options_advertise_the_protocol(http, settings):
+    response = http.options("/v1/uploads")
+    assert response.status_code == 204
+    assert response.headers["Tus-Version"] == "1.0.0"
+    assert set(response.headers["Tus-Extension"].split(",")) == {
+        "creation", "creation-with-upload", "termination", "expiration", "checksum"}
+    assert response.headers["Tus-Max-Size"] == str(settings.max_upload_bytes)
+    assert "sha1" in response.headers["Tus-Checksum-Algorithm"].split(",")
+
+
+def test_tuspy_resumes_after_a_drop_and_an_api_restart(api, worker, clips, settings):
+    source = clips["landscape720"]
+    data = source.read_bytes()
+    proxy = DroppingProxy(api.port, drop_after=len(data) // 2)
+    chunk = len(data) // 6 + 1
+    first = TusClient(proxy.url + "/v1/uploads", headers=AUTH).uploader(
+        file_path=str(source), chunk_size=chunk, metadata={"filename": "movie.mp4", "renditions": "720p"})
+    with pytest.raises((TusCommunicationError, TusUploadFailed)):
+        first.upload()
+    assert proxy.dropped.is_set()
+    video_id = first.url.rsplit("/", 1)[1]
+    with api.client() as http:  # the bytes of the cut request that arrived are kept, and shown
+        part = wait_until(lambda: (v := video(http, video_id))["upload"]["received_bytes"] > first.offset and v,
+                          15, "the cut PATCH's bytes to be recorded")
+    assert part["status"] == VideoStatus.UPLOADING and part["upload"]["length_bytes"] == len(data)
+    assert part["source"]["filename"] == "movie.mp4"
+    api.stop()  # the API goes away; a new one (another replica) takes the rest
+    proxy.close()
+    again = ApiServer(Farm(settings)).start()
+    try:
+        resumed = TusClient(again.url + "/v1/uploads", headers=AUTH).uploader(
+            file_path=str(source), url=f"{again.url}/v1/uploads/{video_id}", chunk_size=chunk, upload_checksum=True)
+        assert resumed.offset == part["upload"]["received_bytes"]  # HEAD: the server's offset
+        resumed.upload()
+        with again.client() as http:
+            done = wait_for(http, video_id, timeout_s=180)
+    finally:
+        again.stop()
+    assert done["status"] == VideoStatus.READY, done["error"]
+    assert [r["name"] for r in done["renditions"]] == ["720p"]
+    assert Farm(settings).storage.source_path(video_id).read_bytes() == data
+
+
+def test_creation_names_the_video_and_it_lists_as_uploading(http):
+    response = create(http, 1000, filename="a.mp4", queue="cpu")
+    assert response.status_code == 201, response.text
+    video_id = response.headers["Vidfarm-Video-Id"]
+    assert response.headers["Location"].endswith(f"/v1/uploads/{video_id}")
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert parsedate_to_datetime(response.headers["Upload-Expires"]).timestamp() > time.time() + 3600
+    listed = http.get("/v1/videos", params={"status": "uploading"}).json()["items"]
+    assert [(v["id"], v["upload"]["received_bytes"], v["source"]["size_bytes"]) for v in listed] == [
+        (video_id, 0, 1000)]
+    head = http.head(response.headers["Location"], headers=TUS)
+    assert (head.status_code, head.headers["Upload-Offset"], head.headers["Upload-Length"]) == (200, "0", "1000")
+    assert head.headers["Cache-Control"] == "no-store"
+
+
+def test_creation_is_checked_like_an_upload(http, settings):
+    too_big = create(http, settings.max_upload_bytes + 1)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "too_large"
+    assert create(http, 10, renditions="4320p").json()["error"]["code"] == "unknown_rendition"
+    assert create(http, 10, queue="nowhere").json()["error"]["code"] == "unknown_queue"
+    bad_meta = http.post("/v1/uploads", headers={**TUS, "Upload-Length": "10", "Upload-Metadata": "filename %%%"})
+    assert (bad_meta.status_code, bad_meta.json()["error"]["code"]) == (400, "bad_metadata")
+    no_length = http.post("/v1/uploads", headers=TUS)
+    assert (no_length.status_code, no_length.json()["error"]["code"]) == (400, "bad_upload_length")
+    old = http.post("/v1/uploads", headers={"Tus-Resumable": "0.2.2", "Upload-Length": "10"})
+    assert old.status_code == 412 and old.headers["Tus-Version"] == "1.0.0"
+    assert http.get("/v1/videos").json()["items"] == []  # nothing refused left a video behind
+
+
+def test_wrong_offset_409_and_bad_checksum_460(http, clips):
+    data = clips["small"].read_bytes()
+    location = create(http, len(data), filename="small.mp4").headers["Location"]
+    half = len(data) // 2
+    assert patch(http, location, 0, data[:half], **{"Upload-Checksum": sha1(data[:half])}).status_code == 204
+    wrong = patch(http, location, 0, data[half:])
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (409, "offset_mismatch")
+    assert wrong.headers["Upload-Offset"] == str(half)
+    corrupt = patch(http, location, half, data[half:], **{"Upload-Checksum": sha1(b"something else")})
+    assert (corrupt.status_code, corrupt.json()["error"]["code"]) == (460, "checksum_mismatch")
+    assert http.head(location, headers=TUS).headers["Upload-Offset"] == str(half)  # the chunk was discarded
+    unknown = patch(http, location, half, data[half:], **{"Upload-Checksum": "crc32 AAAA"})
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, "unsupported_checksum")
+    last = patch(http, location, half, data[half:], **{"Upload-Checksum": sha1(data[half:])})
+    assert last.status_code == 204 and last.headers["Upload-Offset"] == str(len(data))
+    video_id = location.rsplit("/", 1)[1]
+    assert video(http, video_id)["status"] == VideoStatus.QUEUED  # the regular path from here
+    assert http.head(location, headers=TUS).headers["Upload-Offset"] == str(len(data))
+
+
+def test_creation_with_upload_and_not_a_video(http):
+    body = b"not a video, only text " * 100
+    response = http.post("/v1/uploads", content=body, headers={
+        **TUS, **OFFSET_TYPE, "Upload-Length": str(len(body)), "Upload-Metadata": ""})
+    assert response.status_code == 422, response.text
+    video_id = response.headers["Vidfarm-Video-Id"]
+    failed = video(http, video_id)
+    assert failed["status"] == VideoStatus.FAILED and failed["error"]["code"] == response.json()["error"]["code"]
+
+
+def test_body_past_the_length_is_refused_whole(http):
+    location = create(http, 10).headers["Location"]
+    response = patch(http, location, 0, b"x" * 11)
+    assert response.status_code == 413
+    assert http.head(location, headers=TUS).headers["Upload-Offset"] == "0"
+
+
+def test_termination_and_another_tenant(api, http, farm):
+    location = create(http, 100, filename="a.mp4").headers["Location"]
+    video_id = location.rsplit("/", 1)[1]
+    assert patch(http, location, 0, b"x" * 40).status_code == 204
+    with api.client(OTHER_KEY) as other:
+        assert other.head(location, headers=TUS).status_code == 404
+        assert patch(other, location, 40, b"y" * 10).status_code == 404
+        assert other.delete(location, headers=TUS).status_code == 404
+        assert other.get("/v1/videos").json()["items"] == []
+    assert http.head(location, headers=TUS).headers["Upload-Offset"] == "40"
+    assert http.delete(location, headers=TUS).status_code == 204
+    assert http.head(location, headers=TUS).status_code == 404
+    assert patch(http, location, 40, b"y" * 10).status_code == 404
+    assert video(http, video_id)["status"] == VideoStatus.CANCELED
+    assert not farm.storage.incoming_path(video_id).exists()
+
+
+def test_concurrent_patches_do_not_interleave(http, api):
+    location = create(http, 4 * 65536).headers["Location"]
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        yield b"a" * 65536
+        started.set()
+        release.wait(10)
+        yield b"a" * 65536
+
+    first: list[httpx.Response] = []
+    with api.client() as other:
+        thread = threading.Thread(target=lambda: first.append(patch(other, location, 0, slow())))
+        thread.start()
+        started.wait(10)
+        time.sleep(0.3)  # let the server take the lock and write the first part
+        busy = patch(http, location, 0, b"b" * 65536)
+        release.set()
+        thread.join(10)
+    assert (busy.status_code, busy.json()["error"]["code"]) == (423, "upload_locked")
+    assert first[0].status_code == 204 and first[0].headers["Upload-Offset"] == str(2 * 65536)
+
+
+def test_regular_idle_sweep_leaves_resumable_uploads_alone(http, farm):
+    video_id = create(http, 100).headers["Vidfarm-Video-Id"]
+    long_ago = time.time() - 3600  # far past the sweep of abandoned regular uploads, far within 24 h
+    os.utime(farm.storage.incoming_path(video_id), (long_ago, long_ago))
+    Reconciler(farm).step()
+    assert farm.storage.incoming_path(video_id).exists()
+    assert video(http, video_id)["status"] == VideoStatus.UPLOADING
+
+
+def test_unfinished_uploads_expire_and_are_swept(farm):
+    short = Farm(replace(farm.settings, tus_expiry_s=1.0))
+    server = ApiServer(short).start()
+    try:
+        with server.client() as http:
+            location = create(http, 100).headers["Location"]
+            video_id = location.rsplit("/", 1)[1]
+            assert patch(http, location, 0, b"x" * 10).status_code == 204
+            time.sleep(1.2)
+            assert http.head(location, headers=TUS).status_code == 410
+            assert patch(http, location, 10, b"x" * 10).status_code == 410
+            assert video(http, video_id)["status"] == VideoStatus.UPLOADING  # until the sweep
+            Reconciler(short).step()
+            gone = video(http, video_id)
+            assert gone["status"] == VideoStatus.FAILED and gone["error"]["code"] == "upload_expired"
+            assert not short.storage.incoming_path(video_id).exists()
+            assert http.head(location, headers=TUS).status_code == 410
+    finally:
+        server.stop()
+
+
+def test_cli_upload_resumes_after_a_dropped_connection(api, clips, settings):
+    source: Path = clips["landscape720"]
+    data = source.read_bytes()
+    proxy = DroppingProxy(api.port, drop_after=len(data) // 2)
+    done = subprocess.run(
+        [sys.executable, "-m", "vidfarm", "upload", str(source), "--url", proxy.url, "--api-key", API_KEY,
+         "--resumable-above", "0", "--chunk-size", str(len(data) // 3 + 1)],
+        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proxy.close()
+    assert done.returncode == 0, done.stderr
+    assert proxy.dropped.is_set()
+    video_id = done.stdout.split()[0]
+    with api.client() as http:
+        assert video(http, video_id)["status"] == VideoStatus.QUEUED
+    assert Farm(settings).storage.source_path(video_id).read_bytes() == data
