@@ -1,13 +1,14 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 # `setup` installs what the project needs: ffmpeg, redis-server, and for the browser playback test
 # chromium and node/npm, from Debian (when missing); a virtualenv in .venv with the project and its
-# test extras; the test's players and browser driver from npm (tests/browser/node_modules).
+# test extras; the test's players and browser driver from npm (tests/browser/node_modules); the web
+# console's libraries from npm (web/node_modules), copied into the package (`console`).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages demo test lint
+.PHONY: setup system-packages console demo test lint
 
 # command:Debian package. Only what is missing is installed: a node from elsewhere (NodeSource) ships
 # its own npm, and Debian's npm package would conflict with it.
@@ -34,7 +35,24 @@ $(BROWSER_DEPS): tests/browser/package-lock.json | system-packages
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: system-packages $(PY) $(BROWSER_DEPS)
+# The web console (uploader/console, served at /) uses tus-js-client and hls.js from npm, at the
+# versions in web/package-lock.json; their minified dist files and licenses are copied into
+# uploader/console/vendor/ (gitignored), which the Python package ships and the API serves.
+CONSOLE_DEPS := web/node_modules/.package-lock.json
+CONSOLE_VENDOR := uploader/console/vendor
+
+$(CONSOLE_DEPS): web/package-lock.json | system-packages
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+console: $(CONSOLE_DEPS)
+	mkdir -p $(CONSOLE_VENDOR)
+	cp web/node_modules/tus-js-client/dist/tus.min.js $(CONSOLE_VENDOR)/tus.min.js
+	cp web/node_modules/tus-js-client/LICENSE $(CONSOLE_VENDOR)/tus-js-client.LICENSE
+	cp web/node_modules/hls.js/dist/hls.min.js $(CONSOLE_VENDOR)/hls.min.js
+	cp web/node_modules/hls.js/LICENSE $(CONSOLE_VENDOR)/hls.js.LICENSE
+
+setup: system-packages $(PY) $(BROWSER_DEPS) console
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 
