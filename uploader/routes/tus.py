@@ -176,6 +176,7 @@ async def _receive(request: Request, farm: Farm, video: VideoRow, offset: int) -
                 await run_in_threadpool(farm.catalog.update, video["id"], expect={"status": UPLOADING},
                                         received_bytes=partial.offset)
             if partial.offset == video["size_bytes"]:
+                partial.flush()  # the probe reads the file: nothing may wait in the write buffer
                 await _complete(farm, video)
             return partial.offset
     except tus.UploadBusy:
