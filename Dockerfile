@@ -5,6 +5,12 @@
 #
 #   docker build -t REGISTRY/vidfarm:TAG .
 
+# --- console: the web console's libraries from npm (as `make console`) -----
+FROM node:20-bookworm-slim AS console
+WORKDIR /web
+COPY web/package.json web/package-lock.json web/copy-vendor.sh ./
+RUN npm ci --no-audit --no-fund --loglevel=error && ./copy-vendor.sh /vendor
+
 # --- builder: wheels for vidfarm and all its dependencies -------------------
 FROM python:3.11-slim-bookworm AS builder
 
@@ -19,6 +25,7 @@ COPY vidfarm ./vidfarm
 COPY uploader ./uploader
 COPY transcoder ./transcoder
 COPY autoscaler ./autoscaler
+COPY --from=console /vendor ./uploader/console/vendor
 # Pinned: every dependency at the version the tests ran against (constraints.txt).
 RUN pip wheel --wheel-dir /wheels --constraint constraints.txt .
 

@@ -46,11 +46,7 @@ $(CONSOLE_DEPS): web/package-lock.json | system-packages
 	touch $@
 
 console: $(CONSOLE_DEPS)
-	mkdir -p $(CONSOLE_VENDOR)
-	cp web/node_modules/tus-js-client/dist/tus.min.js $(CONSOLE_VENDOR)/tus.min.js
-	cp web/node_modules/tus-js-client/LICENSE $(CONSOLE_VENDOR)/tus-js-client.LICENSE
-	cp web/node_modules/hls.js/dist/hls.min.js $(CONSOLE_VENDOR)/hls.min.js
-	cp web/node_modules/hls.js/LICENSE $(CONSOLE_VENDOR)/hls.js.LICENSE
+	web/copy-vendor.sh $(CURDIR)/$(CONSOLE_VENDOR)
 
 setup: system-packages $(PY) $(BROWSER_DEPS) console
 	$(PY) -m pip install -q --upgrade pip

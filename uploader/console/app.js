@@ -500,15 +500,20 @@ function transcoding(worker) {
 
 function fillTable(selector, cells, empty) {
   const body = document.querySelector(`${selector} tbody`);
+  const labels = [...document.querySelectorAll(`${selector} th`)].map((th) => th.textContent);
   const trs = cells.map((row) => {
     const tr = document.createElement("tr");
-    for (const value of row) tr.insertCell().textContent = String(value);
+    row.forEach((value, i) => {
+      const td = tr.insertCell();
+      td.textContent = String(value);
+      td.dataset.label = labels[i]; // the column's name, shown beside the value at phone width
+    });
     return tr;
   });
   if (!trs.length) {
     const tr = document.createElement("tr");
     const td = tr.insertCell();
-    td.colSpan = document.querySelectorAll(`${selector} th`).length;
+    td.colSpan = labels.length;
     td.className = "hint";
     td.textContent = empty;
     trs.push(tr);
