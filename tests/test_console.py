@@ -114,6 +114,8 @@ def test_console_sign_in_upload_watch_play_delete(farm: Farm, api, http, start_w
     assert "cpu" in steps["worker appeared"]["pools"], why
     assert steps["uploaded"]["status"] == "uploaded" and not steps["uploaded"]["error"], why
     assert steps["ready"]["seen"][-1]["status"] == "ready", why
+    # Live status came over Server-Sent Events, read with fetch so the key rides in a header.
+    assert result["streams"] and set(result["streams"]) == {"with key"}, why
 
     played = steps["played"]
     assert played["ended"] and abs(played["currentTime"] - played["duration"]) < 0.2, why

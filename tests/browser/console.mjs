@@ -23,7 +23,7 @@ const SLOW_UPLOAD = 64 * 1024; // bytes per second while the upload is watched
 
 const stdin = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const plan = JSON.parse((await stdin.next()).value);
-const result = { steps: [], errors: [], screenshots: [] };
+const result = { steps: [], errors: [], screenshots: [], streams: [] };
 const step = (name, data = {}) => result.steps.push({ name, at: Date.now(), ...data });
 
 const profile = mkdtempSync(join(tmpdir(), "vidfarm-console-"));
@@ -38,6 +38,7 @@ page.on("console", (m) => {
   if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) result.errors.push(`console: ${m.text()}`);
 });
 page.on("dialog", (d) => d.accept()); // the delete confirmation
+page.on("request", (r) => { if (r.url().endsWith("/events")) result.streams.push(r.headers().authorization ? "with key" : "no key"); });
 const cdp = await context.newCDPSession(page);
 const throttle = (bytesPerSecond) => cdp.send("Network.emulateNetworkConditions",
   { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: bytesPerSecond });
