@@ -68,8 +68,8 @@ def _address(raw: str) -> IPAddress:
 def why_refused(address: IPAddress) -> str | None:
     """What kind of non-public address this is, or None for a public one."""
     for kind, hit in (("loopback", address.is_loopback), ("link-local", address.is_link_local),
-                      ("private", address.is_private), ("multicast", address.is_multicast),
-                      ("unspecified", address.is_unspecified)):
+                      ("unspecified", address.is_unspecified), ("multicast", address.is_multicast),
+                      ("private", address.is_private)):
         if hit:
             return kind
     return None if address.is_global else "reserved"
