@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from vidfarm.catalog import _plain, utcnow
 from vidfarm.outbox import PENDING, Delivery, Webhook
 
-CLAIM_CANDIDATES = 5  # due rows looked at per claim: several deliverers racing still find one free
+CLAIM_CANDIDATES = 5  # due rows an SQLite claim looks at: several deliverers racing still find one free
 
 
 def new_secret() -> str:
@@ -95,10 +95,14 @@ class Webhooks:
         now = utcnow()
         due = ((Delivery.status == PENDING) & (Delivery.next_attempt_at <= now)
                & or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
-        # PostgreSQL: SKIP LOCKED passes over rows another deliverer is claiming this instant. SQLite
-        # renders no FOR UPDATE; there the compare-and-set below (on `due` again) alone decides.
-        candidates = (select(Delivery.id).where(due).order_by(Delivery.next_attempt_at)
-                      .limit(CLAIM_CANDIDATES).with_for_update(skip_locked=True))
+        candidates = select(Delivery.id).where(due).order_by(Delivery.next_attempt_at)
+        if self.engine.dialect.name == "postgresql":
+            # Lock one due row, passing over those other deliverers hold this instant.
+            candidates = candidates.limit(1).with_for_update(skip_locked=True)
+        else:
+            # SQLite has no row locks: look at a few, and the compare-and-set below (on `due` again)
+            # decides which one is ours.
+            candidates = candidates.limit(CLAIM_CANDIDATES)
         leased = {"lease_owner": owner, "lease_until": now + timedelta(seconds=lease_s)}
         with self.engine.begin() as conn:
             for delivery_id in conn.execute(candidates).scalars().all():
