@@ -46,15 +46,15 @@ def parse(url: str) -> SplitResult:
     """The URL's parts if it is an absolute http(s) URL a webhook can use; AddressRefused otherwise."""
     if len(url) > MAX_URL_LENGTH:
         raise AddressRefused(f"url is longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:  # a broken [IPv6] literal, a port that is no number or out of range
+        raise AddressRefused(f"url is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AddressRefused("url must be an absolute http:// or https:// URL")
     if parts.username or parts.password:
         raise AddressRefused("url must not carry credentials; verify the signature instead")
-    try:
-        parts.port  # noqa: B018 - raises on a port out of range
-    except ValueError:
-        raise AddressRefused("url has an invalid port") from None
     return parts
 
 
@@ -79,10 +79,10 @@ def resolve(url: str, allow_private: bool) -> Target:
     """Every address `url`'s host resolves to, each checked; AddressRefused naming the first that is
     not allowed (one private answer among public ones is enough to refuse: a rebinding attempt)."""
     parts = parse(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+    except (OSError, UnicodeError, ValueError):  # no such name, or no name at all (a NUL in it)
         raise AddressRefused(f"url host {parts.hostname!r} does not resolve") from None
     addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
     for raw in addresses:
