@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import psycopg
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from tests.conftest import PG_URL
 from vidfarm.catalog import Catalog, Video, VideoRow, utcnow
 from vidfarm.jobs import plan_tasks
+from vidfarm.outbox import EVENT_TYPES, Delivery
 from vidfarm.redisconn import connect
 from vidfarm.states import VideoStatus
 from vidfarm.storage import new_video_id
+from vidfarm.webhooks import Webhooks
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +157,73 @@ def test_migration_adds_missing_columns(database_url, cache):
     catalog.migrate()  # a newer vidfarm starting on an older schema
     video = new_video(catalog)
     assert "enqueued_at" in catalog.get(video["id"])
+
+
+# -- the webhook outbox ---------------------------------------------------------------------------
+
+
+def events_of(webhooks: Webhooks, webhook: dict) -> list[str]:
+    return sorted(d["event"] for d in webhooks.deliveries(webhook["id"]))
+
+
+def test_a_move_into_a_terminal_status_writes_the_tenants_webhook_events(catalog):
+    webhooks, tenant = Webhooks(catalog.engine), uuid.uuid4().hex[:8]
+    everything = webhooks.create(tenant, "https://receiver.example/a", EVENT_TYPES)
+    ready_only = webhooks.create(tenant, "https://receiver.example/b", ["video.ready"])
+    elsewhere = webhooks.create("someone-else", "https://receiver.example/c", EVENT_TYPES)
+    video = new_video(catalog, tenant)
+    assert not catalog.update(video["id"], expect={"status": "processing"}, status="ready")  # lost CAS: no event
+    assert catalog.update(video["id"], status="processing", progress=50.0)  # not terminal: no event
+    assert events_of(webhooks, everything) == []
+    assert catalog.update(video["id"], expect={"status": ("queued", "processing")}, status="ready", progress=100.0)
+    for _ in range(2):  # DELETE twice: the second changes the row again but is no second event
+        assert catalog.update(video["id"], status="canceled", renditions=[])
+    assert events_of(webhooks, everything) == ["video.deleted", "video.ready"]
+    assert events_of(webhooks, ready_only) == ["video.ready"]
+    assert events_of(webhooks, elsewhere) == []
+    ready = next(d for d in webhooks.deliveries(everything["id"]) if d["event"] == "video.ready")
+    assert ready["status"] == "pending" and ready["video_id"] == video["id"] and ready["attempts"] == []
+
+
+def test_no_status_change_commits_without_its_event(catalog):
+    webhooks, tenant = Webhooks(catalog.engine), uuid.uuid4().hex[:8]
+    webhooks.create(tenant, "https://receiver.example/a", EVENT_TYPES)
+    video = new_video(catalog, tenant)
+    with catalog.engine.begin() as conn:
+        conn.execute(text("DROP TABLE webhook_deliveries"))  # the outbox write will fail
+    with pytest.raises(SQLAlchemyError):
+        catalog.update(video["id"], status="failed", error_code="media_error")
+    assert catalog.get(video["id"], cached=False)["status"] == "queued"  # rolled back with it
+    catalog.migrate()  # the table back, for the tests after this one
+
+
+def test_deliveries_are_claimed_under_a_lease_and_a_dead_owner_loses_it(catalog):
+    webhooks, tenant = Webhooks(catalog.engine), uuid.uuid4().hex[:8]
+    webhook = webhooks.create(tenant, "https://receiver.example/a", EVENT_TYPES)
+    assert catalog.update(new_video(catalog, tenant)["id"], status="failed")
+    first = webhooks.claim("a", lease_s=30)
+    assert first["url"] == webhook["url"] and first["secret"] == webhook["secret"]
+    assert webhooks.claim("b", lease_s=30) is None  # leased
+    with catalog.engine.begin() as conn:  # "a" died: its lease runs out
+        conn.execute(update(Delivery).values(lease_until=utcnow() - timedelta(seconds=1)))
+    second = webhooks.claim("b", lease_s=30)
+    assert second["id"] == first["id"]
+    attempt = {"at": utcnow().isoformat(), "status_code": 200, "error": None, "duration_ms": 5}
+    assert not webhooks.record(first, attempt, "delivered")  # a late result of the lost lease does not count
+    assert webhooks.record(second, attempt, "delivered")
+    assert webhooks.claim("c", lease_s=30) is None
+    [delivery] = webhooks.deliveries(webhook["id"])
+    assert delivery["status"] == "delivered" and delivery["attempts"] == [attempt]
+
+
+def test_racing_deliverers_never_claim_the_same_delivery(catalog):
+    webhooks, tenant = Webhooks(catalog.engine), uuid.uuid4().hex[:8]
+    for n in range(6):
+        webhooks.create(tenant, f"https://receiver.example/{n}", EVENT_TYPES)
+    assert catalog.update(new_video(catalog, tenant)["id"], status="ready")
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda n: webhooks.claim(f"owner-{n}", lease_s=30), range(8)))
+    while (late := webhooks.claim("late", lease_s=30)) is not None:  # any a racing claim passed over
+        claims.append(late)
+    ids = [c["id"] for c in claims if c is not None]
+    assert len(ids) == 6 and len(set(ids)) == 6

@@ -6,12 +6,17 @@ dependencies in `uploader.deps`, the error handlers in `uploader.errors`.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+
 from fastapi import FastAPI
 
 from uploader import errors, playback
 from uploader.auth import KeyRing
 from uploader.middleware import MIDDLEWARE
 from uploader.routes import ROUTERS
+from vidfarm.deliver import IDLE_POLL_S, Deliverer
 from vidfarm.farm import Farm
 
 
@@ -21,6 +26,7 @@ def create_app(farm: Farm) -> FastAPI:
         version="1",
         description="Upload videos, get 1080p/720p H.264 renditions from an autoscaling farm.",
         exception_handlers=errors.HANDLERS,
+        lifespan=_delivering(farm) if farm.settings.webhook_deliver_in_api else None,
     )
     farm.open()
     app.state.farm = farm
@@ -31,3 +37,22 @@ def create_app(farm: Farm) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _delivering(farm: Farm) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Webhook deliverers in this process while it serves: every API replica then delivers, and a
+    farm needs no extra process for webhooks (leases in the catalog keep them from colliding)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        threads = Deliverer(farm.settings, farm.webhooks).run(stop)
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                # An idle one stops within a poll; one mid-attempt finishes alone (its lease covers it).
+                thread.join(timeout=2 * IDLE_POLL_S)
+
+    return lifespan

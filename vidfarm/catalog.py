@@ -35,9 +35,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from vidfarm import outbox
 from vidfarm.states import ACTIVE, VideoStatus
 from vidfarm.states import TERMINAL as TERMINAL  # re-exported, like the aliases below
 
@@ -237,6 +238,7 @@ class Catalog:
                 # Any fixed bigint, the same in every vidfarm process ("vidfarm1").
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x76696466_61726D31})
             Base.metadata.create_all(conn)
+            outbox.Base.metadata.create_all(conn)
             existing = {c["name"] for c in inspect(conn).get_columns("videos")}
             for column in Video.__table__.columns:
                 if column.name in existing:
@@ -410,7 +412,10 @@ class Catalog:
 
     def update(self, video_id: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Compare-and-set: applies `fields` only if every `expect` column still holds its value
-        (a value that is a tuple means "one of"). Returns whether the row changed."""
+        (a value that is a tuple means "one of"). Returns whether the row changed.
+
+        A move into ready, failed or canceled also writes the tenant's webhook events (the outbox), in
+        the same transaction: the change and its announcement are committed together or not at all."""
         fields.setdefault("updated_at", utcnow())
         stmt = update(Video).where(Video.id == video_id)
         for column, value in (expect or {}).items():
@@ -418,6 +423,19 @@ class Catalog:
             stmt = stmt.where(col.in_(value) if isinstance(value, tuple) else col == value)
         self._cache_drop(video_id)
         with self.engine.begin() as conn:
-            changed = conn.execute(stmt.values(**fields)).rowcount > 0
+            if fields.get("status") in outbox.EVENTS:
+                changed = self._update_announcing(conn, video_id, stmt.values(**fields), fields["status"])
+            else:
+                changed = conn.execute(stmt.values(**fields)).rowcount > 0
         self._cache_drop(video_id)
         return changed
+
+    @staticmethod
+    def _update_announcing(conn: Connection, video_id: str, stmt: Any, status: VideoStatus) -> bool:
+        """`stmt`, announcing the status only when the row was not in it already: a DELETE repeated
+        on a canceled video changes its row again but is no second `video.deleted`."""
+        if conn.execute(stmt.where(Video.status != status)).rowcount > 0:
+            row = conn.execute(select(*Video.__table__.columns).where(Video.id == video_id)).mappings().one()
+            outbox.announce(conn, _plain(row), status)
+            return True
+        return conn.execute(stmt).rowcount > 0

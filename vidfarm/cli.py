@@ -160,6 +160,32 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
 
 
 @main.command()
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Deliveries attempted at once.")
+def deliver(threads: int) -> None:
+    """Send webhook events from the catalog's outbox until SIGTERM.
+
+    Each API process already runs deliverers (unless VIDFARM_WEBHOOK_DELIVER_IN_API=0); run this to
+    deliver from processes of its own. Any number may run: leases in the catalog share the work.
+    """
+    import signal
+    import threading
+
+    from vidfarm.deliver import Deliverer
+    from vidfarm.farm import Farm
+
+    farm = Farm(load_settings())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    running = Deliverer(farm.settings, farm.webhooks).run(stop, threads)
+    logging.getLogger(__name__).info("delivering webhooks with %d threads", threads)
+    stop.wait()
+    for thread in running:
+        thread.join()
+
+
+@main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="pools.yaml: which Deployments to scale, on which queues.")
 @click.option("--dry-run", is_flag=True, help="Log decisions without changing anything.")

@@ -11,6 +11,7 @@ from vidfarm.catalog import Catalog
 from vidfarm.redisconn import connect
 from vidfarm.settings import Settings
 from vidfarm.storage import Storage
+from vidfarm.webhooks import Webhooks
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Farm:
         catalog = Catalog(self.settings.database_url, cache=self.redis)
         catalog.migrate()
         return catalog
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        return Webhooks(self.catalog.engine)
 
     def open(self) -> None:
         """Create the storage folders and migrate the catalog now, before the first request or job

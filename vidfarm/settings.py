@@ -35,6 +35,21 @@ def _env_float(name: str, default: float) -> float:
     return _env_number(name, default, float)
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return default if raw == "" else raw in ("1", "true", "yes", "on")
+
+
+def _env_floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"{name} must be comma-separated numbers, got {raw!r}") from exc
+
+
 def _read_keys_file(path: Path) -> tuple[str, ...]:
     """A keys file holds one key per line (a mounted Kubernetes Secret works as is)."""
     lines = path.read_text().splitlines()
@@ -50,6 +65,9 @@ def _playback_secret(home: Path) -> str:
 
 
 PLAYBACK_SECRET_FILE = "playback-secret"
+# 5 s, 5 min, 30 min, 2 h, 5 h, 10 h: seven attempts over about 17.6 hours.
+WEBHOOK_RETRY_DELAYS_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,14 @@ class Settings:
     playback_ttl_s: int = 6 * 3600
     # A resumable (tus) upload nobody has written to for this long is given up and its bytes removed.
     tus_expiry_s: float = 24 * 3600.0
+    # Where clients reach the API: the links inside webhook payloads (nothing else knows it outside a request).
+    public_url: str = ""
+    # Webhooks: private, loopback and link-local receivers are refused unless this is set (local setups, tests).
+    webhook_allow_private: bool = False
+    # Seconds before each retry of a failed delivery (jitter added); after the last, the delivery gives up.
+    webhook_retry_delays_s: tuple[float, ...] = WEBHOOK_RETRY_DELAYS_S
+    webhook_timeout_s: float = 10.0  # connecting, and each read, of one delivery attempt
+    webhook_deliver_in_api: bool = True  # each API process also runs a deliverer (`vidfarm deliver` is another)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -118,6 +144,11 @@ class Settings:
             playback_secret=_playback_secret(home),
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
             tus_expiry_s=_env_float("VIDFARM_TUS_EXPIRY_S", 24 * 3600.0),
+            public_url=os.environ.get("VIDFARM_PUBLIC_URL", "").strip(),
+            webhook_allow_private=_env_flag("VIDFARM_WEBHOOK_ALLOW_PRIVATE", False),
+            webhook_retry_delays_s=_env_floats("VIDFARM_WEBHOOK_RETRY_DELAYS_S", WEBHOOK_RETRY_DELAYS_S),
+            webhook_timeout_s=_env_float("VIDFARM_WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_deliver_in_api=_env_flag("VIDFARM_WEBHOOK_DELIVER_IN_API", True),
         )
 
     def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -145,6 +176,11 @@ class Settings:
             "VIDFARM_PLAYBACK_SECRET": self.playback_secret,
             "VIDFARM_PLAYBACK_TTL_S": str(self.playback_ttl_s),
             "VIDFARM_TUS_EXPIRY_S": str(self.tus_expiry_s),
+            "VIDFARM_PUBLIC_URL": self.public_url,
+            "VIDFARM_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
+            "VIDFARM_WEBHOOK_RETRY_DELAYS_S": ",".join(str(d) for d in self.webhook_retry_delays_s),
+            "VIDFARM_WEBHOOK_TIMEOUT_S": str(self.webhook_timeout_s),
+            "VIDFARM_WEBHOOK_DELIVER_IN_API": "1" if self.webhook_deliver_in_api else "0",
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
@@ -165,6 +201,10 @@ class Settings:
 
     def job_timeout_s(self, duration_s: float) -> int:
         return int(self.job_timeout_base_s + self.job_timeout_factor * max(duration_s, 0.0))
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or DEFAULT_PUBLIC_URL).rstrip("/")
 
     @property
     def local_key_file(self) -> Path:

@@ -1,5 +1,5 @@
 """The API's routes, one APIRouter per resource."""
 
-from uploader.routes import console, farm, ops, tus, uploads, videos
+from uploader.routes import console, farm, ops, tus, uploads, videos, webhooks
 
-ROUTERS = (ops.router, uploads.router, tus.router, videos.router, farm.router, console.router)
+ROUTERS = (ops.router, uploads.router, tus.router, videos.router, farm.router, webhooks.router, console.router)

@@ -1,0 +1,339 @@
+"""Webhooks for real: a receiver over HTTP that verifies every request with the Standard Webhooks
+reference library (`standardwebhooks` from PyPI), real workers, a real `vidfarm deliver` process
+killed with SIGKILL, and the SSRF guard at registration and at delivery time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from tests.conftest import (
+    OTHER_KEY,
+    ROOT,
+    ApiServer,
+    make_clip,
+    settings_env,
+    upload,
+    wait_for,
+    wait_until,
+)
+from vidfarm.deliver import Deliverer
+from vidfarm.farm import Farm
+from vidfarm.settings import Settings
+
+ALL_EVENTS = ["video.ready", "video.failed", "video.deleted"]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Receivers on loopback, and retries in tenths of a second instead of minutes and hours."""
+    return replace(settings, webhook_allow_private=True, webhook_retry_delays_s=(0.2, 0.2, 0.2, 0.2),
+                   webhook_timeout_s=2.0)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: verifies each request's signature, then answers the next of `answers`
+    (200 once they run out). With `hold` set, it waits for the test before answering."""
+
+    url: str = ""
+    secret: str = ""
+    answers: list[int] = field(default_factory=list)
+    received: list[dict] = field(default_factory=list)  # verified requests: id, headers, event
+    forged: list[str] = field(default_factory=list)  # requests whose signature did not verify
+    hold: threading.Event | None = None
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    def handle(self, headers: dict[str, str], body: bytes) -> int:
+        try:
+            event = Webhook(self.secret).verify(body, headers)
+        except WebhookVerificationError as exc:
+            self.forged.append(str(exc))
+            return 400
+        self.received.append({"id": headers["webhook-id"], "headers": headers, "event": event})
+        self.arrived.set()
+        if self.hold is not None:
+            self.hold.wait(30)
+        return self.answers.pop(0) if self.answers else 200
+
+    def events(self, event_type: str | None = None) -> list[dict]:
+        return [r["event"] for r in self.received if event_type in (None, r["event"]["type"])]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = state.handle({k.lower(): v for k, v in self.headers.items()}, body)
+            with contextlib.suppress(OSError):  # the deliverer may be dead by now
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/vidfarm"
+    yield state
+    if state.hold is not None:
+        state.hold.set()
+    server.shutdown()
+
+
+def register(http, receiver: Receiver, events: list[str] = ALL_EVENTS) -> dict:
+    created = http.post("/v1/webhooks", json={"url": receiver.url, "events": events})
+    assert created.status_code == 201, created.text
+    receiver.secret = created.json()["secret"]
+    return created.json()
+
+
+def queued_then_deleted(http, clips) -> str:
+    """A `video.deleted` event with no worker needed: upload, then delete while it is queued."""
+    video_id = upload(http, clips["small"]).json()["id"]
+    assert http.delete(f"/v1/videos/{video_id}").status_code == 204
+    return video_id
+
+
+def deliveries(http, webhook_id: str) -> list[dict]:
+    answer = http.get(f"/v1/webhooks/{webhook_id}/deliveries")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["items"]
+
+
+def finished(http, webhook_id: str) -> list[dict] | None:
+    """The deliveries once none is pending any more."""
+    items = deliveries(http, webhook_id)
+    return items if items and all(d["status"] != "pending" for d in items) else None
+
+
+@pytest.fixture
+def poison_clip(tmp_path) -> Path:
+    """Probes as a fine H.264 clip; its picture data is noise, so the transcode fails (`media_error`)."""
+    data = make_clip(tmp_path / "fine.mp4", "testsrc2=size=320x240:rate=15:duration=2", False,
+                     ["-movflags", "+faststart"]).read_bytes()
+    start = data.index(b"mdat") - 4
+    size = int.from_bytes(data[start:start + 4], "big")
+    poison = tmp_path / "poison.mp4"
+    poison.write_bytes(data[: start + 8] + random.Random(11).randbytes(size - 8) + data[start + size:])
+    return poison
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[ApiServer]:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    server = ApiServer(Farm(settings)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ready_failed_and_deleted_each_deliver_their_event_once(http, worker, clips, poison_clip, receiver):
+    webhook = register(http, receiver)
+    ready_id = upload(http, clips["small"]).json()["id"]
+    failed_id = upload(http, poison_clip).json()["id"]
+    ready = wait_for(http, ready_id, timeout_s=120)
+    assert ready["status"] == "ready"
+    assert wait_for(http, failed_id, timeout_s=120)["status"] == "failed"
+    assert http.delete(f"/v1/videos/{ready_id}").status_code == 204
+    assert http.delete(f"/v1/videos/{ready_id}").status_code == 204  # deleting twice is one event
+
+    done = wait_until(lambda: finished(http, webhook["id"]), 30, "every delivery to finish")
+    assert sorted(d["event"] for d in done) == sorted(ALL_EVENTS)
+    assert all(d["status"] == "delivered" and len(d["attempts"]) == 1 for d in done)
+    assert receiver.forged == []
+    by_type = {e["type"]: e["data"] for e in receiver.events()}
+    assert len(receiver.received) == 3 and set(by_type) == set(ALL_EVENTS)
+    # Each carries the video's public document as the API showed it at that moment.
+    assert by_type["video.ready"]["id"] == ready_id and by_type["video.ready"]["status"] == "ready"
+    assert [r["name"] for r in by_type["video.ready"]["renditions"]] == [r["name"] for r in ready["renditions"]]
+    assert by_type["video.failed"]["id"] == failed_id
+    assert by_type["video.failed"]["error"]["code"] == "media_error"
+    assert by_type["video.deleted"]["id"] == ready_id and by_type["video.deleted"]["status"] == "canceled"
+    assert len({r["id"] for r in receiver.received}) == 3  # a webhook-id per event
+
+
+def test_only_the_events_asked_for_are_sent(http, clips, receiver):
+    webhook = register(http, receiver, events=["video.ready"])
+    queued_then_deleted(http, clips)
+    assert deliveries(http, webhook["id"]) == []  # written with the status change, or not at all
+
+
+# -- retries, giving up, a killed deliverer ------------------------------------------------------
+
+
+def test_receiver_failing_for_a_while_gets_retries_then_one_success(http, clips, receiver):
+    webhook = register(http, receiver)
+    receiver.answers = [500, 503, 500]
+    video_id = queued_then_deleted(http, clips)
+
+    [delivery] = wait_until(lambda: finished(http, webhook["id"]), 30, "the delivery to succeed")
+    assert delivery["status"] == "delivered" and delivery["video_id"] == video_id
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 500, 200]
+    assert [a["error"] for a in delivery["attempts"]] == ["HTTP 500", "HTTP 503", "HTTP 500", None]
+    # Every retry is the same message (one webhook-id), signed anew; the receiver saw four.
+    assert [r["id"] for r in receiver.received] == [delivery["id"]] * 4
+    assert receiver.forged == []
+
+
+def test_gives_up_after_the_last_retry_with_the_history_kept(http, clips, receiver):
+    webhook = register(http, receiver)
+    receiver.answers = [500] * 10
+    queued_then_deleted(http, clips)
+
+    [delivery] = wait_until(lambda: finished(http, webhook["id"]), 30, "the delivery to give up")
+    assert delivery["status"] == "failed" and delivery["next_attempt_at"] is None
+    assert [a["status_code"] for a in delivery["attempts"]] == [500] * 5  # the first try and 4 retries
+    assert all(a["at"] and a["duration_ms"] >= 0 for a in delivery["attempts"])
+    assert len(receiver.received) == 5
+
+
+def test_a_deliverer_killed_mid_delivery_delivers_after_restart(settings, clips, receiver):
+    settings = replace(settings, webhook_deliver_in_api=False)  # only `vidfarm deliver` delivers here
+    receiver.hold = threading.Event()
+
+    def deliverer() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "vidfarm", "deliver", "--threads", "2"],
+                                env=settings_env(settings), cwd=ROOT, start_new_session=True)
+
+    with serving(settings) as api, api.client() as http:
+        webhook = register(http, receiver)
+        first = deliverer()
+        try:
+            queued_then_deleted(http, clips)
+            assert receiver.arrived.wait(60), "the deliverer never sent the event"
+            os.kill(first.pid, signal.SIGKILL)  # mid-request: the receiver has not answered yet
+            first.wait(10)
+        finally:
+            receiver.hold.set()
+            if first.poll() is None:
+                first.kill()
+        [pending] = deliveries(http, webhook["id"])
+        assert pending["status"] == "pending" and pending["attempts"] == []  # the killed attempt left no trace
+
+        second = deliverer()
+        try:
+            [delivery] = wait_until(lambda: finished(http, webhook["id"]), 60, "the restarted deliverer")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0
+    assert delivery["status"] == "delivered" and len(delivery["attempts"]) == 1
+    # At least once: the receiver saw the message twice, under one webhook-id it can drop a repeat by.
+    assert [r["id"] for r in receiver.received] == [delivery["id"]] * 2
+
+
+# -- SSRF ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "kind"), [
+    ("http://127.0.0.1:8080/hook", "loopback"),
+    ("http://localhost/hook", "loopback"),
+    ("http://[::1]/hook", "loopback"),
+    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+    ("http://10.1.2.3/hook", "private"),
+    ("https://192.168.0.10/hook", "private"),
+    ("http://169.254.169.254/latest/meta-data/", "metadata"),
+    ("http://0.0.0.0/hook", "unspecified"),
+])
+def test_private_addresses_are_refused_without_the_allow_flag(settings, url, kind):
+    with serving(replace(settings, webhook_allow_private=False)) as api, api.client() as http:
+        refused = http.post("/v1/webhooks", json={"url": url, "events": ["video.ready"]})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_url" and kind in error["message"], error
+        assert http.get("/v1/webhooks").json()["items"] == []
+        # A public address is fine (nothing is sent to it in this test).
+        assert http.post("/v1/webhooks", json={"url": "https://1.1.1.1/hook", "events": ["video.ready"]}
+                         ).status_code == 201
+
+
+def test_metadata_addresses_stay_refused_with_the_allow_flag(http):
+    refused = http.post("/v1/webhooks", json={"url": "http://169.254.169.254/", "events": ["video.ready"]})
+    assert refused.status_code == 422 and "metadata" in refused.json()["error"]["message"]
+
+
+def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver):
+    """Registered while allowed (as a name that resolved elsewhere then would be): a deliverer that
+    does not allow private addresses refuses to send, and the history says why."""
+    settings = replace(settings, webhook_deliver_in_api=False)
+    with serving(settings) as api, api.client() as http:
+        webhook = register(http, receiver)
+        queued_then_deleted(http, clips)
+        guarded = Deliverer(replace(settings, webhook_allow_private=False), Farm(settings).webhooks)
+        assert guarded.step("guarded")
+        [delivery] = deliveries(http, webhook["id"])
+    [attempt] = delivery["attempts"]
+    assert delivery["status"] == "pending" and attempt["status_code"] is None
+    assert "loopback" in attempt["error"] and "VIDFARM_WEBHOOK_ALLOW_PRIVATE" in attempt["error"]
+    assert receiver.received == []
+
+
+@pytest.mark.parametrize("body", [
+    {"url": "ftp://example.com/hook", "events": ["video.ready"]},
+    {"url": "http://user:pw@1.1.1.1/hook", "events": ["video.ready"]},
+    {"url": "http:///nohost", "events": ["video.ready"]},
+    {"url": "http://1.1.1.1:99999/", "events": ["video.ready"]},
+    {"url": "http://1.1.1.1/", "events": ["video.bogus"]},
+    {"url": "http://1.1.1.1/", "events": []},
+    {"url": "http://nonexistent.invalid/", "events": ["video.ready"]},
+    {"events": ["video.ready"]},
+])
+def test_bad_registrations_are_4xx_naming_the_problem(http, body):
+    refused = http.post("/v1/webhooks", json=body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["message"]
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+
+def test_list_get_delete_and_another_tenant_sees_nothing(api, http, receiver):
+    webhook = register(http, receiver, events=["video.ready", "video.failed"])
+    assert webhook["secret"].startswith("whsec_") and webhook["id"].startswith("wh_")
+    listed = http.get("/v1/webhooks").json()["items"]
+    assert listed == [{k: webhook[k] for k in ("id", "url", "events", "created_at")}]  # no secret
+    assert "secret" not in http.get(f"/v1/webhooks/{webhook['id']}").json()
+    with api.client(key=OTHER_KEY) as other:
+        assert other.get("/v1/webhooks").json()["items"] == []
+        for method, path in [("GET", ""), ("DELETE", ""), ("GET", "/deliveries")]:
+            answer = other.request(method, f"/v1/webhooks/{webhook['id']}{path}")
+            assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found", (method, path)
+    assert http.delete(f"/v1/webhooks/{webhook['id']}").status_code == 204
+    assert http.get(f"/v1/webhooks/{webhook['id']}").status_code == 404
+    assert http.get("/v1/webhooks").json()["items"] == []
+
+
+def test_payload_shape_and_headers(http, clips, receiver):
+    register(http, receiver)
+    video_id = queued_then_deleted(http, clips)
+    wait_until(lambda: receiver.received, 30, "the event")
+    [request] = receiver.received
+    event = request["event"]
+    assert event["type"] == "video.deleted" and event["data"]["id"] == video_id
+    assert set(event) == {"type", "timestamp", "data"}
+    assert request["headers"]["webhook-signature"].startswith("v1,")
+    assert request["headers"]["content-type"] == "application/json"
+    assert json.dumps(event["data"])  # the public document, JSON all the way down
