@@ -528,3 +528,10 @@ def temp_dir(prefix: str, keep: bool = False) -> Iterator[Path]:
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def empty_files(folder: Path) -> None:
+    """Deletes every file below `folder`, keeping the folders (a running API still uses them)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.unlink()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
-from _common import machine, make_clip, median, table, temp_dir
+from _common import empty_files, machine, make_clip, median, table, temp_dir
 from upload_stream import API_KEY, MIB, RssSampler, baseline_rss, start_api
 
 from vidfarm.localredis import LocalRedis
@@ -118,9 +118,7 @@ def main() -> None:
                         r = results[-1]
                         print(f"rep {rep + 1} {kind}: {r.status} {r.seconds:.2f} s {size / r.seconds / 1e6:.0f} MB/s "
                               f"peak RSS +{r.peak_growth / MIB:.1f} MiB", flush=True)
-                        for leftover in (work / "storage").rglob("*"):  # keep the disk from filling up
-                            if leftover.is_file():
-                                leftover.unlink()
+                        empty_files(work / "storage")  # keep the disk from filling up
         finally:
             api.terminate()
             api.wait(timeout=30)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _common import ROOT, VIDFARM, machine, make_clip, median, rss_bytes, table, temp_dir, wait_until
+from _common import ROOT, VIDFARM, empty_files, machine, make_clip, median, rss_bytes, table, temp_dir, wait_until
 
 from vidfarm.localredis import LocalRedis, free_port
 
@@ -142,9 +142,7 @@ def main() -> None:
                 r = results[-1]
                 print(f"rep {rep + 1}: {r.status} body {r.body_s:.2f} s total {r.total_s:.2f} s "
                       f"peak RSS +{r.peak_growth / MIB:.1f} MiB", flush=True)
-                for leftover in (work / "storage").rglob("*"):  # keep the disk from filling up
-                    if leftover.is_file():
-                        leftover.unlink()
+                empty_files(work / "storage")  # keep the disk from filling up
         finally:
             api.terminate()
             api.wait(timeout=30)

@@ -307,3 +307,12 @@ def reconciling(farm: Farm, every_s: float = 0.5) -> Iterator[list[Exception]]:
 def reconciler(farm) -> Iterator[list[Exception]]:
     with reconciling(farm) as errors:
         yield errors
+
+
+# Debian's chromium (installed by `make setup` / .ci/run); CHROMIUM=/path/to/chrome to use another build.
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Tests in a real browser are skipped only where the browser or node is absent.
+NEEDS_BROWSER = [
+    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: `make setup` (apt nodejs npm)"),
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no {CHROMIUM}: `make setup` (apt chromium)"),
+]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -18,20 +17,17 @@ from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, make_clip, upload, wait_for
+from tests.conftest import CHROMIUM, NEEDS_BROWSER, ROOT, make_clip, upload, wait_for
 from uploader import playback
 from vidfarm.catalog import CHUNK
 from vidfarm.settings import Settings
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 NODE_MODULES = BROWSER_DIR / "node_modules"
-# Debian's chromium; CHROMIUM=/path/to/chrome to use another build.
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Only the players are served from node_modules, not whatever else npm installed.
 VENDORED = ("hls.js/dist/", "dashjs/dist/")
 # 7 s at 25 fps in 2 s chunks (one GOP each): several chunks stitched, two segments per rung (6 s + 1 s),
@@ -49,11 +45,7 @@ AAC_FRAME_S = 1024 / 48000
 # 4x speed, not a fault of the stream. Non-fatal; every other error event fails the test.
 STALL = "bufferStalledError"
 
-# Skipped only where the browser or node is absent; `make setup` and .ci/run install both.
-pytestmark = [
-    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: `make setup` (apt nodejs npm)"),
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no {CHROMIUM}: `make setup` (apt chromium)"),
-]
+pytestmark = NEEDS_BROWSER
 
 
 @pytest.fixture

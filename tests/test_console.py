@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import replace
@@ -24,22 +23,17 @@ from typing import Any
 import pytest
 
 from autoscaler.runtime import publish_status
-from tests.conftest import API_KEY, ROOT, make_clip
+from tests.conftest import API_KEY, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
 
 BROWSER_DIR = ROOT / "tests" / "browser"
-# Debian's chromium; CHROMIUM=/path/to/chrome to use another build.
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CONSOLE_DIR = ROOT / "uploader" / "console"
 CLIP = ("testsrc2=size=640x360:rate=25:duration=4", True, [])
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 WORKER = "console-test-worker"
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: `make setup` (apt nodejs npm)"),
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no {CHROMIUM}: `make setup` (apt chromium)"),
-]
+pytestmark = NEEDS_BROWSER
 
 
 @pytest.fixture
