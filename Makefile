@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages console demo test lint
+.PHONY: setup system-packages console demo test lint image image-check
 
 # command:Debian package. Only what is missing is installed: a node from elsewhere (NodeSource) ships
 # its own npm, and Debian's npm package would conflict with it.
@@ -60,3 +60,16 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The container image (Dockerfile): `docker build` where a Docker daemon answers, else buildah, with
+# the base images bootstrapped from Debian packages when no registry can be reached (see the script).
+# Not part of `test` or CI: it downloads a few hundred MiB and takes minutes.
+IMAGE ?= localhost/vidfarm:check
+
+image:
+	IMAGE=$(IMAGE) deploy/image-check.sh build
+
+# Builds, then checks inside the image: `vidfarm --help`, h264_nvenc in ffmpeg, and a 1080p+720p
+# transcode as uid 10001 with a read-only root and /tmp as tmpfs.
+image-check:
+	IMAGE=$(IMAGE) deploy/image-check.sh all

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Build the vidfarm image and check it the way Kubernetes runs it (issue 9).
+#
+#   deploy/image-check.sh build   # docker build, or buildah where there is no Docker daemon
+#   deploy/image-check.sh check   # the checks below, in the built image
+#   deploy/image-check.sh         # both (what `make image-check` runs; `make image` only builds)
+#
+# Checks, each in a fresh container as uid 10001 with a read-only root and /tmp as tmpfs (the
+# worker pods' securityContext and volumes):
+#   1. `vidfarm --help` runs (the entry point, its imports, tini);
+#   2. ffmpeg lists h264_nvenc (the GPU pool uses the same image);
+#   3. a 1080p + 720p chunk transcode succeeds: the command transcoder/command.py builds, run by the
+#      image's own Python and ffmpeg, writing only under /tmp.
+#
+# Where the Dockerfile's base images cannot be pulled (no registry but package registries reachable)
+# and buildah builds, the bases are bootstrapped from Debian packages with debootstrap, from the
+# mirror apt uses, and stored under the names the Dockerfile's FROM lines use. They are stand-ins
+# (labelled so, Debian's Python 3.11 and Node.js 18 instead of the official images' builds), for
+# checking the Dockerfile here, never for pushing: `build` refuses to tag them anywhere but locally.
+#
+# Environment: IMAGE (default localhost/vidfarm:check), BUILDER (docker|buildah; default: docker
+# when its daemon answers, else buildah), RUNNER (docker|podman; default: the same rule),
+# DEBIAN_MIRROR (default: the first URI in apt's sources), SUITE (default bookworm).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+IMAGE=${IMAGE:-localhost/vidfarm:check}
+SUITE=${SUITE:-bookworm}
+# Where bootstrapped root filesystems are built (not /tmp: a few hundred MiB each, and /tmp may be a tmpfs).
+WORK=${WORK:-/var/tmp/vidfarm-image-check}
+STANDIN_LABEL=io.vidfarm.standin
+
+log() { printf '[image-check] %s\n' "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+docker_ok() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+pick_builder() {
+  if [ -n "${BUILDER:-}" ]; then echo "$BUILDER"; return; fi
+  if docker_ok; then echo docker; return; fi
+  command -v buildah >/dev/null || die "no Docker daemon and no buildah (apt-get install buildah)"
+  echo buildah
+}
+
+pick_runner() {
+  if [ -n "${RUNNER:-}" ]; then echo "$RUNNER"; return; fi
+  if docker_ok; then echo docker; return; fi
+  # podman shares buildah's image store (containers/storage), so it runs what buildah built.
+  command -v podman >/dev/null || die "no Docker daemon and no podman to run the image (apt-get install podman)"
+  echo podman
+}
+
+debian_mirror() {
+  if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+  local uri
+  uri=$(grep -hsE '^\s*URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1 || true)
+  [ -n "$uri" ] || uri=$(grep -hsE '^\s*deb\s' /etc/apt/sources.list | awk '{print $2}' | grep -v security | head -n1 || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# The FROM images of the Dockerfile, stage aliases and `scratch` left out.
+base_images() {
+  awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; break } }' \
+    "$ROOT/Dockerfile" | sort -u | while read -r name; do
+      grep -qiE "^FROM .* AS $name\$" "$ROOT/Dockerfile" || [ "$name" = scratch ] || echo "$name"
+    done
+}
+
+# Short names as buildah resolves them for a Dockerfile: docker.io/library/NAME:TAG.
+qualified() { case "$1" in */*/*) echo "$1" ;; */*) echo "docker.io/$1" ;; *) echo "docker.io/library/$1" ;; esac; }
+
+# bootstrap NAME: a minimal Debian root with what the official image of NAME provides, committed as NAME.
+bootstrap() {
+  local name=$1 ref include env_args=() cmd
+  ref=$(qualified "$name")
+  case "$name" in
+    python:3.11-*)
+      include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates
+      # The official image's pip installs into its own /usr/local Python; Debian's refuses to touch
+      # the system Python (PEP 668) unless told. Only this stand-in carries the variable.
+      env_args=(--env PIP_BREAK_SYSTEM_PACKAGES=1 --env LANG=C.UTF-8)
+      cmd=python3 ;;
+    node:*)
+      include=nodejs,npm,ca-certificates
+      env_args=(--env LANG=C.UTF-8)
+      cmd=node ;;
+    *) die "no recipe to bootstrap base image $name; pull it or add one" ;;
+  esac
+  command -v debootstrap >/dev/null || die "cannot pull $name and no debootstrap to build it (apt-get install debootstrap)"
+  local rootfs="$WORK/rootfs-${name//[:\/]/_}" mirror
+  mirror=$(debian_mirror)
+  log "bootstrapping $ref from Debian $SUITE ($mirror): $include"
+  rm -rf "$rootfs" && mkdir -p "$WORK"
+  debootstrap --variant=minbase --include="$include" "$SUITE" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
+    || die "debootstrap of $name; see $rootfs.log"
+  # As slim as the official images: no package lists or caches in the layer.
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+  # RUN steps use the mirror the bootstrap used (debootstrap writes only `main` of the suite).
+  printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$SUITE" "$mirror" "$SUITE" \
+    >"$rootfs/etc/apt/sources.list"
+  local ctr mnt
+  ctr=$(buildah from scratch)
+  mnt=$(buildah mount "$ctr")
+  cp -a "$rootfs"/. "$mnt"/
+  buildah umount "$ctr" >/dev/null
+  buildah config "${env_args[@]}" --cmd "$cmd" \
+    --label "$STANDIN_LABEL=bootstrapped from Debian $SUITE by deploy/image-check.sh; not the official image" \
+    "$ctr"
+  buildah commit --rm -q "$ctr" "$ref" >/dev/null
+  rm -rf "$rootfs"
+  log "stored $ref (stand-in)"
+}
+
+ensure_bases() {
+  local name ref
+  for name in $(base_images); do
+    ref=$(qualified "$name")
+    if buildah inspect --type image "$ref" >/dev/null 2>&1; then
+      log "base $ref: present"
+    elif timeout 60 buildah pull -q "$ref" >/dev/null 2>&1; then
+      log "base $ref: pulled"
+    else
+      log "base $ref: cannot be pulled"
+      bootstrap "$name"
+    fi
+  done
+}
+
+build() {
+  local builder
+  builder=$(pick_builder)
+  log "building $IMAGE with $builder"
+  case "$builder" in
+    docker) docker build -t "$IMAGE" "$ROOT" ;;
+    buildah)
+      ensure_bases
+      if buildah images --format '{{.Name}}:{{.Tag}} {{.Labels}}' 2>/dev/null | grep -q "$STANDIN_LABEL" \
+        && [[ "$IMAGE" != localhost/* ]]; then
+        die "the bases are local stand-ins; tag the image localhost/... (IMAGE=$IMAGE would look pushable)"
+      fi
+      # --pull=missing: bases from the store (bootstrapped or pulled above) are used as they are.
+      # --network host: RUN steps reach the package mirrors without CNI/netavark set up here.
+      buildah build --pull=missing --network host --layers -t "$IMAGE" "$ROOT" ;;
+    *) die "unknown BUILDER=$builder" ;;
+  esac
+}
+
+# run ENTRYPOINT ARGS...: one container as Kubernetes runs a worker pod: uid/gid 10001, read-only
+# root, a tmpfs on /tmp, no capabilities, no network (nothing in these checks needs it).
+run_in_image() {
+  local runner entrypoint=$1
+  shift
+  runner=$(pick_runner)
+  "$runner" run --rm --user 10001:10001 --read-only --tmpfs /tmp:rw,size=512m,mode=1777 \
+    --cap-drop ALL --security-opt no-new-privileges --network none \
+    --env VIDFARM_HOME=/tmp/vidfarm --entrypoint "$entrypoint" "$IMAGE" "$@"
+}
+
+# What a chunk job of a 1080p source runs: transcoder.command.chunk_args for the 1080p and 720p rungs,
+# built from the probe and the ladder as transcoder/job.py builds it, x264 with 2 threads.
+TRANSCODE_PY='
+import dataclasses, json, subprocess, sys
+from pathlib import Path
+from transcoder.command import X264, chunk_args
+from transcoder.job import count_frames
+from transcoder.ladder import plan_outputs, rungs_named
+from vidfarm.chunks import ChunkSpan, chunk_window
+from vidfarm.probe import probe
+
+tmp = Path("/tmp/check")
+tmp.mkdir()
+source = tmp / "source.mp4"
+subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                "testsrc2=size=1920x1080:rate=30:duration=2", "-c:v", "libx264", "-preset", "ultrafast",
+                "-pix_fmt", "yuv420p", str(source)], check=True)
+info = probe(source, max_duration_s=60, max_pixels=1 << 40)
+plans = plan_outputs(info, rungs_named(["1080p", "720p"]))
+window = chunk_window(ChunkSpan(0, 0, None), plans[0].fps, 0, info.file_start_s)
+outputs = [(p, tmp / f"{p.name}.mp4") for p in plans]
+args = chunk_args(source, outputs, window=window, frames=None, encoder=dataclasses.replace(X264, threads=2))
+subprocess.run(["ffmpeg", *args], check=True, stdout=subprocess.DEVNULL)
+frames = {p.name: count_frames(path) for p, path in outputs}
+print(json.dumps(frames))
+sys.exit(0 if frames == {"1080p": 60, "720p": 60} else 1)
+'
+
+check() {
+  local out
+  log "1/3 vidfarm --help"
+  out=$(run_in_image tini -- vidfarm --help) || die "vidfarm --help"
+  grep -q worker <<<"$out" || die "vidfarm --help does not list the worker command"
+  log "2/3 ffmpeg lists h264_nvenc"
+  out=$(run_in_image ffmpeg -hide_banner -encoders) || die "ffmpeg -encoders"
+  grep -q h264_nvenc <<<"$out" || die "ffmpeg has no h264_nvenc"
+  log "3/3 1080p + 720p transcode as uid 10001, read-only root, /tmp tmpfs"
+  out=$(run_in_image python -c "$TRANSCODE_PY") || die "transcode: $out"
+  log "frames per rendition: $out"
+  log "all checks passed for $IMAGE"
+}
+
+case "${1:-all}" in
+  build) build ;;
+  check) check ;;
+  all) build && check ;;
+  bases) ensure_bases ;;
+  *) echo "usage: $0 [build|check|all|bases]" >&2; exit 2 ;;
+esac
