@@ -79,7 +79,11 @@ SOURCES = {s.name: s for s in (
     Source("pq-1080p", "1920x1080", None, hdr("smpte2084")),
     Source("hlg-1080p", "1920x1080", None, hdr("arib-std-b67")),
     Source("pq-2160p", "3840x2160", FULL_LADDER, hdr("smpte2084")),
+    # Not run by default (slow to generate on a small machine): the farm accepts up to 8K
+    # (VIDFARM_MAX_PIXELS), and decoding and tone mapping work at the source's size.
+    Source("pq-4320p", "7680x4320", FULL_LADDER, hdr("smpte2084")),
 )}
+DEFAULT_SOURCES = ("sdr-1080p", "sdr-2160p", "pq-1080p", "hlg-1080p", "pq-2160p")
 
 
 def manifest_cpu_limit() -> int:
@@ -105,7 +109,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3, help="length of each source (default 3)")
     parser.add_argument("--rate", type=int, default=30, help="frame rate of the sources (default 30)")
-    parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
+    parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                        help=f"comma-separated, of {', '.join(SOURCES)} (default {','.join(DEFAULT_SOURCES)})")
     parser.add_argument("--threads", default="2,limit",
                         help="VIDFARM_FFMPEG_THREADS values for the chunk job; 'limit' is worker-cpu's CPU "
                              "limit, 'auto' leaves ffmpeg to size its threads (default 2,limit)")

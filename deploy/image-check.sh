@@ -69,45 +69,68 @@ base_images() {
 # Short names as buildah resolves them for a Dockerfile: docker.io/library/NAME:TAG.
 qualified() { case "$1" in */*/*) echo "$1" ;; */*) echo "docker.io/$1" ;; *) echo "docker.io/library/$1" ;; esac; }
 
-# bootstrap NAME: a minimal Debian root with what the official image of NAME provides, committed as NAME.
-bootstrap() {
-  local name=$1 ref include env_args=() cmd
-  ref=$(qualified "$name")
-  case "$name" in
-    python:3.11-*)
-      include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates
-      # The official image's pip installs into its own /usr/local Python; Debian's refuses to touch
-      # the system Python (PEP 668) unless told. Only this stand-in carries the variable.
-      env_args=(--env PIP_BREAK_SYSTEM_PACKAGES=1 --env LANG=C.UTF-8)
-      cmd=python3 ;;
-    node:*)
-      include=nodejs,npm,ca-certificates
-      env_args=(--env LANG=C.UTF-8)
-      cmd=node ;;
-    *) die "no recipe to bootstrap base image $name; pull it or add one" ;;
-  esac
-  command -v debootstrap >/dev/null || die "cannot pull $name and no debootstrap to build it (apt-get install debootstrap)"
-  local rootfs="$WORK/rootfs-${name//[:\/]/_}" mirror
+# Removes a bootstrap root, unmounting first what a debootstrap that died left mounted in it (/proc,
+# /sys): rm -rf must never walk into the host's.
+remove_rootfs() {
+  local rootfs=$1 target
+  [ -e "$rootfs" ] || return 0
+  findmnt -rn -o TARGET | grep -F "$rootfs/" | sort -r | while read -r target; do umount -l "$target"; done
+  rm -rf --one-file-system "$rootfs"
+}
+
+MINBASE=localhost/vidfarm-debian-minbase:$SUITE
+
+# A minimal Debian root (debootstrap --variant=minbase), committed once as $MINBASE. Packages are
+# added on top with apt-get inside buildah, not with debootstrap --include: debootstrap's own
+# resolver leaves big dependency trees (npm: some 300 node-* packages) unconfigured.
+minbase() {
+  buildah inspect --type image "$MINBASE" >/dev/null 2>&1 && return 0
+  command -v debootstrap >/dev/null || die "no base image can be pulled and no debootstrap (apt-get install debootstrap)"
+  local rootfs="$WORK/rootfs-minbase" mirror ctr mnt
   mirror=$(debian_mirror)
-  log "bootstrapping $ref from Debian $SUITE ($mirror): $include"
-  rm -rf "$rootfs" && mkdir -p "$WORK"
-  debootstrap --variant=minbase --include="$include" "$SUITE" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
-    || die "debootstrap of $name; see $rootfs.log"
-  # As slim as the official images: no package lists or caches in the layer.
-  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+  log "debootstrap $SUITE from $mirror"
+  remove_rootfs "$rootfs" && mkdir -p "$WORK"
+  debootstrap --variant=minbase "$SUITE" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
+    || die "debootstrap; see $rootfs.log"
   # RUN steps use the mirror the bootstrap used (debootstrap writes only `main` of the suite).
   printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$SUITE" "$mirror" "$SUITE" \
     >"$rootfs/etc/apt/sources.list"
-  local ctr mnt
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
   ctr=$(buildah from scratch)
   mnt=$(buildah mount "$ctr")
   cp -a "$rootfs"/. "$mnt"/
   buildah umount "$ctr" >/dev/null
+  buildah config --cmd bash --env LANG=C.UTF-8 "$ctr"
+  buildah commit --rm -q "$ctr" "$MINBASE" >/dev/null
+  remove_rootfs "$rootfs"
+}
+
+# bootstrap NAME: $MINBASE plus what the official image NAME provides, committed under NAME.
+bootstrap() {
+  local name=$1 ref packages env_args=() cmd ctr
+  ref=$(qualified "$name")
+  case "$name" in
+    python:3.11-*)
+      packages="python3 python3-pip python3-venv python-is-python3 ca-certificates"
+      # The official image's pip installs into its own /usr/local Python; Debian's refuses to touch
+      # the system Python (PEP 668) unless told. Only this stand-in carries the variable.
+      env_args=(--env PIP_BREAK_SYSTEM_PACKAGES=1)
+      cmd=python3 ;;
+    node:*)
+      packages="nodejs npm ca-certificates"
+      cmd=node ;;
+    *) die "no recipe to bootstrap base image $name; pull it or add one" ;;
+  esac
+  minbase
+  log "building stand-in $ref: $MINBASE + $packages"
+  ctr=$(buildah from --pull=never "$MINBASE")
+  buildah run --network host "$ctr" -- sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends $packages >/dev/null && rm -rf /var/lib/apt/lists/*" \
+    || die "apt-get install $packages in the stand-in for $name"
   buildah config "${env_args[@]}" --cmd "$cmd" \
     --label "$STANDIN_LABEL=bootstrapped from Debian $SUITE by deploy/image-check.sh; not the official image" \
     "$ctr"
   buildah commit --rm -q "$ctr" "$ref" >/dev/null
-  rm -rf "$rootfs"
   log "stored $ref (stand-in)"
 }
 

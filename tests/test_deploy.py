@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -325,6 +326,55 @@ def test_ffmpeg_threads_follow_the_cpu_limit(variant):
         # Whole cores (divisor 1 rounds up), of this container's limit, which must exist.
         assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
         assert c["resources"]["limits"]["cpu"]
+
+
+# Measured by bench/worker_memory.py and recorded in BENCHMARKS.md ("Worker memory"): the highest
+# peak RSS of any job's ffmpeg (a 4K HDR PQ chunk: zscale tone mapping, 2160p/1440p/1080p/720p, with
+# ffmpeg threads = worker-cpu's CPU limit) and of the `vidfarm worker` process itself. Re-measure
+# and update them when the job commands, the ladder or the CPU limit change.
+WORKER_FFMPEG_PEAK_MIB = 1703
+WORKER_PROCESS_PEAK_MIB = 60
+MEASURED_AT_THREADS = 4
+# Half again on top, for what a few seconds of test pattern does not show: real sources' deeper
+# reference lists and bigger frames in flight, allocator growth over hours-long encodes.
+MEMORY_HEADROOM = 1.5
+# GPU workers also hold the CUDA/NVENC driver's host memory: an allowance, not a measurement (no
+# NVENC-capable GPU was in the benchmark's reach).
+GPU_DRIVER_ALLOWANCE_MIB = 1024
+MIB = 1024 * 1024
+
+
+def _cores(quantity: str) -> float:
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def worker_memory_needed_mib(resources: dict) -> float:
+    needed = (WORKER_FFMPEG_PEAK_MIB + WORKER_PROCESS_PEAK_MIB) * MEMORY_HEADROOM
+    return needed + (GPU_DRIVER_ALLOWANCE_MIB if "nvidia.com/gpu" in resources["limits"] else 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worker_memory_covers_the_measured_peak(variant):
+    for w in worker_deployments(render(variant)):
+        name, resources = w["metadata"]["name"], container(w)["resources"]
+        limit = _bytes(resources["limits"]["memory"])
+        assert limit >= worker_memory_needed_mib(resources) * MIB, name
+        # Request = limit: under node memory pressure the kubelet evicts first the pods using more
+        # than they requested, and evicting a worker throws its transcode away.
+        assert _bytes(resources["requests"]["memory"]) == limit, name
+        # The peak was measured with this many ffmpeg threads; more threads (a higher CPU limit) use
+        # more memory, so a higher limit needs a new measurement first.
+        assert math.ceil(_cores(resources["limits"]["cpu"])) <= MEASURED_AT_THREADS, name
+
+
+def test_benchmarks_record_the_worker_memory_figures():
+    """The constants above are the ones BENCHMARKS.md reports, so neither changes alone."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    section = text[text.index("## Worker memory"):]
+    assert f"highest ffmpeg peak: {WORKER_FFMPEG_PEAK_MIB} MiB" in section
+    assert f"worker process peak (VmHWM, after a job): {WORKER_PROCESS_PEAK_MIB} MiB" in section
+    assert f"worker-cpu CPU limit: {MEASURED_AT_THREADS}" in section
 
 
 def _queues(args: list[str]) -> list[str]:
