@@ -29,6 +29,10 @@ SUITE=${SUITE:-bookworm}
 # Where bootstrapped root filesystems are built (not /tmp: a few hundred MiB each, and /tmp may be a tmpfs).
 WORK=${WORK:-/var/tmp/vidfarm-image-check}
 STANDIN_LABEL=io.vidfarm.standin
+# chroot isolation for buildah's RUN steps: the OCI runtime (crun) cannot start containers where
+# cgroups are in hybrid v1/v2 mode ("cgroups in hybrid mode not supported"), as in this repository's
+# sandbox VMs. RUN steps only install packages and build wheels; they need nothing more.
+export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 
 log() { printf '[image-check] %s\n' "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -74,7 +78,7 @@ qualified() { case "$1" in */*/*) echo "$1" ;; */*) echo "docker.io/$1" ;; *) ec
 remove_rootfs() {
   local rootfs=$1 target
   [ -e "$rootfs" ] || return 0
-  findmnt -rn -o TARGET | grep -F "$rootfs/" | sort -r | while read -r target; do umount -l "$target"; done
+  { findmnt -rn -o TARGET | grep -F "$rootfs/" || true; } | sort -r | while read -r target; do umount -l "$target"; done
   rm -rf --one-file-system "$rootfs"
 }
 
