@@ -4,6 +4,7 @@
 #   deploy/image-check.sh build   # docker build, or buildah where there is no Docker daemon
 #   deploy/image-check.sh check   # the checks below, in the built image
 #   deploy/image-check.sh         # both (what `make image-check` runs; `make image` only builds)
+#   deploy/image-check.sh run ENTRYPOINT ARGS...   # one command in the image, run as the checks run
 #
 # Checks, each in a fresh container as uid 10001 with a read-only root and /tmp as tmpfs (the
 # worker pods' securityContext and volumes):
@@ -49,9 +50,12 @@ pick_builder() {
 pick_runner() {
   if [ -n "${RUNNER:-}" ]; then echo "$RUNNER"; return; fi
   if docker_ok; then echo docker; return; fi
-  # podman shares buildah's image store (containers/storage), so it runs what buildah built.
-  command -v podman >/dev/null || die "no Docker daemon and no podman to run the image (apt-get install podman)"
-  echo podman
+  # podman shares buildah's image store (containers/storage), so it runs what buildah built; where
+  # its OCI runtime cannot start containers (see BUILDAH_ISOLATION above), a chroot does the same.
+  if command -v podman >/dev/null && podman run --rm --network none "$IMAGE" true >/dev/null 2>&1; then
+    echo podman; return
+  fi
+  echo chroot
 }
 
 debian_mirror() {
@@ -172,15 +176,45 @@ build() {
   esac
 }
 
-# run ENTRYPOINT ARGS...: one container as Kubernetes runs a worker pod: uid/gid 10001, read-only
-# root, a tmpfs on /tmp, no capabilities, no network (nothing in these checks needs it).
+# run_in_image ENTRYPOINT ARGS...: one container as Kubernetes runs a worker pod: uid/gid 10001,
+# read-only root, a tmpfs on /tmp, no capabilities, no network (nothing in these checks needs it).
 run_in_image() {
   local runner entrypoint=$1
   shift
   runner=$(pick_runner)
-  "$runner" run --rm --user 10001:10001 --read-only --tmpfs /tmp:rw,size=512m,mode=1777 \
-    --cap-drop ALL --security-opt no-new-privileges --network none \
-    --env VIDFARM_HOME=/tmp/vidfarm --entrypoint "$entrypoint" "$IMAGE" "$@"
+  case "$runner" in
+    docker|podman)
+      "$runner" run --rm --user 10001:10001 --read-only --tmpfs /tmp:rw,size=512m,mode=1777 \
+        --cap-drop ALL --security-opt no-new-privileges --network none \
+        --env VIDFARM_HOME=/tmp/vidfarm --entrypoint "$entrypoint" "$IMAGE" "$@" ;;
+    chroot) run_in_chroot "$entrypoint" "$@" ;;
+    *) die "unknown RUNNER=$runner" ;;
+  esac
+}
+
+# The same without an OCI runtime: the image's root from buildah, bind-mounted read-only in private
+# mount, PID and network namespaces, a tmpfs on /tmp, then chroot to uid/gid 10001 (which leaves no
+# capabilities) with the image's environment.
+run_in_chroot() {
+  local ctr mnt status=0 env=()
+  ctr=$(buildah from --pull=never "$IMAGE")
+  mnt=$(buildah mount "$ctr")
+  mapfile -t env < <(buildah inspect --type image --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$IMAGE" \
+    | grep -v '^$')
+  unshare --mount --pid --net --fork -- sh -ec '
+    image=$1; root=/run/vidfarm-check-root; shift
+    mount --make-rprivate /
+    mkdir -p "$root"
+    mount --bind "$image" "$root"
+    mount -o remount,bind,ro "$root"
+    mount -t tmpfs -o size=512m,mode=1777 tmpfs "$root/tmp"
+    mount -t proc proc "$root/proc"
+    mount --rbind /dev "$root/dev"
+    exec chroot --userspec=10001:10001 --groups=10001 "$root" "$@"
+  ' sh "$mnt" env -i "${env[@]}" HOME=/home/vidfarm VIDFARM_HOME=/tmp/vidfarm "$@" || status=$?
+  buildah umount "$ctr" >/dev/null
+  buildah rm "$ctr" >/dev/null
+  return "$status"
 }
 
 # What a chunk job of a 1080p source runs: transcoder.command.chunk_args for the 1080p and 720p rungs,
@@ -230,5 +264,6 @@ case "${1:-all}" in
   check) check ;;
   all) build && check ;;
   bases) ensure_bases ;;
-  *) echo "usage: $0 [build|check|all|bases]" >&2; exit 2 ;;
+  run) shift; run_in_image "$@" ;;  # run ENTRYPOINT ARGS...: one command in the image, as the checks run
+  *) echo "usage: $0 [build|check|all|bases|run ENTRYPOINT ARGS...]" >&2; exit 2 ;;
 esac
