@@ -84,7 +84,9 @@ class ChunkWindow:
     skip_frames: int
 
 
-WARMUP_SECONDS = 2.0
+# Long enough for every filter that looks at neighbouring frames (the deinterlacer, the frame-rate
+# converter, which holds the last frame before each slot); each second is decoded twice, so short.
+WARMUP_SECONDS = 1.0
 
 
 def chunk_window(span: ChunkSpan, fps: Fraction, first_frame: int, file_start_s: float) -> ChunkWindow:
@@ -92,9 +94,9 @@ def chunk_window(span: ChunkSpan, fps: Fraction, first_frame: int, file_start_s:
     frame 0 of the plan. Absolute indices make the grid identical however far into the file we seek."""
     warmup = min(span.start_frame, math.ceil(WARMUP_SECONDS * fps))
     grid_start = first_frame + span.start_frame - warmup
-    # Seek one more warm-up span earlier: input seeking lands on the keyframe before the target, but
-    # frames between it and the target may still be dropped by ffmpeg's accurate seek.
-    seek_s = max(0.0, float(Fraction(grid_start) / fps) - file_start_s - WARMUP_SECONDS)
+    # Input seeking decodes from the source keyframe before the target and drops what precedes the
+    # target; the converter pads its grid from the first frame it gets, inside the warm-up.
+    seek_s = max(0.0, float(Fraction(grid_start) / fps) - file_start_s)
     if span.start_frame == 0:
         seek_s = 0.0
     return ChunkWindow(seek_s=seek_s, grid_start_frame=grid_start, skip_frames=warmup)
