@@ -91,7 +91,7 @@ PROGRESS = ("-progress", "pipe:1", "-nostats")
 
 
 def chunk_args(
-    source: Path, outputs: Sequence[tuple[OutputPlan, Path]], *, window: ChunkWindow, frames: int | None,
+    source: Path | str, outputs: Sequence[tuple[OutputPlan, Path]], *, window: ChunkWindow, frames: int | None,
     encoder: Encoder, deinterlace: bool = False, hdr_transfer: str | None = None,
 ) -> list[str]:
     """Arguments (without the leading `ffmpeg`) encoding one chunk's frames into every planned rung:
@@ -129,7 +129,7 @@ def chunk_args(
     return merged.overwrite_output().get_args()
 
 
-def audio_args(source: Path, target: Path, *, start_s: float) -> list[str]:
+def audio_args(source: Path | str, target: Path, *, start_s: float) -> list[str]:
     """The whole first audio track as AAC, its time 0 at the video's first frame (`start_s`, on the
     source's clock): what comes earlier is cut, a late start is padded with silence, so the track
     lines up with the stitched picture."""
@@ -174,7 +174,7 @@ def segment_args(source: Path, stream: str, folder: Path, segment_s: float) -> l
     return out.global_args(*QUIET).overwrite_output().get_args()
 
 
-def poster_args(source: Path, target: Path, *, at_s: float, width: int, height: int) -> list[str]:
+def poster_args(source: Path | str, target: Path, *, at_s: float, width: int, height: int) -> list[str]:
     stream = ffmpeg.input(str(source), ss=f"{at_s:.3f}")
     picture = stream.video.filter("scale", width, height).filter("setsar", 1)
     out = ffmpeg.output(picture, str(target), vframes=1, format="mjpeg", **{"q:v": 3})

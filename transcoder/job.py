@@ -2,9 +2,11 @@
 
 Every attempt claims its task with a compare-and-set on the task's job id, so a stale duplicate of
 an older attempt (after a worker was presumed dead, or Redis was wiped and the job re-queued) does
-nothing. An attempt writes into its own folder, named by its job id; the catalog records which
-attempt finished, and only that attempt's files are ever read. Errors the input causes fail the
-video at once (and stop its other tasks); anything else is left for the reconciler to retry.
+nothing. An attempt writes into its own folder, named by its job id (in the shared directory, or on
+local scratch and then uploaded under the video's prefix of an object store); the catalog records
+which attempt finished, and only that attempt's files are ever read. Errors the input causes fail the
+video at once (and stop its other tasks); anything else (the object store down, say) is left for
+the reconciler to retry.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from vidfarm.farm import Farm
 from vidfarm.jobs import stop_failed_video
 from vidfarm.probe import SourceInfo
 from vidfarm.settings import Settings
-from vidfarm.storage import STORAGE_ERRNOS, publish, temp_name
+from vidfarm.storage import STORAGE_ERRNOS, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class TaskAttempt:
     """Claim, work, record: the protocol every kind of task follows. Subclasses do `work`."""
 
     kind = ""
+    # Chunk and audio outputs are read later by finalize, maybe on another worker: kept in storage.
+    keeps_files = True
 
     def __init__(self, farm: Farm, video_id: str, task_name: str, job_id: str) -> None:
         self.farm = farm
@@ -150,7 +153,8 @@ class TaskAttempt:
         self.task_name = task_name
         self.job_id = job_id
         self.encoder = IDENTITY.encoder
-        self.folder = farm.storage.work_dir(video_id, job_id)
+        self.storage = farm.storage
+        self.folder = self.storage.attempt_folder(video_id, job_id)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -162,6 +166,8 @@ class TaskAttempt:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # a storage error here fails the video clearly
             result = self.work(video, task)
+            if self.keeps_files:
+                self.storage.keep_attempt(self.video_id, self.job_id)
         except Canceled:
             self.discard()
             return CANCELED
@@ -260,14 +266,14 @@ class TaskAttempt:
                            error={"code": code, "message": message})
             stop_failed_video(self.farm, self.video_id, keep=self.job_id)
             # What the other tasks finished is of no use now; stragglers discard their own files.
-            shutil.rmtree(self.farm.storage.work_root(self.video_id), ignore_errors=True)
+            self.drop_work()
         return FAILED
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def explain(self, exc: FfmpegError) -> tuple[str, str]:
-        # Users see this message: our storage layout is none of their business.
-        detail = exc.stderr_tail.replace(str(self.farm.storage.root), "<storage>")
+        # Users see this message: our storage layout (and presigned URLs) are none of their business.
+        detail = self.storage.redact(exc.stderr_tail)
         storage = next((m for m in STORAGE_MESSAGES if m in detail), None)
         if storage is not None:
             return "storage_error", f"storage error: {storage} (ffmpeg: {detail})"
@@ -275,13 +281,19 @@ class TaskAttempt:
 
     def discard(self) -> None:
         try:
-            shutil.rmtree(self.folder, ignore_errors=False)
-        except FileNotFoundError:
-            pass
+            self.storage.drop_attempt(self.video_id, self.job_id)
         except OSError as exc:
             # A read-only disk refuses even this; failing here would leave the video
             # `processing` instead of `failed` with the real reason.
             log.warning("video %s: cannot remove %s: %s", self.video_id, self.folder.name, exc.strerror)
+        except StorageUnavailable as exc:  # left under the video's prefix: DELETE or the next run removes it
+            log.warning("video %s: cannot remove %s: %s", self.video_id, self.folder.name, exc)
+
+    def drop_work(self) -> None:
+        try:
+            self.storage.drop_work(self.video_id)
+        except StorageUnavailable as exc:
+            log.warning("video %s: work files not removed: %s", self.video_id, exc)
 
     def cancel_requested(self) -> bool:
         try:
@@ -290,11 +302,18 @@ class TaskAttempt:
             return False  # cannot tell; the final compare-and-set still catches a cancel
 
     def ffmpeg(self, args: list[str], on_progress=None) -> float:
-        return run_ffmpeg(args, on_progress=on_progress, should_cancel=self.cancel_requested,
-                          stall_timeout_s=IDENTITY.stall_timeout_s)
+        try:
+            return run_ffmpeg(args, on_progress=on_progress, should_cancel=self.cancel_requested,
+                              stall_timeout_s=IDENTITY.stall_timeout_s)
+        except FfmpegError as exc:
+            # Reading the source from an object store that failed is no fault of the input: retried.
+            if self.storage.input_trouble(exc.stderr_tail):
+                raise StorageUnavailable(f"ffmpeg could not read the source: {self.storage.redact(str(exc))}") from exc
+            raise
 
-    def source_path(self) -> Path:
-        return self.farm.storage.source_path(self.video_id)
+    def source_input(self) -> str:
+        """What ffmpeg opens: the source's path, or a presigned URL it reads ranges of."""
+        return self.storage.source(self.video_id).location
 
     def plans(self, video: dict[str, Any]) -> list[OutputPlan]:
         names = video["requested"] or list(self.farm.settings.ladder)
@@ -329,7 +348,7 @@ class ChunkAttempt(TaskAttempt):
         source = source_from_row(video)
         window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
         outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
-        args = chunk_args(self.source_path(), outputs, window=window, frames=task["frames"], encoder=self.encoder,
+        args = chunk_args(self.source_input(), outputs, window=window, frames=task["frames"], encoder=self.encoder,
                           deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer)
         started = time.monotonic()
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
@@ -401,7 +420,7 @@ class AudioAttempt(TaskAttempt):
     def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
         fps = self.plans(video)[0].fps
         start_s = float(Fraction(first_frame(video, fps)) / fps)
-        self.ffmpeg(audio_args(self.source_path(), self.folder / "audio.m4a", start_s=start_s))
+        self.ffmpeg(audio_args(self.source_input(), self.folder / "audio.m4a", start_s=start_s))
         return {}
 
 
@@ -410,6 +429,7 @@ class FinalizeAttempt(TaskAttempt):
     CMAF segments of HLS and DASH, write the manifests, then publish everything at once."""
 
     kind = FINALIZE
+    keeps_files = False  # published instead
 
     def claim(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         tasks = self.catalog.tasks(self.video_id)
@@ -422,15 +442,14 @@ class FinalizeAttempt(TaskAttempt):
         return super().claim()
 
     def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-        storage = self.farm.storage
         chunks = sorted((t for t in self.siblings if t["kind"] == CHUNK), key=lambda t: t["start_frame"])
         audio = next((t for t in self.siblings if t["kind"] == AUDIO), None)
-        audio_path = storage.work_dir(self.video_id, audio["result"]["attempt"]) / "audio.m4a" if audio else None
+        audio_path = self.kept_file(audio, "audio.m4a") if audio else None
         plans = self.plans(video)
         frames = sum(t["result"]["frames"] for t in chunks)
         renditions = []
         for plan in plans:
-            parts = [storage.work_dir(self.video_id, t["result"]["attempt"]) / f"{plan.name}.mp4" for t in chunks]
+            parts = [self.kept_file(t, f"{plan.name}.mp4") for t in chunks]
             listing = self.folder / f"{plan.name}.txt"
             listing.write_text(concat_list(parts))
             self.ffmpeg(stitch_args(listing, audio_path, self.folder / f"{plan.name}.mp4"))
@@ -439,6 +458,10 @@ class FinalizeAttempt(TaskAttempt):
         poster = self.make_poster(video)
         self.publish(plans, stream, poster)
         return {"frames": frames, "renditions": renditions, "has_poster": poster is not None}
+
+    def kept_file(self, task: dict[str, Any], name: str) -> Path:
+        """A local path to a file the finished attempt of `task` kept (downloaded to scratch if need be)."""
+        return self.storage.attempt_file(self.video_id, task["result"]["attempt"], name, self.folder / "in")
 
     def package(self, plans: list[OutputPlan], audio_path: Path | None) -> Path:
         stream = self.folder / "stream"
@@ -475,7 +498,7 @@ class FinalizeAttempt(TaskAttempt):
         width, height = poster_size(source)
         at_s = min(source.duration_s * 0.1, 5.0)
         try:
-            run_ffmpeg(poster_args(self.source_path(), target, at_s=at_s, width=width, height=height),
+            run_ffmpeg(poster_args(self.source_input(), target, at_s=at_s, width=width, height=height),
                        stall_timeout_s=60)
         except FfmpegError as exc:
             log.warning("video %s: no poster: %s", self.video_id, exc)
@@ -483,20 +506,10 @@ class FinalizeAttempt(TaskAttempt):
         return target if target.exists() and target.stat().st_size > 0 else None
 
     def publish(self, plans: list[OutputPlan], stream: Path, poster: Path | None) -> None:
-        """Renames into place. Nothing is served before the catalog says `ready`, so a crash between
-        these renames only leaves files that the next attempt replaces."""
-        storage = self.farm.storage
-        for plan in plans:
-            final = storage.rendition_path(self.video_id, plan.name)
-            os.replace(self.folder / f"{plan.name}.mp4", final)
-        if poster is not None:
-            final = storage.poster_path(self.video_id)
-            temp = temp_name(final, self.job_id)
-            os.replace(poster, temp)
-            publish(temp, final)
-        target = storage.stream_dir(self.video_id)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(stream, target)
+        """Renames (or uploads) into place. Nothing is served before the catalog says `ready`, so a
+        crash halfway only leaves files that the next attempt replaces."""
+        renditions = {plan.name: self.folder / f"{plan.name}.mp4" for plan in plans}
+        self.storage.publish(self.video_id, renditions, poster, stream)
 
     def describe(self, plan: OutputPlan, path: Path, duration_s: float) -> dict[str, Any]:
         size = path.stat().st_size
@@ -518,14 +531,15 @@ class FinalizeAttempt(TaskAttempt):
         events.publish(self.farm.redis, self.video_id, "status", status=READY, progress=100.0)
         log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
         self.observe_success(video)
-        shutil.rmtree(self.farm.storage.work_root(self.video_id), ignore_errors=True)
+        self.drop_work()
+        self.discard()  # this attempt's own scratch (an object store's uploads are done)
         return READY
 
     def after_lost_claim(self) -> None:
         self.discard()
         video = self.catalog.get(self.video_id, cached=False)
         if video is None or video["status"] == CANCELED:
-            self.farm.storage.delete_video(self.video_id)
+            self.storage.delete_video(self.video_id)
         log.info("video %s: result dropped, the video was canceled or failed meanwhile", self.video_id)
 
     def observe_success(self, video: dict[str, Any]) -> None:

@@ -174,6 +174,7 @@ def run_worker(
     for result in TERMINAL:
         metrics.TRANSCODES.labels(chosen.name, result)  # present at zero from the start
     farm.catalog  # noqa: B018 - migrate and connect before taking the first job
+    farm.storage  # noqa: B018 - a missing bucket or wrong credentials stop the worker here
     # Last: an open metrics port is what the readiness probe reads as "ready to take jobs".
     metrics_url = ""
     if metrics_port is not None:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vidfarm.storage import STORAGE_ERRNOS
+from vidfarm.storage import STORAGE_ERRNOS, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,13 @@ async def _storage_error(_: Request, exc: OSError) -> JSONResponse:
                           {"Retry-After": RETRY_LATER_S})
 
 
+async def _store_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+    # The object store stayed unreachable or throttling through the client's own retries.
+    log.warning("object store unavailable: %s", exc)
+    return error_response(503, "storage_unavailable", "the object store is unavailable; retry",
+                          {"Retry-After": RETRY_SOON_S})
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return internal_error()
 
@@ -104,5 +111,6 @@ HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]
     redis.RedisError: _redis_down,
     SQLAlchemyError: _database_down,
     OSError: _storage_error,
+    StorageUnavailable: _store_down,
     Exception: _unexpected,
 }

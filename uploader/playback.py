@@ -13,24 +13,25 @@ import binascii
 import hashlib
 import hmac
 import time
+from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 
 from uploader.errors import ApiError
+from uploader.serve import stored_response
 from vidfarm.catalog import READY
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
-from vidfarm.storage import InvalidKey, is_video_id
+from vidfarm.storage import CONTENT_TYPES, InvalidKey, is_video_id, stream_key
 
 PREFIX = "/v1/play/"
-CONTENT_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".mpd": "application/dash+xml",
-    ".mp4": "video/mp4",
-    ".m4s": "video/iso.segment",
-}
+# Manifests and playlists always come from the API: their segment URLs are relative to the playlist's,
+# so under the token. Init and media segments of an object store are redirects to presigned URLs (the
+# bucket needs a CORS rule for browser players, see deploy/README.md), or proxied with
+# VIDFARM_STORAGE_PROXY=1.
+PLAYLISTS = (".m3u8", ".mpd")
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
@@ -117,8 +118,8 @@ def router(farm: Farm) -> APIRouter:
         return Response(status_code=204)
 
     @routes.get(PREFIX + "{token}/{path:path}", response_class=FileResponse,
-                responses={403: {}, 404: {}})
-    def play(token: str, path: str) -> FileResponse:
+                responses={307: {}, 403: {}, 404: {}})
+    def play(token: str, path: str, request: Request) -> Response:
         """A manifest, playlist or segment of a ready video's HLS/DASH package (Range supported)."""
         try:
             video_id, tenant, expires = verify(key, token, time.time())
@@ -127,15 +128,16 @@ def router(farm: Farm) -> APIRouter:
         video = farm.catalog.get(video_id) if is_video_id(video_id) else None
         if video is None or video["tenant"] != tenant or video["status"] != READY or not video.get("has_stream"):
             raise ApiError(404, "not_found", "no such video to play")
+        missing = f"the package has no {path!r}"
         try:
-            file = farm.storage.stream_file(video_id, path)
+            stored = stream_key(video_id, path)
         except InvalidKey as exc:
-            raise ApiError(404, "not_found", f"the package has no {path!r}") from exc
-        if not file.is_file():
-            raise ApiError(404, "not_found", f"the package has no {path!r}")
+            raise ApiError(404, "not_found", missing) from exc
         # VOD: nothing under a token ever changes; a CDN may keep it until the token expires.
         max_age = max(0, min(MAX_CACHE_S, expires - int(time.time())))
         headers = {"Cache-Control": f"public, max-age={max_age}, immutable"}
-        return FileResponse(file, media_type=CONTENT_TYPES[file.suffix], headers=headers)
+        suffix = PurePosixPath(path).suffix
+        return stored_response(farm, request, stored, CONTENT_TYPES[suffix], missing=missing, headers=headers,
+                               proxy=suffix in PLAYLISTS)
 
     return routes

@@ -1,4 +1,5 @@
-"""Stream an upload body to storage in chunks: memory stays flat whatever the size.
+"""Stream an upload body to storage in chunks: memory stays flat whatever the size (an object store's
+writer says when to wait for parts in flight, so a fast client cannot outrun the store).
 
 Two forms are accepted: multipart (`curl -F file=@movie.mp4`), parsed incrementally as the bytes
 arrive, or a raw body with a video/* or application/octet-stream content type.
@@ -9,13 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from uploader.errors import ApiError
+from vidfarm.storage import StorageUnavailable, UploadWriter
 
 MAX_FIELD_BYTES = 64 * 1024
 # Form fields are held in memory: the limit is on all of them together (python-multipart bounds part
@@ -37,7 +37,7 @@ def too_large(limit: int) -> ApiError:
 class _Sink:
     """Counts and writes file bytes, refusing to go past the size limit."""
 
-    def __init__(self, out: BinaryIO, limit: int) -> None:
+    def __init__(self, out: UploadWriter, limit: int) -> None:
         self.out = out
         self.limit = limit
         self.size = 0
@@ -121,6 +121,12 @@ def check_declared_length(request: Request, allowed: int, limit: int) -> None:
         raise too_large(limit)
 
 
+async def _room(out: UploadWriter) -> None:
+    """Backpressure: while the writer has too much in flight, stop reading the body."""
+    while (busy := out.room()) is not None:
+        await asyncio.wrap_future(busy)
+
+
 async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
     """The body as it arrives. A client that sends nothing for `idle_timeout_s` is given up on: a dead
     peer is not always reported as a disconnect, and a trickling one would hold its slot forever."""
@@ -136,29 +142,40 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
         yield chunk
 
 
-async def receive_upload(request: Request, target: Path, limit: int, idle_timeout_s: float = 60.0) -> Received:
-    check_declared_length(request, limit + MAX_FIELD_BYTES, limit)
+def _content_type(request: Request) -> tuple[str, dict[bytes, bytes]]:
+    """The body's type, checked before any storage is touched."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type = content_type.decode("latin-1").lower()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if content_type != "multipart/form-data" and not (
+            content_type.startswith("video/") or content_type == "application/octet-stream"):
+        raise ApiError(
+            415, "unsupported_media_type",
+            "send multipart/form-data with a 'file' field, or a raw body with a video/* or "
+            f"application/octet-stream Content-Type (got {content_type or 'none'!r})",
+        )
+    return content_type, params
+
+
+def check_upload_headers(request: Request, limit: int) -> None:
+    """What can be refused from the headers alone, before any storage is touched."""
+    check_declared_length(request, limit + MAX_FIELD_BYTES, limit)
+    _content_type(request)
+
+
+async def receive_upload(request: Request, out: UploadWriter, limit: int, idle_timeout_s: float = 60.0) -> Received:
+    """The body into `out` (which the caller completes or aborts)."""
+    check_declared_length(request, limit + MAX_FIELD_BYTES, limit)
+    content_type, params = _content_type(request)
+    sink = _Sink(out, limit)
     try:
-        with target.open("wb") as out:
-            sink = _Sink(out, limit)
-            if content_type == "multipart/form-data":
-                received = await _receive_multipart(body_chunks(request, idle_timeout_s), sink, params.get(b"boundary"))
-            elif content_type.startswith("video/") or content_type == "application/octet-stream":
-                async for chunk in body_chunks(request, idle_timeout_s):
-                    sink.write(chunk)
-                received = Received(request.query_params.get("filename") or "upload", sink.size)
-            else:
-                raise ApiError(
-                    415, "unsupported_media_type",
-                    "send multipart/form-data with a 'file' field, or a raw body with a video/* or "
-                    f"application/octet-stream Content-Type (got {content_type or 'none'!r})",
-                )
+        if content_type == "multipart/form-data":
+            return await _receive_multipart(body_chunks(request, idle_timeout_s), sink, params.get(b"boundary"))
+        async for chunk in body_chunks(request, idle_timeout_s):
+            sink.write(chunk)
+            await _room(out)
+        return Received(request.query_params.get("filename") or "upload", sink.size)
     except ClientDisconnect as exc:
         raise ApiError(400, "incomplete_upload", "the client disconnected before the upload finished") from exc
-    return received
 
 
 async def _receive_multipart(body: AsyncIterator[bytes], sink: _Sink, boundary: bytes | None) -> Received:
@@ -169,8 +186,9 @@ async def _receive_multipart(body: AsyncIterator[bytes], sink: _Sink, boundary: 
     try:
         async for chunk in body:
             parser.write(chunk)
+            await _room(sink.out)
         parser.finalize()
-    except (ApiError, OSError):
+    except (ApiError, OSError, StorageUnavailable):
         raise  # our own limits, or the disk (full, read-only): not the client's malformed body
     except Exception as exc:  # python-multipart raises its own errors on malformed bodies
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc

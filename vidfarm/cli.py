@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +29,17 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def refusing_bad_storage() -> Iterator[None]:
+    """A missing bucket or wrong credentials: one line naming the bucket and the error, no traceback."""
+    from vidfarm.storage import StorageUnavailable
+
+    try:
+        yield
+    except StorageUnavailable as exc:
+        raise click.ClickException(f"storage unusable: {exc}") from exc
+
+
 def load_settings() -> Settings:
     try:
         return Settings.from_env()
@@ -40,7 +53,8 @@ def main(verbose: bool) -> None:
     """vidfarm: an autoscaling video transcoding farm.
 
     Configuration comes from the environment: VIDFARM_HOME, REDIS_URL, DATABASE_URL,
-    VIDFARM_STORAGE_DIR, VIDFARM_API_KEYS (or VIDFARM_API_KEYS_FILE), VIDFARM_MAX_UPLOAD_BYTES,
+    VIDFARM_STORAGE_URL (file:///path or s3://bucket/prefix; VIDFARM_STORAGE_DIR for a directory),
+    VIDFARM_SCRATCH_DIR, VIDFARM_API_KEYS (or VIDFARM_API_KEYS_FILE), VIDFARM_MAX_UPLOAD_BYTES,
     VIDFARM_MAX_DURATION_S, VIDFARM_MAX_PIXELS.
     """
     setup_logging(verbose)
@@ -62,7 +76,8 @@ def _run_up(settings: Settings, options, **kwargs) -> None:
     from vidfarm.up import UpError, run_up
 
     try:
-        run_up(settings, options, **kwargs)
+        with refusing_bad_storage():
+            run_up(settings, options, **kwargs)
     except UpError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -138,7 +153,9 @@ def api(host: str, port: int, fd: int | None) -> None:
         raise click.ClickException("no API keys: set VIDFARM_API_KEYS or VIDFARM_API_KEYS_FILE")
     # h11, not httptools: only h11 bounds the header bytes it buffers (httptools takes 100 MB of
     # headers and more); the app itself answers 431 above 32 KiB.
-    config = uvicorn.Config(create_app(Farm(settings)), host=host, port=port, log_level="warning", http="h11",
+    with refusing_bad_storage():
+        app = create_app(Farm(settings))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11",
                             timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
     uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
@@ -155,8 +172,9 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
     from transcoder.worker import run_worker
     from vidfarm.farm import Farm
 
-    run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
-               metrics_port=metrics_port)
+    with refusing_bad_storage():
+        run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
+                   metrics_port=metrics_port)
 
 
 @main.command()

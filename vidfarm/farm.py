@@ -10,7 +10,7 @@ import redis
 from vidfarm.catalog import Catalog
 from vidfarm.redisconn import connect
 from vidfarm.settings import Settings
-from vidfarm.storage import Storage
+from vidfarm.storage import Storage, open_storage
 from vidfarm.webhooks import Webhooks
 
 
@@ -30,8 +30,10 @@ class Farm:
 
     @cached_property
     def storage(self) -> Storage:
-        storage = Storage(self.settings.storage_dir)
-        storage.ensure()
+        """Checked once: a missing bucket or wrong credentials stop the process at start-up."""
+        settings = self.settings
+        storage = open_storage(settings.storage_location, settings.scratch, max_upload_bytes=settings.max_upload_bytes)
+        storage.check()
         return storage
 
     @cached_property

@@ -6,12 +6,15 @@ ladder from display dimensions). This runs the ffprobe binary directly; it impor
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from vidfarm.storage import SourceHandle
 
 PROBE_TIMEOUT_S = 60
 MAX_FPS = 240.0
@@ -56,9 +59,20 @@ class SourceInfo:
         return self.audio_codec is not None
 
 
-def run_ffprobe(path: Path) -> dict[str, Any]:
+@functools.cache
+def safe_demuxers() -> str:
+    """Every demuxer but the rejected ones. Over HTTP (an object store's presigned URL) a playlist
+    demuxer would fetch any URL the upload names, from inside our network: it must never open."""
+    listed = subprocess.run(["ffprobe", "-hide_banner", "-demuxers"], capture_output=True, text=True, check=True)
+    names = {n for line in listed.stdout.splitlines() if line[:3].strip().startswith("D") and len(line.split()) > 1
+             for n in line.split()[1].split(",")}
+    return ",".join(sorted(names - REJECTED_FORMATS))
+
+
+def run_ffprobe(path: Path | str) -> dict[str, Any]:
+    remote = ["-format_whitelist", safe_demuxers()] if str(path).startswith(("http://", "https://")) else []
     cmd = [
-        "ffprobe", "-v", "error", "-print_format", "json",
+        "ffprobe", "-v", "error", "-print_format", "json", *remote,
         "-show_format", "-show_streams", str(path),
     ]
     try:
@@ -72,7 +86,7 @@ def run_ffprobe(path: Path) -> dict[str, Any]:
     return json.loads(done.stdout or b"{}")
 
 
-def _without_path(message: str, path: Path) -> str:
+def _without_path(message: str, path: Path | str) -> str:
     # ffprobe prefixes errors with the file path; storage paths are ours, not the client's business.
     return message.replace(f"{path}: ", "").replace(str(path), "input")
 
@@ -175,13 +189,13 @@ def check_limits(source: SourceInfo, *, max_duration_s: float, max_pixels: int) 
         )
 
 
-def truncated_mp4(path: Path) -> bool:
+def truncated_mp4(source: SourceHandle) -> bool:
     """Whether a top-level MP4/MOV box runs past the end of the file. ffprobe reads only the index
     (moov), so a faststart file cut short probes as complete and would transcode to a video that
     silently stops early; its box sizes still tell that the data is not all there."""
-    size = path.stat().st_size
+    size = source.size
     offset = 0
-    with path.open("rb") as handle:
+    with source.open() as handle:
         while offset + 8 <= size:
             handle.seek(offset)
             header = handle.read(16)
@@ -196,13 +210,15 @@ def truncated_mp4(path: Path) -> bool:
     return offset > size
 
 
-def probe(path: Path, *, max_duration_s: float, max_pixels: int) -> SourceInfo:
-    if path.stat().st_size == 0:
+def probe(stored: Path | SourceHandle, *, max_duration_s: float, max_pixels: int) -> SourceInfo:
+    """A local file, or a stored one (an object store's presigned URL: ffprobe reads only what it needs)."""
+    stored = SourceHandle.local(stored) if isinstance(stored, Path) else stored
+    if stored.size == 0:
         raise ProbeError("empty_file", "the uploaded file is empty")
-    info = run_ffprobe(path)
+    info = run_ffprobe(stored.location)
     source = describe(info)
     check_limits(source, max_duration_s=max_duration_s, max_pixels=max_pixels)
-    if set(info.get("format", {}).get("format_name", "").split(",")) & MP4_FORMATS and truncated_mp4(path):
+    if set(info.get("format", {}).get("format_name", "").split(",")) & MP4_FORMATS and truncated_mp4(stored):
         raise ProbeError("truncated", "the file is cut short: its MP4 boxes declare more data than it "
                          "holds; upload the complete file")
     return source

@@ -11,11 +11,11 @@ the task's job id, so a reconciler racing a worker (or another reconciler) never
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from rq.job import Job, JobStatus
@@ -32,6 +32,7 @@ from vidfarm.jobs import (
     stop_failed_video,
     total_frames,
 )
+from vidfarm.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,17 @@ class Reconciler:
 
     def _sweep_abandoned_uploads(self) -> None:
         """Partial uploads nobody writes to any more: their API process died mid-upload. A live
-        upload touches its file at least every idle timeout, or the API gives up on it itself.
-        A resumable upload waits for its client far longer: its expiry is `tus.sweep_expired`'s."""
+        upload touches its file (or adds a part) at least every idle timeout, or the API gives up on
+        it itself. A resumable upload waits for its client far longer: its expiry is
+        `tus.sweep_expired`'s. An object store that is down now is swept on a later pass."""
         cutoff = time.time() - (2 * self.farm.settings.upload_idle_timeout_s + 60)
-        for part in self.farm.storage.incoming.glob("*.part"):
-            with contextlib.suppress(FileNotFoundError):
-                if part.stat().st_mtime < cutoff and not tus.is_resumable(self.farm, part.stem):
-                    part.unlink()
-                    log.info("removed abandoned partial upload %s", part.name)
+        try:
+            swept = self.farm.storage.sweep_uploads(cutoff, keep=partial(tus.is_resumable, self.farm))
+        except StorageUnavailable as exc:
+            log.warning("partial uploads not swept: %s", exc)
+            return
+        if swept:
+            log.info("removed %d abandoned partial upload(s)", swept)
 
     def _fail(self, video: dict[str, Any], task: dict[str, Any]) -> int:
         message = f"the worker was lost during each of {task['attempts']} attempts at {task['name']}"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from vidfarm.storage import file_url_path
+
 GIB = 1024**3
 N = TypeVar("N", int, float)
 
@@ -70,6 +72,17 @@ WEBHOOK_RETRY_DELAYS_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 
+def _storage_location(home: Path) -> tuple[str, Path]:
+    """(object store URL or "", directory): `VIDFARM_STORAGE_URL` wins; `VIDFARM_STORAGE_DIR` is the
+    older spelling of a file:// URL."""
+    url = os.environ.get("VIDFARM_STORAGE_URL", "").strip()
+    if url.startswith("file://"):
+        return "", file_url_path(url).resolve()
+    if url and not url.startswith("s3://"):
+        raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
+    return url, Path(os.environ.get("VIDFARM_STORAGE_DIR", str(home / "storage"))).resolve()
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -77,6 +90,12 @@ class Settings:
     database_url: str
     storage_dir: Path
     api_keys: tuple[str, ...]
+    # `s3://bucket/prefix` for an object store; empty: the directory `storage_dir` (file:// URL).
+    storage_url: str = ""
+    # Local room for a job's files on their way to or from an object store (an emptyDir in a cluster).
+    scratch_dir: Path | None = None
+    # Serve stored files through the API (with Range) instead of redirecting to presigned URLs.
+    storage_proxy: bool = False
     api_keys_file: Path | None = None
     max_upload_bytes: int = 20 * GIB
     max_duration_s: float = 6 * 3600.0
@@ -112,7 +131,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(os.environ.get("VIDFARM_HOME", "./.vidfarm")).resolve()
-        storage = Path(os.environ.get("VIDFARM_STORAGE_DIR", str(home / "storage"))).resolve()
+        storage_url, storage = _storage_location(home)
         database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{home / 'catalog.db'}"
         keys_file = os.environ.get("VIDFARM_API_KEYS_FILE")
         keys = tuple(k.strip() for k in os.environ.get("VIDFARM_API_KEYS", "").split(",") if k.strip())
@@ -127,6 +146,9 @@ class Settings:
             database_url=database_url,
             storage_dir=storage,
             api_keys=keys,
+            storage_url=storage_url,
+            scratch_dir=Path(os.environ.get("VIDFARM_SCRATCH_DIR") or home / "scratch").resolve(),
+            storage_proxy=os.environ.get("VIDFARM_STORAGE_PROXY", "") in ("1", "true", "yes"),
             api_keys_file=Path(keys_file) if keys_file else None,
             max_upload_bytes=_env_int("VIDFARM_MAX_UPLOAD_BYTES", 20 * GIB),
             max_duration_s=_env_float("VIDFARM_MAX_DURATION_S", 6 * 3600.0),
@@ -159,6 +181,9 @@ class Settings:
             "REDIS_URL": self.redis_url or "",
             "DATABASE_URL": self.database_url,
             "VIDFARM_STORAGE_DIR": str(self.storage_dir),
+            "VIDFARM_STORAGE_URL": self.storage_url,
+            "VIDFARM_SCRATCH_DIR": str(self.scratch),
+            "VIDFARM_STORAGE_PROXY": "1" if self.storage_proxy else "",
             "VIDFARM_API_KEYS": ",".join(self.api_keys),
             "VIDFARM_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
             "VIDFARM_MAX_DURATION_S": str(self.max_duration_s),
@@ -185,6 +210,15 @@ class Settings:
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
         return env
+
+    @property
+    def storage_location(self) -> str:
+        """What `open_storage` opens: the object store's URL, else the directory as a file:// URL."""
+        return self.storage_url or self.storage_dir.as_uri()
+
+    @property
+    def scratch(self) -> Path:
+        return self.scratch_dir or self.home / "scratch"
 
     @property
     def served_queues(self) -> tuple[str, ...]:

@@ -1,29 +1,46 @@
-"""The storage directory: one folder per video, named by the server-generated id.
+"""Where videos live: one interface, two backends (a directory, `storage_file.py`, or an S3-compatible
+bucket, `storage_s3.py`), chosen by `VIDFARM_STORAGE_URL`. The rest of the farm speaks only this.
 
-Client filenames never reach a path: keys are ids checked against a strict pattern, so nothing can
-be written or read outside the storage root. Finished files appear only through an atomic rename.
+Client filenames never reach a key: keys are built here from ids checked against strict patterns, so
+nothing can be written or read outside a video's own prefix. Finished files appear whole or not at
+all (an atomic rename, a completed S3 upload), and nothing counts before the catalog says so.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import re
-import shutil
 import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
 
 VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RENDITION_NAME_RE = re.compile(r"^[0-9]{2,5}p$")
 ATTEMPT_RE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]{1,40}-[0-9a-f]{8}$")
+WORK_FILE_RE = re.compile(r"^([0-9]{2,5}p\.mp4|audio\.m4a)$")
 # What a player may fetch of a package: manifests, playlists, init and media segments. Nothing else.
 STREAM_FILE_RE = re.compile(
     r"^(master\.m3u8|manifest\.mpd|([0-9]{2,5}p|audio)/(index\.m3u8|init\.mp4|seg_[0-9]{5}\.m4s))$"
 )
+VIDEOS_PREFIX = "videos"
 STREAM_DIR = "stream"
 WORK_DIR = "work"
 SOURCE_NAME = "source"
 POSTER_NAME = "poster.jpg"
+# Stored with each object, so a presigned GET answers with the type a player expects.
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".mp4": "video/mp4",
+    ".m4s": "video/iso.segment",
+    ".m4a": "audio/mp4",
+    ".jpg": "image/jpeg",
+}
 # Errors that mean the storage itself is in trouble (full, read-only, no permission, failing disk),
 # not the request or the input: they get `storage_error` / 503, never a 500 or "bad input".
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO})
@@ -31,6 +48,11 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPER
 
 class InvalidKey(ValueError):
     """An id or rendition name that cannot name a stored file."""
+
+
+class StorageUnavailable(Exception):
+    """The object store cannot be reached or keeps refusing (after the client's own retries): a
+    transient fault. Uploads answer 503; jobs fail this attempt, and the reconciler runs them again."""
 
 
 def new_video_id() -> str:
@@ -41,80 +63,217 @@ def is_video_id(value: str) -> bool:
     return bool(VIDEO_ID_RE.match(value))
 
 
-class Storage:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
-        self.videos = self.root / "videos"
-        self.incoming = self.root / "incoming"
+# -- keys: the one layout both backends store -----------------------------------------------------
 
-    def ensure(self) -> None:
-        self.videos.mkdir(parents=True, exist_ok=True)
-        self.incoming.mkdir(parents=True, exist_ok=True)
 
-    def video_dir(self, video_id: str) -> Path:
-        if not is_video_id(video_id):
-            raise InvalidKey(f"not a video id: {video_id!r}")
-        return self.videos / video_id
+def video_prefix(video_id: str) -> str:
+    if not is_video_id(video_id):
+        raise InvalidKey(f"not a video id: {video_id!r}")
+    return f"{VIDEOS_PREFIX}/{video_id}/"
 
-    def source_path(self, video_id: str) -> Path:
-        return self.video_dir(video_id) / SOURCE_NAME
 
-    def rendition_path(self, video_id: str, name: str) -> Path:
-        if not RENDITION_NAME_RE.match(name):
-            raise InvalidKey(f"not a rendition name: {name!r}")
-        return self.video_dir(video_id) / f"{name}.mp4"
+def source_key(video_id: str) -> str:
+    return video_prefix(video_id) + SOURCE_NAME
 
-    def work_dir(self, video_id: str, attempt: str) -> Path:
-        """Files of one attempt of one task (named by its job id): they count only once the catalog
-        records that attempt as the one that finished, so two racing attempts never share a file."""
-        if not ATTEMPT_RE.match(attempt):
-            raise InvalidKey(f"not an attempt id: {attempt!r}")
-        return self.work_root(video_id) / attempt
 
-    def work_root(self, video_id: str) -> Path:
-        return self.video_dir(video_id) / WORK_DIR
+def rendition_key(video_id: str, name: str) -> str:
+    if not RENDITION_NAME_RE.match(name):
+        raise InvalidKey(f"not a rendition name: {name!r}")
+    return f"{video_prefix(video_id)}{name}.mp4"
 
-    def stream_dir(self, video_id: str) -> Path:
-        return self.video_dir(video_id) / STREAM_DIR
 
-    def stream_file(self, video_id: str, relative: str) -> Path:
-        if not STREAM_FILE_RE.match(relative):
-            raise InvalidKey(f"not a file of a stream package: {relative!r}")
-        return self.stream_dir(video_id) / relative
+def poster_key(video_id: str) -> str:
+    return video_prefix(video_id) + POSTER_NAME
 
-    def poster_path(self, video_id: str) -> Path:
-        return self.video_dir(video_id) / POSTER_NAME
 
-    def incoming_path(self, video_id: str) -> Path:
-        """Uploads stream here first; only an accepted upload is moved into its video folder."""
-        if not is_video_id(video_id):
-            raise InvalidKey(f"not a video id: {video_id!r}")
-        return self.incoming / f"{video_id}.part"
+def stream_key(video_id: str, relative: str) -> str:
+    if not STREAM_FILE_RE.match(relative):
+        raise InvalidKey(f"not a file of a stream package: {relative!r}")
+    return f"{video_prefix(video_id)}{STREAM_DIR}/{relative}"
 
-    def promote_upload(self, video_id: str) -> Path:
-        target = self.source_path(video_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.incoming_path(video_id), target)
-        return target
 
+def work_key(video_id: str, attempt: str, name: str = "") -> str:
+    """Files of one attempt of one task (named by its job id): they count only once the catalog
+    records that attempt as the one that finished, so two racing attempts never share a file."""
+    if not ATTEMPT_RE.match(attempt):
+        raise InvalidKey(f"not an attempt id: {attempt!r}")
+    if name and not WORK_FILE_RE.match(name):
+        raise InvalidKey(f"not a work file: {name!r}")
+    return f"{video_prefix(video_id)}{WORK_DIR}/{attempt}/{name}"
+
+
+# -- what the backends hand out -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceHandle:
+    """A stored source as ffmpeg and the probe read it: `location` is a path or a (presigned) URL,
+    `open` gives random access for the few box headers the probe checks itself."""
+
+    location: str
+    size: int
+    open: Callable[[], BinaryIO]
+
+    @classmethod
+    def local(cls, path: Path) -> SourceHandle:
+        return cls(str(path), path.stat().st_size, lambda: path.open("rb"))
+
+
+class UploadWriter(Protocol):
+    """An upload body on its way into storage: written in order, completed or aborted once."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def room(self) -> Future[object] | None:
+        """A future to await before writing more (parts still in flight), or None."""
+
+    def complete(self) -> SourceHandle:
+        """Blocking: the stored body, whole, ready to probe."""
+
+    def abort(self) -> None:
+        """Drop what was written; never blocks on the network."""
+
+
+class RangeNotSatisfiable(ValueError):
+    """A `Range` that starts past the end of the object."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """An object's bytes on their way out: `content_range` is set when one range was served."""
+
+    chunks: Iterator[bytes]
+    length: int
+    content_range: str | None = None
+
+
+BYTE_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single-range header; None for no range or one we ignore (several
+    ranges): the whole object is served then, as HTTP allows."""
+    match = BYTE_RANGE_RE.match(header or "")
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":  # a suffix: the last N bytes
+        return max(0, size - int(last)), size - 1
+    if int(first) >= size:
+        raise RangeNotSatisfiable(header)
+    return int(first), min(size - 1, int(last)) if last else size - 1
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """How the API hands out a stored file: a local path to send, or (object stores) a URL to
+    redirect to and a reader for proxying byte ranges."""
+
+    key: str
+    path: Path | None = None
+
+
+class Storage(ABC):
+    """Every operation the farm does on stored media. Implementations raise StorageUnavailable for
+    faults of the store itself (OSError keeps meaning a local disk in trouble)."""
+
+    scratch: Path
+
+    @abstractmethod
+    def check(self) -> None:
+        """Start-up: raise StorageUnavailable (one line naming the bucket or folder) if unusable."""
+
+    @abstractmethod
+    def status(self) -> str:
+        """For /readyz: "ok", or what is wrong."""
+
+    @abstractmethod
+    def begin_upload(self, video_id: str) -> UploadWriter: ...
+
+    @abstractmethod
+    def promote_upload(self, video_id: str) -> None:
+        """The probed upload becomes the video's source (still invisible until the catalog row)."""
+
+    @abstractmethod
+    def source(self, video_id: str) -> SourceHandle: ...
+
+    @abstractmethod
+    def attempt_folder(self, video_id: str, attempt: str) -> Path:
+        """The local folder an attempt writes into."""
+
+    @abstractmethod
+    def keep_attempt(self, video_id: str, attempt: str) -> None:
+        """Make a finished attempt's files readable by any worker (finalize may run elsewhere)."""
+
+    @abstractmethod
+    def attempt_file(self, video_id: str, attempt: str, name: str, into: Path) -> Path:
+        """A local path to a kept attempt's file; object stores download it under `into`."""
+
+    @abstractmethod
+    def drop_attempt(self, video_id: str, attempt: str) -> None:
+        """Remove an attempt's files, local and stored."""
+
+    @abstractmethod
+    def drop_work(self, video_id: str) -> None:
+        """Remove the files of every attempt of a video."""
+
+    @abstractmethod
+    def publish(self, video_id: str, renditions: dict[str, Path], poster: Path | None, stream: Path) -> None:
+        """Put a finalize attempt's outputs in place. Nothing is served before the catalog says
+        `ready`, so a crash halfway only leaves files that the next attempt replaces."""
+
+    @abstractmethod
     def delete_video(self, video_id: str) -> None:
-        shutil.rmtree(self.video_dir(video_id), ignore_errors=True)
-        self.incoming_path(video_id).unlink(missing_ok=True)
+        """Everything under the video's prefix, unfinished uploads included."""
 
-    def writable(self) -> bool:
-        probe = self.root / f".probe-{uuid.uuid4().hex}"
-        try:
-            probe.write_bytes(b"ok")
-            probe.unlink()
-            return True
-        except OSError:
-            return False
+    @abstractmethod
+    def sweep_uploads(self, older_than: float, keep: Callable[[str], bool]) -> int:
+        """Drop partial uploads untouched since `older_than` (epoch seconds): their API died.
+        `keep(video_id)` spares the ones that wait for their client (resumable uploads)."""
+
+    @abstractmethod
+    def stored(self, key: str) -> StoredFile | None:
+        """The file at `key` if it exists, as the API serves it."""
+
+    @abstractmethod
+    def presign(self, key: str, *, ttl_s: int, filename: str | None = None) -> str | None:
+        """A short-lived URL a client may GET the object from, if the backend has such URLs."""
+
+    @abstractmethod
+    def read(self, key: str, byte_range: str | None) -> Reading:
+        """The object, or the one range a `Range` header asks for (proxying). FileNotFoundError if
+        it is not there, RangeNotSatisfiable if the range is outside it."""
+
+    @abstractmethod
+    def redact(self, text: str) -> str:
+        """`text` (an ffmpeg message) without our paths and URLs: users see it."""
+
+    @abstractmethod
+    def input_trouble(self, stderr: str) -> bool:
+        """Whether ffmpeg failed because the store failed it (not because of the input)."""
+
+    @abstractmethod
+    def keys(self, video_id: str) -> list[str]:
+        """Every stored key of a video (tests and operators)."""
+
+
+def open_storage(url: str, scratch: Path, *, max_upload_bytes: int) -> Storage:
+    """The backend `url` names: `file:///path` or `s3://bucket/prefix`."""
+    if url.startswith("s3://"):
+        from vidfarm.storage_s3 import S3Storage
+
+        return S3Storage(url, scratch, max_upload_bytes=max_upload_bytes)
+    if url.startswith("file://"):
+        from vidfarm.storage_file import FileStorage
+
+        return FileStorage(file_url_path(url), scratch)
+    raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
+
+
+def file_url_path(url: str) -> Path:
+    return Path(unquote(urlsplit(url).path))
 
 
 def temp_name(final: Path, token: str) -> Path:
     """A hidden sibling name: finished files are renamed over it, so readers never see half a file."""
     return final.with_name(f".{final.name}.{token}.part")
-
-
-def publish(temp: Path, final: Path) -> None:
-    os.replace(temp, final)

@@ -9,7 +9,8 @@ A writer holds an exclusive flock on the file, so two PATCHes to one upload (on 
 client retrying while its old request still drains) never interleave.
 
 Every access to these files goes through this module, so it can move onto a storage interface
-(object storage) later without touching the HTTP layer.
+(object storage) later without touching the HTTP layer. Not done yet: with an S3 bucket
+(`VIDFARM_STORAGE_URL=s3://...`) resumable uploads are refused (`supported`); POST /v1/videos works.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import BinaryIO
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
 from vidfarm.states import VideoStatus
-from vidfarm.storage import Storage
+from vidfarm.storage import SourceHandle, Storage
+from vidfarm.storage_file import FileStorage
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,23 @@ class Partial:
         self._handle.flush()
 
 
-def start(storage: Storage, video_id: str) -> None:
+def supported(storage: Storage) -> bool:
+    """Partial files live in the storage directory: an object store has none (yet)."""
+    return isinstance(storage, FileStorage)
+
+
+def stored(storage: FileStorage, video_id: str) -> SourceHandle:
+    """The completed upload, as the accept path probes it."""
+    return SourceHandle.local(storage.incoming_path(video_id))
+
+
+def start(storage: FileStorage, video_id: str) -> None:
     path = storage.incoming_path(video_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.open("xb").close()
 
 
-def offset(storage: Storage, video_id: str) -> int | None:
+def offset(storage: FileStorage, video_id: str) -> int | None:
     """Bytes received so far; None once the partial file is gone (completed, terminated, swept)."""
     try:
         return storage.incoming_path(video_id).stat().st_size
@@ -76,7 +88,7 @@ def offset(storage: Storage, video_id: str) -> int | None:
 
 
 @contextlib.contextmanager
-def writing(storage: Storage, video_id: str) -> Iterator[Partial]:
+def writing(storage: FileStorage, video_id: str) -> Iterator[Partial]:
     """The partial file, locked for this writer, positioned at its end. FileNotFoundError when the
     upload has no partial file any more; UploadBusy when another writer holds it."""
     with storage.incoming_path(video_id).open("r+b") as handle:

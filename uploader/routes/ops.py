@@ -21,7 +21,7 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz")
 def readyz(farm: FarmDep) -> JSONResponse:
     checks = {"redis": _check(farm.redis.ping), "database": _check(farm.catalog.ping),
-              "storage": "ok" if farm.storage.writable() else "not writable"}
+              "storage": farm.storage.status()}
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

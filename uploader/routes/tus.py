@@ -62,6 +62,9 @@ def capabilities(farm: FarmDep) -> Response:
 @router.post("", status_code=201, response_class=Response, dependencies=SPEAKS_TUS)
 async def create_upload(request: Request, tenant: Tenant, farm: FarmDep) -> Response:
     """Upload-Length, and Upload-Metadata `filename`, `renditions`, `queue` (as a regular upload's fields)."""
+    if not tus.supported(farm.storage):
+        raise ApiError(501, "not_implemented", "resumable uploads need the directory backend for now; "
+                       "with an object store, POST /v1/videos")
     length = _upload_length(request.headers.get("upload-length"), farm.settings.max_upload_bytes)
     video = await run_in_threadpool(_create, farm, tenant, length, _metadata(request.headers.get("upload-metadata")))
     named = {"Location": str(request.url_for("resume_upload", video_id=video["id"])), "Vidfarm-Video-Id": video["id"]}
@@ -216,7 +219,7 @@ async def _complete(farm: Farm, video: VideoRow) -> None:
                     size_bytes=video["size_bytes"], renditions=",".join(video["requested"] or []) or None,
                     queue=video["queue"])
     try:
-        await admit(farm, upload, was=UPLOADING)
+        await admit(farm, upload, tus.stored(farm.storage, video["id"]), was=UPLOADING)
     except ApiError as exc:  # not a video we accept: the row says why, the bytes go
         await run_in_threadpool(farm.catalog.update, video["id"], expect={"status": UPLOADING},
                                 status=VideoStatus.FAILED, error_code=exc.code, error_message=exc.message)

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import anyio
 import redis
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from uploader.deps import FarmDep, Tenant
 from uploader.errors import ApiError
-from uploader.receive import Received, receive_upload
+from uploader.receive import Received, check_upload_headers, receive_upload
 from uploader.resources import ERRORS, VideoOut, video_resource
 from vidfarm import metrics
 from vidfarm.catalog import VideoRow
@@ -25,7 +26,7 @@ from vidfarm.jobs import enqueue_graph, new_job_id, plan_tasks, total_frames
 from vidfarm.probe import ProbeError, SourceInfo, probe
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
-from vidfarm.storage import Storage, new_video_id
+from vidfarm.storage import SourceHandle, Storage, StorageUnavailable, new_video_id
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,15 @@ async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[
     video_id = new_video_id()
     settings = farm.settings
     try:
-        received = await receive_upload(request, farm.storage.incoming_path(video_id), settings.max_upload_bytes,
-                                        settings.upload_idle_timeout_s)
+        received, stored = await _store_body(request, farm.storage, settings, video_id)
         video = await admit(farm, Upload(
             video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
             renditions=_form_or_query(request, received, "renditions"),
             queue=_form_or_query(request, received, "queue"),
-        ))
+        ), stored)
     except BaseException:
-        rejected(farm.storage, video_id)
+        with anyio.CancelScope(shield=True):  # a cancelled request cleans up too
+            await run_in_threadpool(rejected, farm.storage, video_id)
         raise
     metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
     return video_resource(video, str(request.base_url), settings)
@@ -83,7 +84,7 @@ async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[
 
 @dataclass(frozen=True)
 class Upload:
-    """A file that has fully arrived at `Storage.incoming_path(video_id)`, and what was asked of it."""
+    """A file that has fully arrived in storage, and what was asked of it."""
 
     video_id: str
     tenant: str
@@ -93,7 +94,7 @@ class Upload:
     queue: str | None
 
 
-async def admit(farm: Farm, upload: Upload, *, was: VideoStatus | None = None) -> VideoRow:
+async def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoStatus | None = None) -> VideoRow:
     """The one way an upload becomes a video, for `POST /v1/videos` and a tus upload's last PATCH alike:
     check what was asked, probe the file, move it into its video folder, record the video as queued with
     its task graph (filling in the `was` row a resumable upload created), queue it.
@@ -103,8 +104,8 @@ async def admit(farm: Farm, upload: Upload, *, was: VideoStatus | None = None) -
     wanted = renditions_asked(upload.renditions, settings.ladder)
     queue = queue_asked(upload.queue, settings)
     try:
-        source = await run_in_threadpool(probe, storage.incoming_path(upload.video_id),
-                                         max_duration_s=settings.max_duration_s, max_pixels=settings.max_pixels)
+        source = await run_in_threadpool(probe, stored, max_duration_s=settings.max_duration_s,
+                                         max_pixels=settings.max_pixels)
     except ProbeError as exc:
         raise ApiError(422, exc.code, exc.message) from exc
     await run_in_threadpool(storage.promote_upload, upload.video_id)
@@ -124,6 +125,19 @@ async def admit(farm: Farm, upload: Upload, *, was: VideoStatus | None = None) -
     metrics.UPLOADS.labels("accepted").inc()
     metrics.UPLOAD_BYTES.inc(upload.size_bytes)
     return video
+
+
+async def _store_body(request: Request, storage: Storage, settings: Settings,
+                      video_id: str) -> tuple[Received, SourceHandle]:
+    """The body into storage (a file, or an S3 multipart upload), stored whole before it is probed."""
+    check_upload_headers(request, settings.max_upload_bytes)
+    writer = await run_in_threadpool(storage.begin_upload, video_id)
+    try:
+        received = await receive_upload(request, writer, settings.max_upload_bytes, settings.upload_idle_timeout_s)
+        return received, await run_in_threadpool(writer.complete)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _form_or_query(request: Request, received: Received, name: str) -> str | None:
@@ -174,6 +188,8 @@ def rejected(storage: Storage, video_id: str) -> None:
         storage.delete_video(video_id)
     except OSError as exc:  # a read-only disk: nothing could have been written there either
         log.warning("could not remove rejected upload %s: %s", video_id, exc.strerror)
+    except StorageUnavailable as exc:  # the store is down: its lifecycle rule and the reconciler clean up
+        log.warning("could not remove rejected upload %s: %s", video_id, exc)
 
 
 def _enqueue_or_defer(farm: Farm, video: VideoRow) -> None:

@@ -11,9 +11,10 @@ from uploader import live
 from uploader.deps import FarmDep, OwnedVideo, Tenant
 from uploader.errors import ApiError
 from uploader.resources import ERRORS, VideoOut, VideoPage, video_resource
+from uploader.serve import stored_response
 from vidfarm.jobs import stop_video
 from vidfarm.states import ACTIVE, VideoStatus
-from vidfarm.storage import InvalidKey
+from vidfarm.storage import InvalidKey, poster_key, rendition_key
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], responses=ERRORS)
 
@@ -50,23 +51,28 @@ def get_video(video: OwnedVideo, request: Request, farm: FarmDep) -> dict[str, A
     return video_resource(video, str(request.base_url), farm.settings)
 
 
-@router.get("/{video_id}/renditions/{name}", response_class=FileResponse)
-def download_rendition(video: OwnedVideo, name: Annotated[str, Path(max_length=16)], farm: FarmDep) -> FileResponse:
+@router.get("/{video_id}/renditions/{name}", response_class=FileResponse,
+            responses={307: {"description": "redirect to a short-lived URL of the object store"}})
+def download_rendition(video: OwnedVideo, name: Annotated[str, Path(max_length=16)], request: Request,
+                       farm: FarmDep) -> Response:
     video_id = video["id"]
+    missing = f"video {video_id} has no rendition {name!r}"
     if video["status"] != VideoStatus.READY or name not in {r["name"] for r in video["renditions"] or []}:
-        raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r}")
+        raise ApiError(404, "not_found", missing)
     try:
-        path = farm.storage.rendition_path(video_id, name)
+        key = rendition_key(video_id, name)
     except InvalidKey as exc:
         raise ApiError(404, "not_found", str(exc)) from exc
-    return FileResponse(path, media_type="video/mp4", filename=f"{video_id}-{name}.mp4")
+    return stored_response(farm, request, key, "video/mp4", missing=missing, filename=f"{video_id}-{name}.mp4")
 
 
-@router.get("/{video_id}/poster.jpg", response_class=FileResponse)
-def download_poster(video: OwnedVideo, farm: FarmDep) -> FileResponse:
+@router.get("/{video_id}/poster.jpg", response_class=FileResponse,
+            responses={307: {"description": "redirect to a short-lived URL of the object store"}})
+def download_poster(video: OwnedVideo, request: Request, farm: FarmDep) -> Response:
+    missing = f"video {video['id']} has no poster"
     if video["status"] != VideoStatus.READY or not video["has_poster"]:
-        raise ApiError(404, "not_found", f"video {video['id']} has no poster")
-    return FileResponse(farm.storage.poster_path(video["id"]), media_type="image/jpeg")
+        raise ApiError(404, "not_found", missing)
+    return stored_response(farm, request, poster_key(video["id"]), "image/jpeg", missing=missing)
 
 
 @router.get("/{video_id}/events", response_class=StreamingResponse)

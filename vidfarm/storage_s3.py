@@ -1,0 +1,341 @@
+"""The S3-compatible backend (AWS S3, GCS interoperability, Cloudflare R2, MinIO): `s3://bucket/prefix`.
+
+Endpoint, region and credentials come from boto3's standard chain (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+keys in the environment, web identity / IRSA): nothing of our own. Faults are retried by botocore's
+standard retry mode (bounded attempts with jittered backoff, `AWS_MAX_ATTEMPTS`, default 3); what is
+left becomes StorageUnavailable. Workers write on local scratch and upload; readers get presigned URLs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
+from urllib.parse import urlsplit
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from vidfarm.storage import (
+    BYTE_RANGE_RE,
+    CONTENT_TYPES,
+    WORK_FILE_RE,
+    RangeNotSatisfiable,
+    Reading,
+    SourceHandle,
+    Storage,
+    StorageUnavailable,
+    StoredFile,
+    poster_key,
+    rendition_key,
+    source_key,
+    video_prefix,
+    work_key,
+)
+
+MIB = 1024 * 1024
+MIN_PART = 8 * MIB          # S3's floor is 5 MiB; 8 MiB matches boto3's own default
+MAX_PARTS = 10_000          # S3's ceiling on parts of one upload
+PARTS_IN_FLIGHT = 3         # per upload: bounds the API's memory at about (3 + 1) parts
+# ffmpeg reads the source through this URL for a whole job; SigV4 allows at most 7 days.
+SOURCE_URL_TTL_S = 7 * 24 * 3600
+# ffmpeg's own words when the HTTP layer (not the media) failed.
+HTTP_TROUBLE = re.compile(r"Server returned [45]|HTTP error|Connection refused|Connection reset|timed out|"
+                          r"Failed to resolve|Broken pipe|Network is unreachable")
+URL_RE = re.compile(r"https?://\S+")
+T = TypeVar("T")
+
+
+def _client() -> Any:
+    # Standard mode: retries throttling (SlowDown, 503) and transient errors with backoff, bounded.
+    config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32)
+    return boto3.session.Session().client("s3", config=config)
+
+
+def part_size(max_upload_bytes: int) -> int:
+    """The smallest whole-MiB part (at least 8 MiB) that fits the largest upload in 10,000 parts."""
+    return max(MIN_PART, math.ceil(max_upload_bytes / MAX_PARTS / MIB) * MIB)
+
+
+class S3Storage(Storage):
+    def __init__(self, url: str, scratch: Path, *, max_upload_bytes: int) -> None:
+        parts = urlsplit(url)
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
+        self.scratch = Path(scratch)
+        self.part_size = part_size(max_upload_bytes)
+        self.client = _client()
+        self.pool = ThreadPoolExecutor(16, thread_name_prefix="s3")
+        self.transfer = TransferConfig(multipart_chunksize=self.part_size, max_concurrency=8)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        """One S3 call; what is left of a fault after botocore's retries is StorageUnavailable."""
+        try:
+            return fn(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: {what}: {exc}") from exc
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        self.call("head_bucket", self.client.head_bucket, Bucket=self.bucket)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+
+    def status(self) -> str:
+        try:
+            self.call("head_bucket", self.client.head_bucket, Bucket=self.bucket)
+            return "ok"
+        except StorageUnavailable as exc:
+            return f"error: {exc}"
+
+    # -- uploads ----------------------------------------------------------------------------------
+
+    def begin_upload(self, video_id: str) -> _MultipartUpload:
+        return _MultipartUpload(self, self._key(source_key(video_id)))
+
+    def promote_upload(self, video_id: str) -> None:
+        """The body was uploaded to the source key itself: the catalog row is what makes it count."""
+
+    def source(self, video_id: str) -> SourceHandle:
+        key = self._key(source_key(video_id))
+        size = self.call("head_object", self.client.head_object, Bucket=self.bucket, Key=key)["ContentLength"]
+        return self._handle(key, size)
+
+    def _handle(self, key: str, size: int) -> SourceHandle:
+        url = self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                 ExpiresIn=SOURCE_URL_TTL_S)
+        return SourceHandle(url, size, lambda: cast(BinaryIO, _RangeReader(self, key, size)))
+
+    # -- attempts ---------------------------------------------------------------------------------
+
+    def attempt_folder(self, video_id: str, attempt: str) -> Path:
+        work_key(video_id, attempt)  # validates both ids
+        return self.scratch / attempt
+
+    def keep_attempt(self, video_id: str, attempt: str) -> None:
+        folder = self.attempt_folder(video_id, attempt)
+        names = [p.name for p in folder.iterdir() if WORK_FILE_RE.match(p.name)]
+        self._upload_all({work_key(video_id, attempt, n): folder / n for n in names})
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def attempt_file(self, video_id: str, attempt: str, name: str, into: Path) -> Path:
+        target = into / attempt / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.call("download", self.client.download_file, Bucket=self.bucket,
+                  Key=self._key(work_key(video_id, attempt, name)), Filename=str(target), Config=self.transfer)
+        return target
+
+    def drop_attempt(self, video_id: str, attempt: str) -> None:
+        shutil.rmtree(self.attempt_folder(video_id, attempt), ignore_errors=True)
+        self._delete_prefix(work_key(video_id, attempt))
+
+    def drop_work(self, video_id: str) -> None:
+        self._delete_prefix(video_prefix(video_id) + "work/")
+
+    def publish(self, video_id: str, renditions: dict[str, Path], poster: Path | None, stream: Path) -> None:
+        files = {rendition_key(video_id, name): path for name, path in renditions.items()}
+        if poster is not None:
+            files[poster_key(video_id)] = poster
+        prefix = video_prefix(video_id) + "stream/"
+        files.update({prefix + str(p.relative_to(stream)): p for p in stream.rglob("*") if p.is_file()})
+        self._upload_all(files)
+
+    def _upload_all(self, files: dict[str, Path]) -> None:
+        """In parallel (a package is hundreds of small segments); each object appears whole."""
+        futures = [self.pool.submit(self._upload, key, path) for key, path in files.items()]
+        for future in futures:
+            future.result()
+
+    def _upload(self, key: str, path: Path) -> None:
+        extra = {"ContentType": CONTENT_TYPES.get(path.suffix, "application/octet-stream")}
+        self.call("upload", self.client.upload_file, Filename=str(path), Bucket=self.bucket, Key=self._key(key),
+                  ExtraArgs=extra, Config=self.transfer)
+
+    # -- removal ----------------------------------------------------------------------------------
+
+    def delete_video(self, video_id: str) -> None:
+        prefix = video_prefix(video_id)
+        self._delete_prefix(prefix)
+        for upload in self._multipart_uploads(prefix):
+            self._abort(upload["Key"], upload["UploadId"])
+
+    def _delete_prefix(self, prefix: str) -> None:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        try:
+            for page in pages:
+                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if objects:  # at most 1,000 per page, as delete_objects takes
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: delete {prefix}: {exc}") from exc
+
+    def _multipart_uploads(self, prefix: str) -> Iterator[dict[str, Any]]:
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                             Prefix=self._key(prefix))
+        try:
+            for page in pages:
+                yield from page.get("Uploads", [])
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: list uploads: {exc}") from exc
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError:
+            pass  # NoSuchUpload: completed or aborted meanwhile
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: abort upload: {exc}") from exc
+
+    def sweep_uploads(self, older_than: float, keep: Callable[[str], bool]) -> int:
+        """Multipart uploads whose newest part is older than the cutoff: their API process died (a
+        live upload adds a part at least every few seconds, or the API gives up on it itself)."""
+        swept = 0
+        for upload in self._multipart_uploads("videos/"):
+            video_id = upload["Key"].removeprefix(self._key("videos/")).split("/", 1)[0]
+            if (upload["Initiated"].timestamp() < older_than and self._last_part(upload) < older_than
+                    and not keep(video_id)):
+                self._abort(upload["Key"], upload["UploadId"])
+                swept += 1
+        return swept
+
+    def _last_part(self, upload: dict[str, Any]) -> float:
+        listed = self.call("list_parts", self.client.list_parts, Bucket=self.bucket, Key=upload["Key"],
+                           UploadId=upload["UploadId"])
+        return max((p["LastModified"].timestamp() for p in listed.get("Parts", [])), default=0.0)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def stored(self, key: str) -> StoredFile | None:
+        # No HEAD: the catalog said the file is there; a missing object is the store's own 404.
+        return StoredFile(key)
+
+    def presign(self, key: str, *, ttl_s: int, filename: str | None = None) -> str | None:
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
+
+    def read(self, key: str, byte_range: str | None) -> Reading:
+        # The header goes to S3 as is: it serves single ranges (suffixes too) and ignores others.
+        extra = {"Range": byte_range} if byte_range and BYTE_RANGE_RE.match(byte_range) else {}
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
+                raise FileNotFoundError(key) from exc
+            if code == "InvalidRange":
+                raise RangeNotSatisfiable(byte_range) from exc
+            raise StorageUnavailable(f"bucket {self.bucket}: get {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: get {key}: {exc}") from exc
+        return Reading(answer["Body"].iter_chunks(256 * 1024), answer["ContentLength"], answer.get("ContentRange"))
+
+    def redact(self, text: str) -> str:
+        return URL_RE.sub("<storage>", text).replace(str(self.scratch), "<scratch>")
+
+    def input_trouble(self, stderr: str) -> bool:
+        return bool(HTTP_TROUBLE.search(stderr)) or self.status() != "ok"
+
+    def keys(self, video_id: str) -> list[str]:
+        prefix = self._key(video_prefix(video_id))
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"].removeprefix(self.prefix) for page in pages for o in page.get("Contents", []))
+
+
+class _MultipartUpload:
+    """An upload body into one S3 multipart upload: parts go out while the next one fills, at most
+    PARTS_IN_FLIGHT at a time, so memory stays a few parts whatever the size. The object exists
+    only once completed, whole; an aborted or abandoned upload leaves nothing readable."""
+
+    def __init__(self, store: S3Storage, key: str) -> None:
+        self.store, self.key = store, key
+        answer = store.call("create_multipart_upload", store.client.create_multipart_upload,
+                            Bucket=store.bucket, Key=key, ContentType="application/octet-stream")
+        self.upload_id: str = answer["UploadId"]
+        self.buffer = bytearray()
+        self.size = 0
+        self.sent: list[Future[dict[str, Any]]] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        if len(self.buffer) >= self.store.part_size:
+            part, self.buffer = bytes(self.buffer[:self.store.part_size]), self.buffer[self.store.part_size:]
+            self._send(part)
+
+    def _send(self, data: bytes) -> None:
+        number = len(self.sent) + 1
+        self.sent.append(self.store.pool.submit(self._part, number, data))
+
+    def _part(self, number: int, data: bytes) -> dict[str, Any]:
+        answer = self.store.call("upload_part", self.store.client.upload_part, Bucket=self.store.bucket,
+                                 Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data)
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def room(self) -> Future[object] | None:
+        pending = [f for f in self.sent if not f.done()]
+        for future in self.sent:
+            if future.done() and future.exception() is not None:
+                raise cast(BaseException, future.exception())
+        return cast(Future[object], pending[0]) if len(pending) >= PARTS_IN_FLIGHT else None
+
+    def complete(self) -> SourceHandle:
+        if self.buffer or not self.sent:  # the last part may be short (or empty, for an empty body)
+            self._send(bytes(self.buffer))
+            self.buffer = bytearray()
+        wait(self.sent)
+        parts = [f.result() for f in self.sent]
+        self.store.call("complete_multipart_upload", self.store.client.complete_multipart_upload,
+                        Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
+                        MultipartUpload={"Parts": parts})
+        return self.store._handle(self.key, self.size)
+
+    def abort(self) -> None:
+        # In the background: the API's event loop must not wait on a store that may be down. If it
+        # fails, the reconciler (or the bucket's lifecycle rule) aborts the upload later.
+        self.buffer = bytearray()
+        self.store.pool.submit(self.store._abort, self.key, self.upload_id)
+
+
+class _RangeReader(io.RawIOBase):
+    """Random access to an object by ranged GETs: the probe reads a few box headers this way."""
+
+    def __init__(self, store: S3Storage, key: str, size: int) -> None:
+        super().__init__()
+        self.store, self.key, self.size, self.pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.size or len(buffer) == 0:
+            return 0
+        end = min(self.size, self.pos + len(buffer)) - 1
+        answer = self.store.call("get_object", self.store.client.get_object, Bucket=self.store.bucket,
+                                 Key=self.key, Range=f"bytes={self.pos}-{end}")
+        data = answer["Body"].read()
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
