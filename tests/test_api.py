@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from tests.conftest import API_KEY, OTHER_KEY, upload, wait_for, wait_until
-from vidfarm.storage import Storage
+import pytest
+
+from tests.conftest import API_KEY, BACKENDS, OTHER_KEY, local_files, upload, wait_for, wait_until
+from vidfarm.storage import source_key
+from vidfarm.storage_file import FileStorage
 
 
 def test_every_v1_route_needs_a_key(api):
@@ -68,17 +71,18 @@ def test_tenants_only_see_their_own_videos(api, http, clips):
     assert http.get(f"/v1/videos/{video_id}").status_code == 200
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_delete_a_queued_video_cancels_it_and_removes_files(http, clips, farm):
     video_id = upload(http, clips["small"]).json()["id"]
-    storage = Storage(farm.settings.storage_dir)
-    assert storage.source_path(video_id).exists()
+    assert farm.storage.keys(video_id) == [source_key(video_id)]
     assert http.delete(f"/v1/videos/{video_id}").status_code == 204
     assert http.get(f"/v1/videos/{video_id}").json()["status"] == "canceled"
-    assert not storage.video_dir(video_id).exists()
+    assert farm.storage.keys(video_id) == []
     assert http.delete(f"/v1/videos/{video_id}").status_code == 204  # idempotent
 
 
-def test_delete_stops_a_running_transcode(http, farm, start_worker, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_delete_stops_a_running_transcode(http, farm, start_worker, tmp_path, settings):
     long_clip = tmp_path / "long.mp4"
     from tests.conftest import make_clip
 
@@ -90,7 +94,8 @@ def test_delete_stops_a_running_transcode(http, farm, start_worker, tmp_path):
     wait_until(lambda: [w["state"] for w in http.get("/v1/farm").json()["workers"]] == ["idle"], 15,
                "the worker to stop transcoding the deleted video", every_s=0.2)
     assert http.get(f"/v1/videos/{video_id}").json()["status"] == "canceled"
-    assert not Storage(farm.settings.storage_dir).video_dir(video_id).exists()
+    assert farm.storage.keys(video_id) == []
+    wait_until(lambda: not local_files(settings.scratch), 10, "the canceled job's scratch removed")
 
 
 def test_farm_view_shows_queues_and_workers(http, worker):
@@ -173,7 +178,7 @@ def test_a_client_that_hangs_up_or_stalls_mid_upload_leaves_nothing_behind(setti
     from vidfarm.farm import Farm
 
     server = ApiServer(Farm(replace(settings, upload_idle_timeout_s=2.0))).start()
-    storage = Storage(farm.settings.storage_dir)
+    storage = FileStorage(farm.settings.storage_dir)
     head = (f"POST /v1/videos?filename=a.mp4 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
             "Content-Type: video/mp4\r\nContent-Length: 50000000\r\n\r\n").encode()
     try:

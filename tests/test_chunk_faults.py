@@ -15,7 +15,7 @@ import pytest
 import redis
 from rq import Queue
 
-from tests.conftest import upload, wait_for, wait_until
+from tests.conftest import BACKENDS, upload, wait_for, wait_until
 from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, video
 from transcoder import job as job_module
 from vidfarm.jobs import new_job_id
@@ -51,11 +51,12 @@ def packet_hashes(path: Path) -> list[str]:
     return [line.rsplit(",", 1)[1].strip() for line in done.stdout.splitlines() if not line.startswith("#")]
 
 
-def snapshot(farm, video_id: str) -> dict[str, tuple[str, int, list[str]]]:
-    """Done chunks: the attempt that counts, its frame offset and its packets' hashes."""
+def snapshot(farm, video_id: str, scratch: Path) -> dict[str, tuple[str, int, list[str]]]:
+    """Done chunks: the attempt that counts, its frame offset and its packets' hashes (read from
+    wherever the backend keeps them; an object store's are downloaded to `scratch`)."""
     return {
         name: (t["result"]["attempt"], t["start_frame"],
-               packet_hashes(farm.storage.work_dir(video_id, t["result"]["attempt"]) / f"{RUNG}.mp4"))
+               packet_hashes(farm.storage.attempt_file(video_id, t["result"]["attempt"], f"{RUNG}.mp4", scratch)))
         for name, t in done_chunks(farm, video_id).items()
     }
 
@@ -72,6 +73,7 @@ def assert_kept(farm, http, video_id: str, before: dict, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_worker_killed_during_a_chunk_reruns_only_that_chunk(long_clip, http, farm, start_worker, reconciler,
                                                              tmp_path):
     first = start_worker()
@@ -79,7 +81,7 @@ def test_worker_killed_during_a_chunk_reruns_only_that_chunk(long_clip, http, fa
     wait_until(lambda: len(done_chunks(farm, video_id)) >= 2, 90, "two chunks done")
     running = wait_until(lambda: [t for t in tasks(farm, video_id).values() if t["status"] == "running"
                                   and t["kind"] == "chunk"], 30, "a chunk running")
-    before = snapshot(farm, video_id)
+    before = snapshot(farm, video_id, tmp_path / "kept")
     encoders = ffmpeg_pids(video_id)
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.proc.wait(timeout=10)
@@ -100,7 +102,7 @@ def test_redis_wiped_between_chunks_requeues_exactly_what_is_missing(long_clip, 
     start_worker()
     video_id = upload(http, long_clip).json()["id"]
     wait_until(lambda: len(done_chunks(farm, video_id)) >= 2, 90, "two chunks done")
-    before = snapshot(farm, video_id)
+    before = snapshot(farm, video_id, tmp_path / "kept")
     redis.Redis.from_url(settings.redis_url).flushall()
     ready = wait_for(http, video_id, timeout_s=180)
     assert ready["status"] == "ready", ready["error"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ffprobe, upload, wait_for
+from tests.conftest import BACKENDS, assert_no_scratch_left, ffprobe, upload, wait_for
 
 
 def streams(path: Path) -> tuple[dict, dict | None, dict]:
@@ -44,8 +44,12 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("clip", list(EXPECTED))
-def test_renditions_follow_the_ladder(clip, clips, http, worker, tmp_path):
+# Every clip on the directory; a landscape and a silent one on S3 (CI time).
+LADDER_CASES = [("file", clip) for clip in EXPECTED] + [("s3", "landscape1080"), ("s3", "noaudio")]
+
+
+@pytest.mark.parametrize(("backend", "clip"), LADDER_CASES, indirect=["backend"])
+def test_renditions_follow_the_ladder(clip, clips, http, worker, tmp_path, settings):
     source_video, source_audio, source_format = streams(clips[clip])
     created = upload(http, clips[clip])
     assert created.status_code == 201, created.text
@@ -74,6 +78,7 @@ def test_renditions_follow_the_ladder(clip, clips, http, worker, tmp_path):
     assert len(keyframes[0]) >= 1
     poster = http.get(video["poster_url"])
     assert poster.status_code == 200 and poster.content[:2] == b"\xff\xd8"
+    assert_no_scratch_left(settings)
 
 
 def test_rendition_pick_and_progress_events(clips, http, worker):
@@ -99,6 +104,7 @@ def test_small_source_is_never_upscaled(clips, http, worker):
     assert [(r["name"], r["width"], r["height"]) for r in video["renditions"]] == [("240p", 320, 240)]
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_range_requests_serve_partial_content(clips, http, worker):
     video = wait_for(http, upload(http, clips["noaudio"]).json()["id"])
     url = video["renditions"][0]["url"]
@@ -109,7 +115,8 @@ def test_range_requests_serve_partial_content(clips, http, worker):
     assert part.headers["content-range"] == f"bytes 100-199/{len(whole)}"
 
 
-def test_a_source_cut_short_fails_instead_of_silently_stopping(http, worker, tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_a_source_cut_short_fails_instead_of_silently_stopping(http, worker, tmp_path, settings):
     """Matroska declares its duration up front; a file cut in half still probes as whole."""
     from tests.conftest import make_clip
 
@@ -124,3 +131,4 @@ def test_a_source_cut_short_fails_instead_of_silently_stopping(http, worker, tmp
     assert video["error"]["code"] == "truncated"
     assert "ends early" in video["error"]["message"]
     assert video["renditions"] == []
+    assert_no_scratch_left(settings)
