@@ -55,7 +55,8 @@ T = TypeVar("T")
 
 def _client() -> Any:
     # Standard mode: retries throttling (SlowDown, 503) and transient errors with backoff, bounded.
-    config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32)
+    config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32,
+                    signature_version="s3v4")
     return boto3.session.Session().client("s3", config=config)
 
 
