@@ -17,6 +17,7 @@ ConfigMap name references in pod specs updated to match.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -111,28 +112,103 @@ def _build(directory: Path, accumulated: list[dict], expect_kind: str) -> list[d
 
 
 def _apply_patch(directory: Path, entry: dict, resources: list[dict]) -> None:
-    if set(entry) - {"path", "patch"}:
-        raise NotImplementedError(f"{directory}: only path/patch strategic-merge patches: {entry}")
+    """A strategic-merge patch naming its resource, or one (or a JSON 6902 list of operations) applied
+    to every resource a `target` selects by kind and label selector."""
+    if set(entry) - {"path", "patch", "target"}:
+        raise NotImplementedError(f"{directory}: only path/patch/target patches: {entry}")
     text = (directory / entry["path"]).read_text() if "path" in entry else entry["patch"]
     patch = yaml.safe_load(text)
+    if "target" in entry:
+        for res in [r for r in resources if _selected(r, entry["target"])]:
+            if isinstance(patch, list):
+                _json_patch(res, patch)
+            else:
+                _merge(res, _without_metadata(patch))
+        return
     targets = [
         r for r in resources
         if r["kind"] == patch["kind"] and r["metadata"]["name"] == patch["metadata"]["name"]
     ]
     if len(targets) != 1:
         raise ValueError(f"{directory}: patch matches {len(targets)} resources: {patch['metadata']['name']}")
+    if patch.get("$patch") == "delete":
+        resources.remove(targets[0])
+        return
     _merge(targets[0], patch)
 
 
-def _merge(target: dict, patch: dict) -> None:
-    """Strategic merge for maps; lists would need their merge keys, which nothing here patches."""
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        elif isinstance(value, list | dict) and key in target:
-            raise NotImplementedError(f"kustomize_lite cannot strategic-merge {key!r}")
+def _without_metadata(patch: dict) -> dict:
+    return {k: v for k, v in patch.items() if k not in ("metadata", "apiVersion", "kind")}
+
+
+def _selected(res: dict, target: dict) -> bool:
+    """`kind` and `labelSelector` (`key=value` or `key in (a,b)`, comma-joined terms not supported)."""
+    if set(target) - {"kind", "labelSelector"}:
+        raise NotImplementedError(f"kustomize_lite selects by kind and labelSelector only: {target}")
+    if res["kind"] != target.get("kind", res["kind"]):
+        return False
+    selector = target.get("labelSelector")
+    if not selector:
+        return True
+    labels = res.get("metadata", {}).get("labels", {})
+    if " in (" in selector:
+        key, values = selector.split(" in (", 1)
+        return labels.get(key.strip()) in {v.strip() for v in values.rstrip(")").split(",")}
+    key, value = selector.split("=", 1)
+    return labels.get(key.strip()) == value.strip()
+
+
+def _json_patch(res: dict, operations: list[dict]) -> None:
+    """JSON 6902 `add` (a missing final key is created; `-` appends), all these components use."""
+    for op in operations:
+        if op["op"] != "add":
+            raise NotImplementedError(f"kustomize_lite supports JSON patch `add` only: {op}")
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node = res
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        if isinstance(node, list) and last == "-":
+            node.append(copy.deepcopy(op["value"]))
+        elif isinstance(node, list):
+            node.insert(int(last), copy.deepcopy(op["value"]))
         else:
-            target[key] = value
+            node[last] = copy.deepcopy(op["value"])
+
+
+# Lists of maps merge item by item on these keys (Kubernetes' patch merge keys), as kustomize does.
+_MERGE_KEYS = ("name", "mountPath", "containerPort")
+
+
+def _merge(target: dict, patch: dict) -> None:
+    """Strategic merge: maps key by key (null deletes), lists of maps by their merge key."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        elif isinstance(value, list) and isinstance(target.get(key), list):
+            _merge_list(target[key], value, key)
+        else:
+            target[key] = copy.deepcopy(value)  # one patch may apply to several resources
+
+
+def _merge_list(items: list, patch: list, key: str) -> None:
+    merge_key = next((k for k in _MERGE_KEYS if patch and all(isinstance(p, dict) and k in p for p in patch)), None)
+    if merge_key is None:
+        raise NotImplementedError(f"kustomize_lite cannot strategic-merge the list {key!r}")
+    # As kustomize orders them: the patch's items first, in its order, then the untouched ones.
+    merged = []
+    for change in patch:
+        match = next((i for i in items if i.get(merge_key) == change[merge_key]), None)
+        if match is not None:
+            items.remove(match)
+        if change.get("$patch") == "delete":
+            continue
+        if match is None:
+            match = {}
+        _merge(match, change)
+        merged.append(match)
+    items[:0] = merged
 
 
 def _generate_configmap(directory: Path, gen: dict, resources: list[dict]) -> None:

@@ -40,6 +40,8 @@ OVERLAYS = ["cpu", "gpu"]
 COMPONENTS = {"prometheus-operator": "cpu", "gateway-api": "gpu"}
 # Every rule below holds for all of these.
 VARIANTS = OVERLAYS + [f"{overlay}+{component}" for component, overlay in COMPONENTS.items()]
+# Media in a bucket instead of the shared volume: its own rules (no PVC), and the common ones below.
+S3_VARIANTS = ["cpu+s3", "gpu+s3"]
 APP_ROLES = {"uploader", "worker", "autoscaler"}
 # Kinds from CRDs (Prometheus Operator, Gateway API): not in the core schema, parse-checked only.
 CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
@@ -177,7 +179,7 @@ def _validate(resources: list[dict]) -> None:
         kubernetes_validate.validate(r, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
 def test_overlay_validates_against_kubernetes_schema(variant):
     _validate(render(variant))
 
@@ -203,7 +205,7 @@ def test_prometheus_operator_component():
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
 def test_kustomize_lite_agrees_with_kubectl(variant):
     path = variant_dir(variant)
 
@@ -220,7 +222,7 @@ def test_kustomize_lite_agrees_with_kubectl(variant):
 # --- policy: every pod --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
 def test_every_pod_is_hardened_and_bounded(variant):
     for workload, tpl in pod_templates(render(variant)):
         name = workload["metadata"]["name"]
@@ -240,7 +242,7 @@ def test_every_pod_is_hardened_and_bounded(variant):
                 assert {"cpu", "memory"} <= got.keys(), (name, c["name"], section)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
 def test_only_the_autoscaler_and_prometheus_talk_to_the_api_server(variant):
     for workload, tpl in pod_templates(render(variant)):
         if workload["metadata"]["name"] not in ("autoscaler", "prometheus"):
@@ -437,6 +439,44 @@ def test_app_pods_share_one_image_and_the_environment(variant):
     assert pvc["accessModes"] == ["ReadWriteMany"]
     # Set by the overlay: GKE's and EKS's default classes are ReadWriteOnce and would never bind.
     assert pvc["storageClassName"]
+
+
+@pytest.mark.parametrize("variant", S3_VARIANTS)
+def test_s3_component_replaces_the_shared_volume_with_scratch_and_a_bucket(variant):
+    res = render(variant)
+    assert not [r for r in res if r["kind"] == "PersistentVolumeClaim" and r["metadata"]["name"] == "vidfarm-storage"]
+    assert find(res, "ConfigMap", "vidfarm-s3")["data"]["VIDFARM_STORAGE_URL"].startswith("s3://")
+    apps = app_workloads(res)
+    assert {w["metadata"]["name"] for w in apps} >= {"uploader", "worker-cpu", "autoscaler"}
+    for w in apps:
+        name, c, spec = w["metadata"]["name"], container(w), w["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert not [v for v in volumes.values() if "persistentVolumeClaim" in v], name
+        # Settings from the ConfigMap; keys from an optional Secret, so a role (IRSA) may replace them.
+        assert {"configMapRef": {"name": "vidfarm-s3"}} in c["envFrom"], name
+        assert {"secretRef": {"name": "vidfarm-s3", "optional": True}} in c["envFrom"], name
+        scratch = env_map(c)["VIDFARM_SCRATCH_DIR"]["value"]
+        mount = next(m for m in c["volumeMounts"] if scratch.startswith(m["mountPath"]))
+        assert "sizeLimit" in volumes[mount["name"]]["emptyDir"], name
+        role = w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        if role == "worker":
+            assert _bytes(volumes[mount["name"]]["emptyDir"]["sizeLimit"]) >= 50 * 1024**3, name
+            assert "ephemeral-storage" in c["resources"]["requests"], name
+        if role in ("uploader", "worker"):
+            assert spec["serviceAccountName"] == "vidfarm-media" and spec["automountServiceAccountToken"] is False
+    for account in ("vidfarm-media", "vidfarm-autoscaler"):  # where an IRSA role goes
+        assert "eks.amazonaws.com/role-arn" in find(res, "ServiceAccount", account)["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("variant", S3_VARIANTS)
+def test_s3_component_lets_api_and_workers_reach_the_store_and_the_data_stores(variant):
+    res = render(variant)
+    policy = find(res, "NetworkPolicy", "media-egress")["spec"]
+    assert policy["policyTypes"] == ["Egress"]
+    (selector,) = policy["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == {"uploader", "worker"}  # the autoscaler also needs the API server
+    ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert {("UDP", 53), ("TCP", 6379), ("TCP", 5432), ("TCP", 443)} <= ports
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
