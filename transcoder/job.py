@@ -510,6 +510,7 @@ class FinalizeAttempt(TaskAttempt):
         crash halfway only leaves files that the next attempt replaces."""
         renditions = {plan.name: self.folder / f"{plan.name}.mp4" for plan in plans}
         self.storage.publish(self.video_id, renditions, poster, stream)
+        self.discard()  # what is left (downloaded chunks, stitch lists) goes before the catalog says ready
 
     def describe(self, plan: OutputPlan, path: Path, duration_s: float) -> dict[str, Any]:
         size = path.stat().st_size
@@ -532,7 +533,6 @@ class FinalizeAttempt(TaskAttempt):
         log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
         self.observe_success(video)
         self.drop_work()
-        self.discard()  # this attempt's own scratch (an object store's uploads are done)
         return READY
 
     def after_lost_claim(self) -> None:

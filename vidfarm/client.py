@@ -59,7 +59,10 @@ def _tus_metadata(fields: dict[str, str | None]) -> str:
 class Client:
     def __init__(self, base_url: str, api_key: str | None, timeout_s: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        # Downloads from an object store are redirects to presigned URLs; httpx drops the API key on
+        # the way to another host, as it must (the URL carries its own signature).
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s,
+                                 follow_redirects=True)
 
     def _check(self, response: httpx.Response) -> Any:
         if response.is_success:
@@ -96,6 +99,8 @@ class Client:
         metadata = _tus_metadata({"filename": path.name, "renditions": renditions, "queue": queue})
         created = self.http.post("/v1/uploads", headers={**TUS_HEADERS, "Upload-Length": str(size),
                                                           "Upload-Metadata": metadata})
+        if created.status_code == 501:  # a farm on S3 takes no resumable uploads (yet): one POST
+            return self.upload(path, on_bytes, renditions, queue)
         self._check(created)
         location, progress = created.headers["Location"], _HighWater(on_bytes)
         offset: int | None = 0
