@@ -535,3 +535,41 @@ def empty_files(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             path.unlink()
+
+
+class MotoS3:
+    """moto's S3 in server mode as its own process (the one S3-compatible server these machines have),
+    with one bucket; `env` is what a vidfarm process or boto3 needs to use it."""
+
+    def __init__(self, bucket: str = "bench") -> None:
+        self.port = free_port()
+        self.bucket = bucket
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_REGION": "us-east-1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_until(self._answers, 30, what="moto's S3 server")
+        self.client().create_bucket(Bucket=bucket)
+
+    def _answers(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url, timeout=1).status_code < 500
+        return False
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="bench",
+                            aws_secret_access_key="bench")
+
+    def empty(self) -> None:
+        """Every object and unfinished upload gone (moto keeps them in memory and temp files)."""
+        client = self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=self.bucket, Key=item["Key"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

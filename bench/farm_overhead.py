@@ -45,13 +45,14 @@ from vidfarm.chunks import DEFAULT_CHUNK_SECONDS
 from vidfarm.states import VideoStatus
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str = __doc__, *, seconds: float = 6, size: str = "1920x1080", reps: int = 2) -> argparse.Namespace:
+    """A batch of clips on K workers, reps alternating (s3_farm.py takes the same options)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=4, help="clips in the batch (default 4)")
-    parser.add_argument("--seconds", type=float, default=6, help="length of each clip (default 6)")
-    parser.add_argument("--size", default="1920x1080", help="clip size (default 1920x1080)")
+    parser.add_argument("--seconds", type=float, default=seconds, help=f"length of each clip (default {seconds:g})")
+    parser.add_argument("--size", default=size, help=f"clip size (default {size})")
     parser.add_argument("--workers", type=int, default=2, help="parallelism K on both sides (default 2)")
-    parser.add_argument("--reps", type=int, default=2, help="repetitions, order alternating (default 2)")
+    parser.add_argument("--reps", type=int, default=reps, help=f"repetitions, order alternating (default {reps})")
     return parser.parse_args()
 
 
