@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -313,7 +314,7 @@ class TaskAttempt:
 
     def source_input(self) -> str:
         """What ffmpeg opens: the source's path, or a presigned URL it reads ranges of."""
-        return self.storage.source(self.video_id).location
+        return self.storage.source_location(self.video_id)
 
     def plans(self, video: dict[str, Any]) -> list[OutputPlan]:
         names = video["requested"] or list(self.farm.settings.ladder)
@@ -510,7 +511,9 @@ class FinalizeAttempt(TaskAttempt):
         crash halfway only leaves files that the next attempt replaces."""
         renditions = {plan.name: self.folder / f"{plan.name}.mp4" for plan in plans}
         self.storage.publish(self.video_id, renditions, poster, stream)
-        self.discard()  # what is left (downloaded chunks, stitch lists) goes before the catalog says ready
+        # What is left (downloaded chunks, stitch lists) goes before the catalog says ready. Local
+        # only: finalize keeps nothing in the store under its attempt.
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def describe(self, plan: OutputPlan, path: Path, duration_s: float) -> dict[str, Any]:
         size = path.stat().st_size

@@ -195,7 +195,8 @@ class Storage(ABC):
         """The probed upload becomes the video's source (still invisible until the catalog row)."""
 
     @abstractmethod
-    def source(self, video_id: str) -> SourceHandle: ...
+    def source_location(self, video_id: str) -> str:
+        """What ffmpeg opens to read a video's source: its path, or a presigned URL (no request)."""
 
     @abstractmethod
     def attempt_folder(self, video_id: str, attempt: str) -> Path:

@@ -121,8 +121,8 @@ class FileStorage(Storage):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.incoming_path(video_id), target)
 
-    def source(self, video_id: str) -> SourceHandle:
-        return SourceHandle.local(self.source_path(video_id))
+    def source_location(self, video_id: str) -> str:
+        return str(self.source_path(video_id))
 
     def attempt_folder(self, video_id: str, attempt: str) -> Path:
         return self.work_dir(video_id, attempt)

@@ -110,15 +110,15 @@ class S3Storage(Storage):
     def promote_upload(self, video_id: str) -> None:
         """The body was uploaded to the source key itself: the catalog row is what makes it count."""
 
-    def source(self, video_id: str) -> SourceHandle:
-        key = self._key(source_key(video_id))
-        size = self.call("head_object", self.client.head_object, Bucket=self.bucket, Key=key)["ContentLength"]
-        return self._handle(key, size)
+    def source_location(self, video_id: str) -> str:
+        return self._source_url(self._key(source_key(video_id)))
+
+    def _source_url(self, key: str) -> str:
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=SOURCE_URL_TTL_S)
 
     def _handle(self, key: str, size: int) -> SourceHandle:
-        url = self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
-                                                 ExpiresIn=SOURCE_URL_TTL_S)
-        return SourceHandle(url, size, lambda: cast(BinaryIO, _RangeReader(self, key, size)))
+        return SourceHandle(self._source_url(key), size, lambda: cast(BinaryIO, _RangeReader(self, key, size)))
 
     # -- attempts ---------------------------------------------------------------------------------
 
