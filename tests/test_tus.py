@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -22,10 +24,26 @@ import pytest
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
-from tests.conftest import API_KEY, OTHER_KEY, ROOT, ApiServer, settings_env, wait_for, wait_until
+from tests.conftest import (
+    API_KEY,
+    BACKENDS,
+    OTHER_KEY,
+    ROOT,
+    ApiServer,
+    free_port,
+    settings_env,
+    wait_for,
+    wait_serving,
+    wait_until,
+)
+from vidfarm import tus
 from vidfarm.farm import Farm
 from vidfarm.reconciler import Reconciler
 from vidfarm.states import VideoStatus
+from vidfarm.storage import source_key
+
+# Every test on both backends: the partial bytes live in the storage dir, or in the bucket.
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 TUS = {"Tus-Resumable": "1.0.0"}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -87,6 +105,14 @@ def video(http: httpx.Client, video_id: str) -> dict:
     return http.get(f"/v1/videos/{video_id}").json()
 
 
+def stored_source(farm: Farm, video_id: str) -> bytes:
+    return b"".join(farm.storage.read(source_key(video_id), None).chunks)
+
+
+def nothing_stored(farm: Farm, video_id: str) -> bool:
+    return farm.storage.resumable_offset(video_id) is None and farm.storage.keys(video_id) == []
+
+
 def test_options_advertise_the_protocol(http, settings):
     response = http.options("/v1/uploads")
     assert response.status_code == 204
@@ -127,7 +153,56 @@ def test_tuspy_resumes_after_a_drop_and_an_api_restart(api, worker, clips, setti
         again.stop()
     assert done["status"] == VideoStatus.READY, done["error"]
     assert [r["name"] for r in done["renditions"]] == ["720p"]
-    assert Farm(settings).storage.source_path(video_id).read_bytes() == data
+    assert stored_source(Farm(settings), video_id) == data
+
+
+def test_a_killed_api_keeps_what_it_made_durable_and_another_takes_over(settings, tmp_path):
+    """kill -9 of the API in the middle of one long PATCH: what it had made durable stays (on S3 the
+    whole parts committed as they landed), its lease runs out, another API takes the rest, and the
+    stored source is the file, byte for byte, with nothing of the upload's own state left beside it."""
+    source = tmp_path / "noise.mp4"  # lossless noise, about 25 MB: three 8 MiB parts and a tail on S3
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=gray:s=640x360:d=2,noise=alls=100:allf=t", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-qp", "0", str(source)], check=True)
+    data, mib = source.read_bytes(), 1024 * 1024
+    settings = replace(settings, tus_lease_s=3.0)
+    farm = Farm(settings)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    dying = subprocess.Popen([sys.executable, "-m", "vidfarm", "api", "--port", str(port)], env=settings_env(settings),
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_serving(f"http://127.0.0.1:{port}/healthz", dying, timeout_s=30)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as http:
+        video_id = create(http, len(data), filename="noise.mp4").headers["Vidfarm-Video-Id"]
+
+        def body_then_kill() -> Iterator[bytes]:
+            for at in range(0, 20 * mib, mib):
+                yield data[at:at + mib]
+            wait_until(lambda: (farm.storage.resumable_offset(video_id) or 0) >= 16 * mib, 30,
+                       "two parts' worth to be durable")
+            os.killpg(dying.pid, signal.SIGKILL)
+            dying.wait()
+            yield data[20 * mib:]
+
+        with pytest.raises(httpx.TransportError):
+            patch(http, f"/v1/uploads/{video_id}", 0, body_then_kill())
+    kept = farm.storage.resumable_offset(video_id)
+    assert kept is not None and 16 * mib <= kept <= 20 * mib
+    again = ApiServer(farm).start()
+    try:
+        with again.client() as http:
+            location = f"/v1/uploads/{video_id}"
+            assert http.head(location, headers=TUS).headers["Upload-Offset"] == str(kept)
+            busy = patch(http, location, kept, data[kept:])  # the dead API's lease has not run out yet
+            assert (busy.status_code, busy.json()["error"]["code"]) == (423, "upload_locked")
+            time.sleep(settings.tus_lease_s)
+            rest = patch(http, location, kept, data[kept:], **{"Upload-Checksum": sha1(data[kept:])})
+            assert rest.status_code == 204, rest.text
+            assert video(http, video_id)["status"] == VideoStatus.QUEUED
+    finally:
+        again.stop()
+    assert stored_source(farm, video_id) == data
+    assert [k.rsplit("/", 1)[1] for k in farm.storage.keys(video_id)] == ["source"]
 
 
 def test_creation_names_the_video_and_it_lists_as_uploading(http):
@@ -210,7 +285,7 @@ def test_termination_and_another_tenant(api, http, farm):
     assert http.head(location, headers=TUS).status_code == 404
     assert patch(http, location, 40, b"y" * 10).status_code == 404
     assert video(http, video_id)["status"] == VideoStatus.CANCELED
-    assert not farm.storage.incoming_path(video_id).exists()
+    assert nothing_stored(farm, video_id)
 
 
 def test_concurrent_patches_do_not_interleave(http, api):
@@ -238,10 +313,10 @@ def test_concurrent_patches_do_not_interleave(http, api):
 
 def test_regular_idle_sweep_leaves_resumable_uploads_alone(http, farm):
     video_id = create(http, 100).headers["Vidfarm-Video-Id"]
-    long_ago = time.time() - 3600  # far past the sweep of abandoned regular uploads, far within 24 h
-    os.utime(farm.storage.incoming_path(video_id), (long_ago, long_ago))
-    Reconciler(farm).step()
-    assert farm.storage.incoming_path(video_id).exists()
+    assert patch(http, f"/v1/uploads/{video_id}", 0, b"x" * 40).status_code == 204
+    # As the reconciler sweeps partial uploads its API abandoned, with a cutoff past everything.
+    farm.storage.sweep_uploads(time.time() + 60, keep=partial(tus.is_resumable, farm))
+    assert farm.storage.resumable_offset(video_id) == 40
     assert video(http, video_id)["status"] == VideoStatus.UPLOADING
 
 
@@ -260,7 +335,7 @@ def test_unfinished_uploads_expire_and_are_swept(farm):
             Reconciler(short).step()
             gone = video(http, video_id)
             assert gone["status"] == VideoStatus.FAILED and gone["error"]["code"] == "upload_expired"
-            assert not short.storage.incoming_path(video_id).exists()
+            assert nothing_stored(short, video_id)
             assert http.head(location, headers=TUS).status_code == 410
     finally:
         server.stop()
@@ -280,4 +355,4 @@ def test_cli_upload_resumes_after_a_dropped_connection(api, clips, settings):
     video_id = done.stdout.split()[0]
     with api.client() as http:
         assert video(http, video_id)["status"] == VideoStatus.QUEUED
-    assert Farm(settings).storage.source_path(video_id).read_bytes() == data
+    assert stored_source(Farm(settings), video_id) == data

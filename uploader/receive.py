@@ -15,7 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from uploader.errors import ApiError
-from vidfarm.storage import StorageUnavailable, UploadWriter
+from vidfarm.storage import PartialUpload, StorageUnavailable, UploadWriter
 
 MAX_FIELD_BYTES = 64 * 1024
 # Form fields are held in memory: the limit is on all of them together (python-multipart bounds part
@@ -121,7 +121,7 @@ def check_declared_length(request: Request, allowed: int, limit: int) -> None:
         raise too_large(limit)
 
 
-async def _room(out: UploadWriter) -> None:
+async def room(out: UploadWriter | PartialUpload) -> None:
     """Backpressure: while the writer has too much in flight, stop reading the body."""
     while (busy := out.room()) is not None:
         await asyncio.wrap_future(busy)
@@ -172,7 +172,7 @@ async def receive_upload(request: Request, out: UploadWriter, limit: int, idle_t
             return await _receive_multipart(body_chunks(request, idle_timeout_s), sink, params.get(b"boundary"))
         async for chunk in body_chunks(request, idle_timeout_s):
             sink.write(chunk)
-            await _room(out)
+            await room(out)
         return Received(request.query_params.get("filename") or "upload", sink.size)
     except ClientDisconnect as exc:
         raise ApiError(400, "incomplete_upload", "the client disconnected before the upload finished") from exc
@@ -186,7 +186,7 @@ async def _receive_multipart(body: AsyncIterator[bytes], sink: _Sink, boundary: 
     try:
         async for chunk in body:
             parser.write(chunk)
-            await _room(sink.out)
+            await room(sink.out)
         parser.finalize()
     except (ApiError, OSError, StorageUnavailable):
         raise  # our own limits, or the disk (full, read-only): not the client's malformed body

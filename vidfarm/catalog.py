@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 import redis
@@ -94,6 +94,9 @@ class Video(Base):
     has_stream: Mapped[int] = mapped_column(Integer, default=0)  # HLS + DASH package published
     # Bytes of a resumable upload received so far, as of its last PATCH (the partial file is the truth).
     received_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Who may write to a resumable upload now (one request, on any API replica), and until when.
+    lease_holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 # Task states. A task is one RQ job of a video's graph: a chunk of the picture, the audio, or the
@@ -163,6 +166,8 @@ class VideoRow(TypedDict):
     total_frames: int | None
     has_stream: int
     received_bytes: int | None
+    lease_holder: str | None
+    lease_until: str | None
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -429,6 +434,25 @@ class Catalog:
                 changed = conn.execute(stmt.values(**fields)).rowcount > 0
         self._cache_drop(video_id)
         return changed
+
+    def lease(self, video_id: str, holder: str, ttl_s: float, *, renew: bool = False) -> bool:
+        """Take the write lease of an unfinished upload (granted when nobody holds it or the holder's
+        time ran out), or `renew` it (granted while nobody else took it, even past its time: then
+        nobody else wrote either). Moves `updated_at`: a writer keeps the upload from expiring."""
+        now = utcnow()
+        free = or_(Video.lease_holder.is_(None), Video.lease_until < now)
+        mine = Video.lease_holder == holder
+        stmt = update(Video).where(Video.id == video_id, Video.status == VideoStatus.UPLOADING,
+                                   mine if renew else free).values(
+            lease_holder=holder, lease_until=now + timedelta(seconds=ttl_s), updated_at=now)
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            granted = conn.execute(stmt).rowcount > 0
+        self._cache_drop(video_id)
+        return granted
+
+    def release(self, video_id: str, holder: str) -> None:
+        self.update(video_id, expect={"lease_holder": holder}, lease_holder=None, lease_until=None)
 
     @staticmethod
     def _update_announcing(conn: Connection, video_id: str, stmt: Any, status: VideoStatus) -> bool:

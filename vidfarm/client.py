@@ -99,7 +99,7 @@ class Client:
         metadata = _tus_metadata({"filename": path.name, "renditions": renditions, "queue": queue})
         created = self.http.post("/v1/uploads", headers={**TUS_HEADERS, "Upload-Length": str(size),
                                                           "Upload-Metadata": metadata})
-        if created.status_code == 501:  # a farm on S3 takes no resumable uploads (yet): one POST
+        if created.status_code == 501:  # a server without resumable uploads: one POST
             return self.upload(path, on_bytes, renditions, queue)
         self._check(created)
         location, progress = created.headers["Location"], _HighWater(on_bytes)

@@ -119,6 +119,9 @@ class Settings:
     playback_ttl_s: int = 6 * 3600
     # A resumable (tus) upload nobody has written to for this long is given up and its bytes removed.
     tus_expiry_s: float = 24 * 3600.0
+    # One request writes to a resumable upload at a time, under a lease renewed as it streams; a
+    # replica that dies mid-request holds the upload this long at most.
+    tus_lease_s: float = 30.0
     # Where clients reach the API: the links inside webhook payloads (nothing else knows it outside a request).
     public_url: str = ""
     # Webhooks: private, loopback and link-local receivers are refused unless this is set (local setups, tests).
@@ -166,6 +169,7 @@ class Settings:
             playback_secret=_playback_secret(home),
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
             tus_expiry_s=_env_float("VIDFARM_TUS_EXPIRY_S", 24 * 3600.0),
+            tus_lease_s=_env_float("VIDFARM_TUS_LEASE_S", 30.0),
             public_url=os.environ.get("VIDFARM_PUBLIC_URL", "").strip(),
             webhook_allow_private=_env_flag("VIDFARM_WEBHOOK_ALLOW_PRIVATE", False),
             webhook_retry_delays_s=_env_floats("VIDFARM_WEBHOOK_RETRY_DELAYS_S", WEBHOOK_RETRY_DELAYS_S),
@@ -201,6 +205,7 @@ class Settings:
             "VIDFARM_PLAYBACK_SECRET": self.playback_secret,
             "VIDFARM_PLAYBACK_TTL_S": str(self.playback_ttl_s),
             "VIDFARM_TUS_EXPIRY_S": str(self.tus_expiry_s),
+            "VIDFARM_TUS_LEASE_S": str(self.tus_lease_s),
             "VIDFARM_PUBLIC_URL": self.public_url,
             "VIDFARM_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
             "VIDFARM_WEBHOOK_RETRY_DELAYS_S": ",".join(str(d) for d in self.webhook_retry_delays_s),

@@ -23,6 +23,8 @@ VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RENDITION_NAME_RE = re.compile(r"^[0-9]{2,5}p$")
 ATTEMPT_RE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]{1,40}-[0-9a-f]{8}$")
 WORK_FILE_RE = re.compile(r"^([0-9]{2,5}p\.mp4|audio\.m4a)$")
+# What an unfinished resumable upload keeps beside its bytes (object stores: state and a short tail).
+UPLOAD_FILE_RE = re.compile(r"^(state\.json|tail-[0-9a-f]{12})$")
 # What a player may fetch of a package: manifests, playlists, init and media segments. Nothing else.
 STREAM_FILE_RE = re.compile(
     r"^(master\.m3u8|manifest\.mpd|([0-9]{2,5}p|audio)/(index\.m3u8|init\.mp4|seg_[0-9]{5}\.m4s))$"
@@ -30,6 +32,7 @@ STREAM_FILE_RE = re.compile(
 VIDEOS_PREFIX = "videos"
 STREAM_DIR = "stream"
 WORK_DIR = "work"
+UPLOAD_DIR = "upload"
 SOURCE_NAME = "source"
 POSTER_NAME = "poster.jpg"
 # Stored with each object, so a presigned GET answers with the type a player expects.
@@ -102,6 +105,13 @@ def work_key(video_id: str, attempt: str, name: str = "") -> str:
     return f"{video_prefix(video_id)}{WORK_DIR}/{attempt}/{name}"
 
 
+def upload_key(video_id: str, name: str = "") -> str:
+    """What a resumable upload keeps until its last byte (object stores only)."""
+    if name and not UPLOAD_FILE_RE.match(name):
+        raise InvalidKey(f"not a file of an upload: {name!r}")
+    return f"{video_prefix(video_id)}{UPLOAD_DIR}/{name}"
+
+
 # -- what the backends hand out -------------------------------------------------------------------
 
 
@@ -132,6 +142,33 @@ class UploadWriter(Protocol):
 
     def abort(self) -> None:
         """Drop what was written; never blocks on the network."""
+
+
+class PartialUpload(Protocol):
+    """An unfinished resumable upload, opened by the one request that holds its lease (`vidfarm.tus`):
+    appended in order from `offset`, then ended exactly once by `keep`, `discard`, `close` or
+    `finish`. What `keep` made durable is what any API replica resumes from."""
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the upload so far, this writer's appends included."""
+
+    def append(self, data: bytes) -> None: ...
+
+    def room(self) -> Future[object] | None:
+        """A future to await before appending more (parts still in flight), or None."""
+
+    def keep(self) -> None:
+        """Make everything appended durable: the request ended, or its client went away."""
+
+    def discard(self) -> None:
+        """Back to where this writer began: a chunk that failed its checksum, a body too long."""
+
+    def close(self) -> None:
+        """Let go without touching what is stored: the lease lapsed, another writer may own it now."""
+
+    def finish(self) -> SourceHandle:
+        """The last byte is in: the stored body, whole, ready to probe."""
 
 
 class RangeNotSatisfiable(ValueError):
@@ -189,6 +226,21 @@ class Storage(ABC):
 
     @abstractmethod
     def begin_upload(self, video_id: str) -> UploadWriter: ...
+
+    @abstractmethod
+    def start_resumable(self, video_id: str) -> None:
+        """An empty resumable upload, to be appended to by whichever API replica gets the request."""
+
+    @abstractmethod
+    def resumable_offset(self, video_id: str) -> int | None:
+        """Bytes a resumable upload holds durably; None once it is gone (terminated, swept, admitted)."""
+
+    @abstractmethod
+    def open_resumable(self, video_id: str, commit_parts: Callable[[], bool] | None) -> PartialUpload:
+        """The upload, for its lease holder to append to. With `commit_parts`, what is appended becomes
+        durable as it goes (a part at a time, while `commit_parts()` says the lease still holds), so a
+        crash mid-request keeps most of it; without, only `keep` commits (all-or-nothing chunks).
+        FileNotFoundError if the upload is gone."""
 
     @abstractmethod
     def promote_upload(self, video_id: str) -> None:

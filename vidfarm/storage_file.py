@@ -54,6 +54,42 @@ class _FileUpload:
         self.path.unlink(missing_ok=True)
 
 
+class _FilePartial:
+    """A resumable upload's partial file (`incoming/{id}.part`, as a regular upload's): its size is the
+    offset, so there is no second record to disagree with it. Appends are durable as they are written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: BinaryIO = path.open("r+b")
+        self.start = self.received = self.handle.seek(0, os.SEEK_END)
+
+    @property
+    def offset(self) -> int:
+        return self.received
+
+    def append(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.received += len(data)
+
+    def room(self) -> Future[object] | None:
+        return None
+
+    def keep(self) -> None:
+        self.handle.close()
+
+    def discard(self) -> None:
+        self.handle.truncate(self.start)
+        self.handle.close()
+        self.received = self.start
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def finish(self) -> SourceHandle:
+        self.handle.close()  # the probe reads the file: nothing may wait in the write buffer
+        return SourceHandle.local(self.path)
+
+
 class FileStorage(Storage):
     def __init__(self, root: Path, scratch: Path | None = None) -> None:
         self.root = Path(root).resolve()
@@ -115,6 +151,20 @@ class FileStorage(Storage):
 
     def begin_upload(self, video_id: str) -> _FileUpload:
         return _FileUpload(self.incoming_path(video_id))
+
+    def start_resumable(self, video_id: str) -> None:
+        path = self.incoming_path(video_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("xb").close()
+
+    def resumable_offset(self, video_id: str) -> int | None:
+        try:
+            return self.incoming_path(video_id).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_resumable(self, video_id: str, commit_parts: Callable[[], bool] | None) -> _FilePartial:
+        return _FilePartial(self.incoming_path(video_id))
 
     def promote_upload(self, video_id: str) -> None:
         target = self.source_path(video_id)

@@ -9,11 +9,16 @@ left becomes StorageUnavailable. Workers write on local scratch and upload; read
 from __future__ import annotations
 
 import io
+import json
+import logging
 import math
 import re
 import shutil
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlsplit
@@ -36,9 +41,12 @@ from vidfarm.storage import (
     poster_key,
     rendition_key,
     source_key,
+    upload_key,
     video_prefix,
     work_key,
 )
+
+log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MIN_PART = 8 * MIB          # S3's floor is 5 MiB; 8 MiB matches boto3's own default
@@ -89,6 +97,15 @@ class S3Storage(Storage):
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"bucket {self.bucket}: {what}: {exc}") from exc
 
+    def call_or_none(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T | None:
+        """`call`, with None for an object that is not there."""
+        try:
+            return self.call(what, fn, **kwargs)
+        except StorageUnavailable as exc:
+            if isinstance(exc.__cause__, ClientError) and _missing(exc.__cause__):
+                return None
+            raise
+
     # -- health -----------------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -109,6 +126,53 @@ class S3Storage(Storage):
 
     def promote_upload(self, video_id: str) -> None:
         """The body was uploaded to the source key itself: the catalog row is what makes it count."""
+
+    # -- resumable uploads: one multipart upload, its state beside it (docs/design.md) ------------
+
+    def start_resumable(self, video_id: str) -> None:
+        answer = self.call("create_multipart_upload", self.client.create_multipart_upload, Bucket=self.bucket,
+                           Key=self._key(source_key(video_id)), ContentType="application/octet-stream")
+        self.put_state(video_id, _UploadState(answer["UploadId"], self.part_size))
+
+    def resumable_offset(self, video_id: str) -> int | None:
+        state = self.upload_state(video_id)
+        return state.received if state is not None else self._size(source_key(video_id))
+
+    def open_resumable(self, video_id: str, commit_parts: Callable[[], bool] | None) -> _ResumableUpload:
+        state = self.upload_state(video_id)
+        if state is None:  # completed by a request that died before the catalog heard of it
+            size = self._size(source_key(video_id))
+            if size is None:
+                raise FileNotFoundError(video_id)
+            state = _UploadState("", self.part_size, received=size, complete=True)
+        return _ResumableUpload(self, video_id, state, commit_parts)
+
+    def upload_state(self, video_id: str) -> _UploadState | None:
+        answer = self.call_or_none("read upload state", self.client.get_object, Bucket=self.bucket,
+                                   Key=self._key(upload_key(video_id, STATE)))
+        return _UploadState(**json.loads(answer["Body"].read())) if answer is not None else None
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytearray) -> dict[str, Any]:
+        answer = self.call("upload_part", self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
+                           PartNumber=number, Body=data)
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        self.call("complete_multipart_upload", self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                  UploadId=upload_id, MultipartUpload={"Parts": parts})
+
+    def put_state(self, video_id: str, state: _UploadState) -> None:
+        self.put(upload_key(video_id, STATE), json.dumps(asdict(state)).encode())
+
+    def put(self, key: str, body: bytes | bytearray) -> None:
+        self.call("put_object", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
+
+    def get(self, key: str) -> bytes:
+        return self.call("get_object", self.client.get_object, Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def _size(self, key: str) -> int | None:
+        answer = self.call_or_none("head", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        return int(answer["ContentLength"]) if answer is not None else None
 
     def source_location(self, video_id: str) -> str:
         return self._source_url(self._key(source_key(video_id)))
@@ -212,6 +276,16 @@ class S3Storage(Storage):
                 swept += 1
         return swept
 
+    def listed_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        try:
+            return [part for page in pages for part in page.get("Parts", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: list parts: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self.call("delete_object", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
     def _last_part(self, upload: dict[str, Any]) -> float:
         listed = self.call("list_parts", self.client.list_parts, Bucket=self.bucket, Key=upload["Key"],
                            UploadId=upload["UploadId"])
@@ -235,10 +309,9 @@ class S3Storage(Storage):
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("NoSuchKey", "404"):
+            if _missing(exc):
                 raise FileNotFoundError(key) from exc
-            if code == "InvalidRange":
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 raise RangeNotSatisfiable(byte_range) from exc
             raise StorageUnavailable(f"bucket {self.bucket}: get {key}: {exc}") from exc
         except BotoCoreError as exc:
@@ -255,6 +328,10 @@ class S3Storage(Storage):
         prefix = self._key(video_prefix(video_id))
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return sorted(o["Key"].removeprefix(self.prefix) for page in pages for o in page.get("Contents", []))
+
+
+def _missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
 
 
 class _MultipartUpload:
@@ -285,26 +362,16 @@ class _MultipartUpload:
         self.sent.append(self.store.pool.submit(self._part, number, data))
 
     def _part(self, number: int, data: bytearray) -> dict[str, Any]:
-        answer = self.store.call("upload_part", self.store.client.upload_part, Bucket=self.store.bucket,
-                                 Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data)
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+        return self.store.upload_part(self.key, self.upload_id, number, data)
 
     def room(self) -> Future[object] | None:
-        pending = [f for f in self.sent if not f.done()]
-        for future in self.sent:
-            if future.done() and future.exception() is not None:
-                raise cast(BaseException, future.exception())
-        return cast(Future[object], pending[0]) if len(pending) >= PARTS_IN_FLIGHT else None
+        return _backlog(self.sent)
 
     def complete(self) -> SourceHandle:
         if self.buffer or not self.sent:  # the last part may be short (or empty, for an empty body)
             self._send(self.buffer)
             self.buffer = bytearray()
-        wait(self.sent)
-        parts = [f.result() for f in self.sent]
-        self.store.call("complete_multipart_upload", self.store.client.complete_multipart_upload,
-                        Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
-                        MultipartUpload={"Parts": parts})
+        self.store.complete_upload(self.key, self.upload_id, _results(self.sent))
         return self.store._handle(self.key, self.size)
 
     def abort(self) -> None:
@@ -312,6 +379,156 @@ class _MultipartUpload:
         # fails, the reconciler (or the bucket's lifecycle rule) aborts the upload later.
         self.buffer = bytearray()
         self.store.pool.submit(self.store._abort, self.key, self.upload_id)
+
+
+STATE = "state.json"
+
+
+@dataclass(frozen=True)
+class _UploadState:
+    """What a resumable upload holds durably: its multipart upload's first `parts` parts, each of
+    `part_size`, then `received - parts * part_size` bytes in the `tail` object (S3 takes no part under
+    5 MiB but the last, and a request may end anywhere). Written whole, one PUT, after the objects it
+    names: a crash at any point leaves the previous state, naming objects that still exist. Parts past
+    `parts` are leftovers of a request that did not commit them; the next writer uploads over them."""
+
+    upload_id: str
+    part_size: int
+    parts: int = 0
+    received: int = 0
+    tail: str | None = None
+    complete: bool = False  # every part is up: only the completion is left (or done, without an id)
+
+
+class _ResumableUpload:
+    """One request's appends to a resumable upload. The old tail starts the buffer, so the first new
+    part carries it; whole parts go out as they fill, PARTS_IN_FLIGHT at most. With `commit_parts`,
+    the parts that landed in order are committed as they land (an API that dies mid-request loses
+    only the parts in flight); what is left under a part becomes a new tail when the request ends."""
+
+    def __init__(self, store: S3Storage, video_id: str, state: _UploadState,
+                 commit_parts: Callable[[], bool] | None) -> None:
+        self.store, self.video_id, self.commit_parts = store, video_id, commit_parts
+        self.key = store._key(source_key(video_id))
+        self.opened = self.committed = state
+        self.buffer = bytearray(store.get(upload_key(video_id, state.tail)) if state.tail else b"")
+        self.received = state.received
+        self.sent: list[Future[dict[str, Any]]] = []
+        self.lock = threading.Lock()  # commits come from the pool's threads and from the request
+        self.ended = False
+
+    @property
+    def offset(self) -> int:
+        return self.received
+
+    def append(self, data: bytes) -> None:
+        self.buffer += data
+        self.received += len(data)
+        size = self.opened.part_size
+        while len(self.buffer) >= size:
+            part = self.buffer[:size]
+            del self.buffer[:size]
+            self._send(part)
+
+    def room(self) -> Future[object] | None:
+        return _backlog(self.sent)
+
+    def _send(self, data: bytearray) -> None:
+        number = self.opened.parts + len(self.sent) + 1
+        future = self.store.pool.submit(self.store.upload_part, self.key, self.opened.upload_id, number, data)
+        self.sent.append(future)
+        if self.commit_parts is not None:
+            future.add_done_callback(self._commit_landed)
+
+    def _commit_landed(self, _: Future[dict[str, Any]]) -> None:
+        landed = 0
+        for future in list(self.sent):
+            if not future.done() or future.exception() is not None:
+                break
+            landed += 1
+        parts = self.opened.parts + landed
+        with self.lock:
+            # Not once the request ended (its own commit decides), nor without the lease.
+            if self.ended or parts <= self.committed.parts or not (self.commit_parts and self.commit_parts()):
+                return
+            try:  # the old tail went out in the first new part: no state names it any more
+                self._commit(replace(self.opened, parts=parts, received=parts * self.opened.part_size, tail=None))
+            except StorageUnavailable as exc:
+                log.warning("upload %s: could not commit parts as they land: %s", self.video_id, exc)
+
+    def _commit(self, state: _UploadState) -> None:
+        self.store.put_state(self.video_id, state)
+        self.committed = state
+
+    def _end(self) -> None:
+        with self.lock:
+            self.ended = True
+
+    def keep(self) -> None:
+        self._end()
+        if self.received == self.opened.received:
+            return
+        parts = len(_results(self.sent))
+        tail = f"tail-{uuid.uuid4().hex[:12]}" if self.buffer else None
+        if tail:
+            self.store.put(upload_key(self.video_id, tail), self.buffer)
+        with self.lock:
+            self._commit(replace(self.opened, parts=self.opened.parts + parts, received=self.received, tail=tail))
+        if self.opened.tail:  # carried by a new part, or by the new tail
+            self.store.delete(upload_key(self.video_id, self.opened.tail))
+
+    def discard(self) -> None:
+        self._end()
+        wait(self.sent)
+        with self.lock:
+            if self.committed != self.opened:
+                self._commit(self.opened)
+        self.received = self.opened.received
+
+    def close(self) -> None:
+        self._end()
+        self.buffer = bytearray()
+
+    def finish(self) -> SourceHandle:
+        self._end()
+        state = self.opened
+        if not state.complete:
+            if self.buffer or not (state.parts or self.sent):  # the last part may be short, even empty
+                self._send(self.buffer)
+                self.buffer = bytearray()
+            state = replace(state, parts=state.parts + len(_results(self.sent)), received=self.received,
+                            tail=None, complete=True)
+            with self.lock:  # from here a retry only completes: the parts are all up
+                self._commit(state)
+        if state.upload_id:
+            self._complete(state)
+        return self.store._handle(self.key, state.received)
+
+    def _complete(self, state: _UploadState) -> None:
+        try:
+            listed = self.store.listed_parts(self.key, state.upload_id)
+            self.store.complete_upload(self.key, state.upload_id, [
+                {"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed if p["PartNumber"] <= state.parts])
+        except StorageUnavailable:
+            if self.store._size(source_key(self.video_id)) != state.received:
+                raise  # not completed by an earlier try that died before it could say so
+        self.store._delete_prefix(upload_key(self.video_id))
+
+
+def _backlog(sent: list[Future[Any]]) -> Future[object] | None:
+    """The oldest part in flight once PARTS_IN_FLIGHT are (the writer waits for it); a part that failed
+    raises here, so the request stops early."""
+    pending = [f for f in sent if not f.done()]
+    for future in sent:
+        if future.done() and future.exception() is not None:
+            raise cast(BaseException, future.exception())
+    return cast(Future[object], pending[0]) if len(pending) >= PARTS_IN_FLIGHT else None
+
+
+def _results(sent: list[Future[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every part's answer, once all have landed; the first failure raises."""
+    wait(sent)
+    return [future.result() for future in sent]
 
 
 class _RangeReader(io.RawIOBase):

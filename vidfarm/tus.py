@@ -1,108 +1,105 @@
 """Where a resumable (tus) upload lives between requests, and who may write to it.
 
 The catalog row (status `uploading`) holds what was asked: tenant, length, filename, renditions,
-queue. The bytes received so far are the partial file in the storage dir, the same
-`incoming/<id>.part` a regular upload streams into, so the last byte leaves the file exactly where
-the regular accept path expects it. The partial file's size *is* the upload's offset: there is no
-second record to disagree with it, and any API replica, or a restarted one, reads the same answer.
-A writer holds an exclusive flock on the file, so two PATCHes to one upload (on two replicas, or a
-client retrying while its old request still drains) never interleave.
+queue. The bytes received so far live in the storage backend (`Storage.open_resumable`: a partial
+file in the storage dir, or a multipart upload with its state in the bucket), so any API replica, or
+a restarted one, reads the same offset and takes the next request.
 
-Every access to these files goes through this module, so it can move onto a storage interface
-(object storage) later without touching the HTTP layer. Not done yet: with an S3 bucket
-(`VIDFARM_STORAGE_URL=s3://...`) resumable uploads are refused (`supported`); POST /v1/videos works.
+One request writes at a time: it holds the row's lease (`Catalog.lease`), renewed while it streams.
+A replica that dies mid-request loses its lease within `tus_lease_s`, and the client's retry goes on
+(423 with Retry-After until then). The lease is the catalog's, like every other truth of the farm.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import BinaryIO
 
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
 from vidfarm.states import VideoStatus
-from vidfarm.storage import SourceHandle, Storage
-from vidfarm.storage_file import FileStorage
+from vidfarm.storage import PartialUpload, SourceHandle
 
 log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 EXPIRED = "upload_expired"
+# A writer renews its lease (`tus_lease_s`) when a third of it is used, and stops committing parts
+# when less than a sixth is left unrenewed: by then another request may be about to take over.
+RENEW_AFTER = 1 / 3
+SAFETY = 1 / 6
 
 
 class UploadBusy(Exception):
-    """Another request is writing to this upload right now."""
+    """Another request is writing to this upload right now (or its lease has not run out yet)."""
 
 
-class Partial:
-    """The open, locked partial file of one upload."""
+class Writer:
+    """One request's hold on an unfinished upload: the lease, and the upload opened for appending.
+    Ended exactly once by `close` (after `finish`, or keeping or discarding what it appended)."""
 
-    def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
+    def __init__(self, farm: Farm, video_id: str, *, all_or_nothing: bool) -> None:
+        self.farm, self.video_id, self.holder = farm, video_id, uuid.uuid4().hex
+        self.lease_s = farm.settings.tus_lease_s
+        self.renewed_at = time.monotonic()
+        if not farm.catalog.lease(video_id, self.holder, self.lease_s):
+            raise UploadBusy(video_id)
+        self.rejected = self.finished = self.lost = False
+        try:  # a checksummed chunk counts whole or not at all: nothing commits before its end
+            self.partial: PartialUpload = farm.storage.open_resumable(
+                video_id, commit_parts=None if all_or_nothing else self.holds)
+        except BaseException:
+            farm.catalog.release(video_id, self.holder)
+            raise
 
     @property
     def offset(self) -> int:
-        return self._handle.tell()  # counts what is still in the write buffer, unlike the file's size
+        return self.partial.offset
 
-    def append(self, data: bytes) -> None:
-        self._handle.write(data)
+    def holds(self) -> bool:
+        """Whether the lease surely still holds (by this process's clock, from the last renewal)."""
+        return not self.lost and time.monotonic() < self.renewed_at + self.lease_s * (1 - SAFETY)
 
-    def discard_from(self, offset: int) -> None:
-        """Drop what was appended after `offset` (a chunk that failed its checksum)."""
-        self._handle.flush()
-        self._handle.truncate(offset)
-        self._handle.seek(offset)
+    def renew_due(self) -> bool:
+        return time.monotonic() >= self.renewed_at + self.lease_s * RENEW_AFTER
 
-    def flush(self) -> None:
-        self._handle.flush()
+    def renew(self) -> bool:
+        """Blocking (a catalog write): whether the lease is still this request's."""
+        started = time.monotonic()
+        if self.farm.catalog.lease(self.video_id, self.holder, self.lease_s, renew=True):
+            self.renewed_at = started
+        else:
+            self.lost = True
+        return not self.lost
 
+    def reject(self) -> None:
+        """What this request appended must not count (a bad checksum, a body past the length)."""
+        self.rejected = True
 
-def supported(storage: Storage) -> bool:
-    """Partial files live in the storage directory: an object store has none (yet)."""
-    return isinstance(storage, FileStorage)
+    def finish(self) -> SourceHandle:
+        """Blocking: every byte is in; the stored upload, whole."""
+        self.finished = True
+        return self.partial.finish()
 
-
-def stored(storage: FileStorage, video_id: str) -> SourceHandle:
-    """The completed upload, as the accept path probes it."""
-    return SourceHandle.local(storage.incoming_path(video_id))
-
-
-def start(storage: FileStorage, video_id: str) -> None:
-    path = storage.incoming_path(video_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.open("xb").close()
-
-
-def offset(storage: FileStorage, video_id: str) -> int | None:
-    """Bytes received so far; None once the partial file is gone (completed, terminated, swept)."""
-    try:
-        return storage.incoming_path(video_id).stat().st_size
-    except FileNotFoundError:
-        return None
-
-
-@contextlib.contextmanager
-def writing(storage: FileStorage, video_id: str) -> Iterator[Partial]:
-    """The partial file, locked for this writer, positioned at its end. FileNotFoundError when the
-    upload has no partial file any more; UploadBusy when another writer holds it."""
-    with storage.incoming_path(video_id).open("r+b") as handle:
+    def close(self) -> int | None:
+        """Blocking: keep or discard what was appended, let go of the lease. The offset now, or None
+        when another request took the upload over meanwhile (this one then touched nothing)."""
         try:
-            # Not blocking: a second writer must learn at once, not queue behind a 1 GiB PATCH.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UploadBusy(video_id) from None
-        handle.seek(0, os.SEEK_END)
-        partial = Partial(handle)
-        try:
-            yield partial
+            if self.finished:
+                return self.partial.offset
+            if not (self.holds() or self.renew()):
+                self.partial.close()
+                return None
+            if self.rejected:
+                self.partial.discard()
+            else:
+                self.partial.keep()
+            return self.partial.offset
         finally:
-            partial.flush()  # before the lock goes with the close: the next writer sees every byte
+            self.farm.catalog.release(self.video_id, self.holder)
 
 
 def expires_at(video: VideoRow, expiry_s: float) -> datetime:
@@ -120,32 +117,27 @@ def http_date(when: datetime) -> str:
 
 
 def is_resumable(farm: Farm, video_id: str) -> bool:
-    """A partial file that belongs to an unfinished tus upload (not an abandoned regular upload)."""
+    """Stored partial bytes that belong to an unfinished tus upload (not an abandoned regular upload)."""
     video = farm.catalog.get(video_id, cached=False)
     return video is not None and video["status"] == VideoStatus.UPLOADING
 
 
 def sweep_expired(farm: Farm) -> int:
     """Fail every unfinished upload past its expiry and remove its bytes; the reconciler runs this.
-    One still being written to (locked) is left alone: a long PATCH keeps it alive."""
-    swept = 0
+    One being written to (its lease held) is left alone: a long PATCH keeps it alive."""
+    swept, settings = 0, farm.settings
     for video in farm.catalog.active((VideoStatus.UPLOADING,)):
-        if not expired(video, farm.settings.tus_expiry_s):
-            continue
-        try:
-            with writing(farm.storage, video["id"]):
-                swept += _expire(farm, video["id"])
-        except UploadBusy:
-            continue
-        except FileNotFoundError:  # its bytes are already gone; the row still has to say so
-            swept += _expire(farm, video["id"])
+        sweeper = uuid.uuid4().hex
+        if expired(video, settings.tus_expiry_s) and farm.catalog.lease(video["id"], sweeper, settings.tus_lease_s):
+            swept += _expire(farm, video["id"], sweeper)
     return swept
 
 
-def _expire(farm: Farm, video_id: str) -> int:
+def _expire(farm: Farm, video_id: str, holder: str) -> int:
     message = f"the upload received nothing for {farm.settings.tus_expiry_s:g} s and expired"
-    if not farm.catalog.update(video_id, expect={"status": VideoStatus.UPLOADING}, status=VideoStatus.FAILED,
-                               error_code=EXPIRED, error_message=message):
+    if not farm.catalog.update(video_id, expect={"status": VideoStatus.UPLOADING, "lease_holder": holder},
+                               status=VideoStatus.FAILED, error_code=EXPIRED, error_message=message,
+                               lease_holder=None, lease_until=None):
         return 0
     farm.storage.delete_video(video_id)
     log.info("removed expired resumable upload %s", video_id)

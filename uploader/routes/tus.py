@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -23,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from uploader.deps import FarmDep, OwnedVideo, Tenant
 from uploader.errors import ApiError
 from uploader.receive import body_chunks, too_large
+from uploader.receive import room as _room
 from uploader.resources import ERRORS
 from uploader.routes.uploads import Upload, admit, printable, queue_asked, rejected, renditions_asked
 from vidfarm import tus
@@ -30,7 +34,7 @@ from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
-from vidfarm.storage import new_video_id
+from vidfarm.storage import SourceHandle, new_video_id
 
 EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUMS: dict[str, Callable[[], Any]] = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
@@ -62,9 +66,6 @@ def capabilities(farm: FarmDep) -> Response:
 @router.post("", status_code=201, response_class=Response, dependencies=SPEAKS_TUS)
 async def create_upload(request: Request, tenant: Tenant, farm: FarmDep) -> Response:
     """Upload-Length, and Upload-Metadata `filename`, `renditions`, `queue` (as a regular upload's fields)."""
-    if not tus.supported(farm.storage):
-        raise ApiError(501, "not_implemented", "resumable uploads need the directory backend for now; "
-                       "with an object store, POST /v1/videos")
     length = _upload_length(request.headers.get("upload-length"), farm.settings.max_upload_bytes)
     video = await run_in_threadpool(_create, farm, tenant, length, _metadata(request.headers.get("upload-metadata")))
     named = {"Location": str(request.url_for("resume_upload", video_id=video["id"])), "Vidfarm-Video-Id": video["id"]}
@@ -79,14 +80,16 @@ async def create_upload(request: Request, tenant: Tenant, farm: FarmDep) -> Resp
 
 
 @router.head("/{video_id}", response_class=Response, dependencies=SPEAKS_TUS)
-def upload_offset(video: OwnedVideo, farm: FarmDep) -> Response:
+async def upload_offset(video: OwnedVideo, farm: FarmDep) -> Response:
     _resumable(video, farm.settings)
     headers = {"Upload-Length": str(video["size_bytes"]), "Cache-Control": "no-store"}
     if video["status"] != UPLOADING:  # complete: the video took its own way since
         return Response(status_code=200, headers={**headers, "Upload-Offset": str(video["size_bytes"])})
-    received = tus.offset(farm.storage, video["id"])
+    received = await run_in_threadpool(farm.storage.resumable_offset, video["id"])
     if received is None:
         raise ApiError(410, "upload_gone", f"upload {video['id']} has no data any more")
+    if received == video["size_bytes"]:  # the request that brought the last byte died before admitting it
+        await _admit_stranded(farm, video)
     return Response(status_code=200, headers={
         **headers, "Upload-Offset": str(received),
         "Upload-Expires": tus.http_date(tus.expires_at(video, farm.settings.tus_expiry_s)),
@@ -130,7 +133,7 @@ def _create(farm: Farm, tenant: str, length: int, meta: dict[str, str]) -> Video
         "requested": renditions_asked(meta.get("renditions"), settings.ladder),
         "queue": queue_asked(meta.get("queue"), settings), "has_poster": 0, "received_bytes": 0, **NOT_PROBED,
     }
-    tus.start(farm.storage, video_id)  # before the row: an `uploading` row always has its file
+    farm.storage.start_resumable(video_id)  # before the row: an `uploading` row always has its bytes
     return farm.catalog.create(id=video_id, **fields)
 
 
@@ -166,60 +169,88 @@ class Checksum:
 
 
 async def _receive(request: Request, farm: Farm, video: VideoRow, offset: int) -> int:
-    """Append the body at `offset` under the upload's lock; the last byte admits the video. Returns
-    the new offset."""
+    """Append the body at `offset` while holding the upload's lease; the last byte admits the video.
+    Returns the new offset."""
     expected = _checksum(request.headers.get("upload-checksum"))
+    async with _writing(farm, video["id"], all_or_nothing=expected is not None) as writer:
+        _at_offset(writer.offset, offset)
+        await _append(request, writer, video["size_bytes"] - offset, expected, farm.settings.upload_idle_timeout_s)
+        await _admit_if_whole(farm, video, writer)
+    return writer.offset
+
+
+@contextlib.asynccontextmanager
+async def _writing(farm: Farm, video_id: str, *, all_or_nothing: bool) -> AsyncIterator[tus.Writer]:
+    """The upload, held by this request (423 while another holds it, 410 once it is gone)."""
     try:
-        with tus.writing(farm.storage, video["id"]) as partial:
-            _at_offset(partial.offset, offset)
-            try:
-                await _append(request, partial, video["size_bytes"] - offset, expected,
-                              farm.settings.upload_idle_timeout_s)
-            finally:  # kept bytes count even when the client went away: they show, and move the expiry
-                await run_in_threadpool(farm.catalog.update, video["id"], expect={"status": UPLOADING},
-                                        received_bytes=partial.offset)
-            if partial.offset == video["size_bytes"]:
-                partial.flush()  # the probe reads the file: nothing may wait in the write buffer
-                await _complete(farm, video)
-            return partial.offset
+        writer = await run_in_threadpool(partial(tus.Writer, farm, video_id, all_or_nothing=all_or_nothing))
     except tus.UploadBusy:
         raise ApiError(423, "upload_locked", "another request is writing to this upload; retry after it ends",
                        {"Retry-After": "1"}) from None
     except FileNotFoundError:
-        raise ApiError(410, "upload_gone", f"upload {video['id']} has no data any more") from None
+        raise ApiError(410, "upload_gone", f"upload {video_id} has no data any more") from None
+    try:
+        yield writer
+    finally:
+        with anyio.CancelScope(shield=True):  # a request cut off mid-body keeps what arrived too
+            received = await run_in_threadpool(writer.close)
+            if received is not None:  # kept bytes count: they show, and move the expiry
+                await run_in_threadpool(farm.catalog.update, video_id, expect={"status": UPLOADING},
+                                        received_bytes=received)
+    if received is None:
+        raise ApiError(423, "upload_locked", "another request took this upload over; HEAD says where it is",
+                       {"Retry-After": "1"})
 
 
-async def _append(request: Request, partial: tus.Partial, room: int, expected: Checksum | None,
+async def _admit_stranded(farm: Farm, video: VideoRow) -> None:
+    try:
+        async with _writing(farm, video["id"], all_or_nothing=True) as writer:
+            await _admit_if_whole(farm, video, writer)
+    except ApiError as exc:
+        if exc.status != 423:  # 423: being admitted right now
+            raise
+
+
+async def _admit_if_whole(farm: Farm, video: VideoRow, writer: tus.Writer) -> None:
+    if writer.offset == video["size_bytes"]:
+        await _complete(farm, video, await run_in_threadpool(writer.finish))
+
+
+async def _append(request: Request, writer: tus.Writer, room: int, expected: Checksum | None,
                   idle_timeout_s: float) -> None:
-    """Stream the body onto the partial file, chunk by chunk (memory stays flat). Without a checksum,
-    what arrived before a disconnect is kept: that is what makes the upload resumable."""
-    start = partial.offset
+    """Stream the body into the upload, chunk by chunk (memory stays flat), renewing the lease as it
+    goes. Without a checksum, what arrived before a disconnect is kept: that is what makes the upload
+    resumable."""
+    start = writer.offset
     digest = expected.algorithm() if expected else None
     try:
         async for chunk in body_chunks(request, idle_timeout_s):
-            if partial.offset - start + len(chunk) > room:
+            if writer.offset - start + len(chunk) > room:
                 raise ApiError(413, "too_large", f"the body goes past Upload-Length ({room} bytes left)")
-            partial.append(chunk)
+            writer.partial.append(chunk)
             if digest is not None:
                 digest.update(chunk)
+            await _room(writer.partial)
+            if writer.renew_due() and not await run_in_threadpool(writer.renew):
+                return  # another request took the upload over: `close` says so
         if expected is not None and digest is not None and digest.digest() != expected.digest:
             raise ApiError(460, "checksum_mismatch", "the body does not match Upload-Checksum; it was discarded")
     except BaseException as exc:
         # A checksummed chunk is all or nothing; a body longer than the upload is nothing.
         if expected is not None or getattr(exc, "status", None) == 413:
-            partial.discard_from(start)
+            writer.reject()
         if isinstance(exc, ClientDisconnect):
             raise ApiError(400, "incomplete_upload", "the client disconnected; HEAD says where to resume") from exc
         raise
 
 
-async def _complete(farm: Farm, video: VideoRow) -> None:
+async def _complete(farm: Farm, video: VideoRow, stored: SourceHandle) -> None:
     """The last byte arrived: from here on the upload goes the way of every upload."""
     upload = Upload(video_id=video["id"], tenant=video["tenant"], filename=video["filename"],
                     size_bytes=video["size_bytes"], renditions=",".join(video["requested"] or []) or None,
                     queue=video["queue"])
     try:
-        await admit(farm, upload, tus.stored(farm.storage, video["id"]), was=UPLOADING)
+        await admit(farm, upload, stored, was=UPLOADING)
     except ApiError as exc:  # not a video we accept: the row says why, the bytes go
         await run_in_threadpool(farm.catalog.update, video["id"], expect={"status": UPLOADING},
                                 status=VideoStatus.FAILED, error_code=exc.code, error_message=exc.message)
