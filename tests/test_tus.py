@@ -196,6 +196,10 @@ def test_a_killed_api_keeps_what_it_made_durable_and_another_takes_over(settings
             busy = patch(http, location, kept, data[kept:])  # the dead API's lease has not run out yet
             assert (busy.status_code, busy.json()["error"]["code"]) == (423, "upload_locked")
             time.sleep(settings.tus_lease_s)
+            # A checksummed chunk past a part boundary that fails its check leaves nothing behind.
+            bad = patch(http, location, kept, data[kept:], **{"Upload-Checksum": sha1(b"something else")})
+            assert bad.status_code == 460
+            assert http.head(location, headers=TUS).headers["Upload-Offset"] == str(kept)
             rest = patch(http, location, kept, data[kept:], **{"Upload-Checksum": sha1(data[kept:])})
             assert rest.status_code == 204, rest.text
             assert video(http, video_id)["status"] == VideoStatus.QUEUED

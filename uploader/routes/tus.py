@@ -194,12 +194,18 @@ async def _writing(farm: Farm, video_id: str, *, all_or_nothing: bool) -> AsyncI
     finally:
         with anyio.CancelScope(shield=True):  # a request cut off mid-body keeps what arrived too
             received = await run_in_threadpool(writer.close)
-            if received is not None:  # kept bytes count: they show, and move the expiry
-                await run_in_threadpool(farm.catalog.update, video_id, expect={"status": UPLOADING},
-                                        received_bytes=received)
+            if received is not None and not writer.finished:  # kept bytes show, and move the expiry
+                await _record(farm, video_id, received)
     if received is None:
         raise ApiError(423, "upload_locked", "another request took this upload over; HEAD says where it is",
                        {"Retry-After": "1"})
+
+
+async def _record(farm: Farm, video_id: str, received: int) -> None:
+    if not await run_in_threadpool(farm.catalog.update, video_id, expect={"status": UPLOADING},
+                                   received_bytes=received):
+        # Terminated while this request wrote: what it stored after the removal goes too.
+        await run_in_threadpool(farm.storage.delete_video, video_id)
 
 
 async def _admit_stranded(farm: Farm, video: VideoRow) -> None:
