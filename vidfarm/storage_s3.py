@@ -287,9 +287,8 @@ class S3Storage(Storage):
         self.call("delete_object", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def _last_part(self, upload: dict[str, Any]) -> float:
-        listed = self.call("list_parts", self.client.list_parts, Bucket=self.bucket, Key=upload["Key"],
-                           UploadId=upload["UploadId"])
-        return max((p["LastModified"].timestamp() for p in listed.get("Parts", [])), default=0.0)
+        parts = self.listed_parts(upload["Key"], upload["UploadId"])
+        return max((p["LastModified"].timestamp() for p in parts), default=0.0)
 
     # -- reading ----------------------------------------------------------------------------------
 
