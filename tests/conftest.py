@@ -97,6 +97,15 @@ def make_clip(path: Path, lavfi: str, audio: bool, extra: list[str], codec: str 
     return path
 
 
+def make_noise_clip(path: Path, seconds: float) -> Path:
+    """A real video that does not compress (lossless noise, about 12 MB a second): big enough to span
+    several 8 MiB multipart parts in a short test."""
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"color=gray:s=640x360:d={seconds},noise=alls=100:allf=t", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-qp", "0", str(path)], check=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("clips")

@@ -17,7 +17,17 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ApiServer, MotoS3, assert_no_scratch_left, settings_env, upload, wait_for, wait_until
+from tests.conftest import (
+    ROOT,
+    ApiServer,
+    MotoS3,
+    assert_no_scratch_left,
+    make_noise_clip,
+    settings_env,
+    upload,
+    wait_for,
+    wait_until,
+)
 from tests.test_chunk_faults import long_clip, tasks  # noqa: F401 - the 16 s clip fixture
 from tests.test_faults import HEARTBEAT_TTL_S
 from vidfarm.farm import Farm
@@ -79,6 +89,32 @@ def test_store_gone_during_an_upload_answers_503_and_keeps_nothing(http, farm, s
     wait_until(lambda: farm.storage.sweep_uploads(time.time() + 1, keep=lambda _: False) >= 0
                and not multipart_uploads(restart_moto, settings), 10, "the multipart upload aborted")
     assert objects(restart_moto, settings) == []
+
+
+def test_store_gone_during_a_resumable_upload_keeps_what_landed(http, farm, settings, restart_moto, tmp_path):
+    """A tus PATCH when the store goes away: 503; the parts that landed before stay committed, and
+    the client resumes from HEAD's offset once the store is back."""
+    data, part = make_noise_clip(tmp_path / "noise.mp4", 2).read_bytes(), farm.storage.part_size
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = http.post("/v1/uploads", headers={**tus, "Upload-Length": str(len(data))})
+    location, video_id = created.headers["Location"], created.headers["Vidfarm-Video-Id"]
+
+    def body() -> Iterator[bytes]:
+        for at in range(0, len(data), 1024 * 1024):
+            if at == 3 * part:
+                restart_moto.stop()
+            yield data[at:at + 1024 * 1024]
+
+    patch = {**tus, "Content-Type": "application/offset+octet-stream"}
+    cut = http.patch(location, content=body(), headers={**patch, "Upload-Offset": "0"})
+    assert (cut.status_code, cut.json()["error"]["code"]) == (503, "storage_unavailable")
+    restart_moto.start()
+    kept = int(http.head(location, headers=tus).headers["Upload-Offset"])
+    assert kept % part == 0 and kept <= 3 * part  # whole parts only: the tail was in memory
+    rest = http.patch(location, content=data[kept:], headers={**patch, "Upload-Offset": str(kept)})
+    assert rest.status_code == 204, rest.text
+    assert http.get(f"/v1/videos/{video_id}").json()["status"] == "queued"
+    assert b"".join(farm.storage.read(source_key(video_id), None).chunks) == data
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ from tests.conftest import (
     ROOT,
     ApiServer,
     free_port,
+    make_noise_clip,
     settings_env,
     wait_for,
     wait_serving,
@@ -160,11 +161,8 @@ def test_a_killed_api_keeps_what_it_made_durable_and_another_takes_over(settings
     """kill -9 of the API in the middle of one long PATCH: what it had made durable stays (on S3 the
     whole parts committed as they landed), its lease runs out, another API takes the rest, and the
     stored source is the file, byte for byte, with nothing of the upload's own state left beside it."""
-    source = tmp_path / "noise.mp4"  # lossless noise, about 25 MB: three 8 MiB parts and a tail on S3
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "color=gray:s=640x360:d=2,noise=alls=100:allf=t", "-c:v", "libx264", "-preset", "ultrafast",
-                    "-qp", "0", str(source)], check=True)
-    data, mib = source.read_bytes(), 1024 * 1024
+    # About 25 MB: three 8 MiB parts and a tail on S3.
+    data, mib = make_noise_clip(tmp_path / "noise.mp4", 2).read_bytes(), 1024 * 1024
     settings = replace(settings, tus_lease_s=3.0)
     farm = Farm(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
