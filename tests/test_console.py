@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from autoscaler.runtime import publish_status
-from tests.conftest import API_KEY, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip
+from tests.conftest import API_KEY, BACKENDS, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
 
@@ -50,6 +50,7 @@ def pool_status(current: int) -> dict[str, Any]:
     }}}
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)  # tus into the bucket, playback from it
 def test_console_sign_in_upload_watch_play_delete(farm: Farm, api, http, start_worker, tmp_path: Path) -> None:
     for vendored in ("tus.min.js", "hls.min.js"):
         assert (CONSOLE_DIR / "vendor" / vendored).is_file(), "run `make console` (part of `make setup`)"

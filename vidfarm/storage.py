@@ -293,6 +293,11 @@ class Storage(ABC):
         """A short-lived URL a client may GET the object from, if the backend has such URLs."""
 
     @abstractmethod
+    def media_origin(self) -> str | None:
+        """The origin (scheme://host:port) presigned URLs point to, for the console's CSP; None when
+        the API serves the files itself."""
+
+    @abstractmethod
     def read(self, key: str, byte_range: str | None) -> Reading:
         """The object, or the one range a `Range` header asks for (proxying). FileNotFoundError if
         it is not there, RangeNotSatisfiable if the range is outside it."""

@@ -222,6 +222,9 @@ class FileStorage(Storage):
     def presign(self, key: str, *, ttl_s: int, filename: str | None = None) -> str | None:
         return None
 
+    def media_origin(self) -> str | None:
+        return None
+
     def read(self, key: str, byte_range: str | None) -> Reading:
         path = self.path(key)
         size = path.stat().st_size

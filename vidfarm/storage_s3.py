@@ -302,6 +302,11 @@ class S3Storage(Storage):
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
 
+    def media_origin(self) -> str | None:
+        # Presigning is local (no request), and shows the addressing style boto3 picked for the bucket.
+        url = urlsplit(self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "x"}))
+        return f"{url.scheme}://{url.netloc}"
+
     def read(self, key: str, byte_range: str | None) -> Reading:
         # The header goes to S3 as is: it serves single ranges (suffixes too) and ignores others.
         extra = {"Range": byte_range} if byte_range and BYTE_RANGE_RE.match(byte_range) else {}
