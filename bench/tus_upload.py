@@ -5,9 +5,11 @@ alternately, a multipart `POST /v1/videos` and a tus upload (`POST /v1/uploads`,
 `--chunk-mib`) of the same body: a real 1 s MP4 followed by zero padding, so both are accepted and run
 the whole path (stream to disk, probe, promote, catalog row, enqueue). Both bodies are streamed from
 generators in 1 MiB pieces with httpx; the time is from the first request to the last response, the
-probe included. The API's VmRSS is sampled from /proc every 50 ms.
+probe included. The API's VmRSS is sampled from /proc every 50 ms. With `--storage s3` both go into
+moto's S3 server (its own process) instead of a directory: a tus upload then keeps one multipart
+upload open across its PATCHes, with its state and tail in the bucket.
 
-    python bench/tus_upload.py --size-mib 1024 --chunk-mib 64 --reps 2
+    python bench/tus_upload.py --size-mib 1024 --chunk-mib 64 --reps 2 [--storage s3]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
-from _common import empty_files, machine, make_clip, median, table, temp_dir
+from _common import MotoS3, empty_files, machine, make_clip, median, table, temp_dir
 from upload_stream import API_KEY, MIB, RssSampler, baseline_rss, start_api
 
 from vidfarm.localredis import LocalRedis
@@ -34,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=1024, help="body size in MiB (default 1024 = 1 GiB)")
     parser.add_argument("--chunk-mib", type=int, default=64, help="tus PATCH size in MiB (default 64)")
     parser.add_argument("--reps", type=int, default=2, help="uploads of each kind (default 2)")
+    parser.add_argument("--storage", choices=["dir", "s3"], default="dir",
+                        help="a directory (default), or moto's S3 server in its own process")
     return parser.parse_args()
 
 
@@ -107,7 +111,9 @@ def main() -> None:
     with temp_dir("bench-tus-") as work:
         head = make_clip(work / "head.mp4", 1, size="320x240").read_bytes()
         redis_server = LocalRedis(work / "redis", persistent=False).start()
-        api, url = start_api(work, redis_server.url)
+        moto = MotoS3() if args.storage == "s3" else None
+        api, url = start_api(work, redis_server.url, {**moto.env, "VIDFARM_STORAGE_URL": "s3://bench/media"}
+                             if moto else None)
         try:
             with httpx.Client(base_url=url) as http:
                 kinds = (("multipart POST", lambda: multipart_post(http, head, size)),
@@ -118,18 +124,24 @@ def main() -> None:
                         r = results[-1]
                         print(f"rep {rep + 1} {kind}: {r.status} {r.seconds:.2f} s {size / r.seconds / 1e6:.0f} MB/s "
                               f"peak RSS +{r.peak_growth / MIB:.1f} MiB", flush=True)
-                        empty_files(work / "storage")  # keep the disk from filling up
+                        if moto:  # keep the disk (or moto's memory) from filling up
+                            moto.empty()
+                        else:
+                            empty_files(work / "storage")
         finally:
             api.terminate()
             api.wait(timeout=30)
             redis_server.stop()
+            if moto:
+                moto.stop()
     report(args, size, results)
 
 
 def report(args: argparse.Namespace, size: int, results: list[Result]) -> None:
     rows = [[r.kind, r.status, r.seconds, size / r.seconds / 1e6, r.peak_growth / MIB] for r in results]
+    where = "moto's S3 server (own process)" if args.storage == "s3" else "a directory"
     print(f"\nbody: {args.size_mib} MiB (1 s MP4 + zero padding) streamed from generators (1 MiB pieces, httpx, "
-          f"loopback); API = `vidfarm api` process, RSS from /proc every 50 ms; {machine()}\n")
+          f"loopback) into {where}; API = `vidfarm api` process, RSS from /proc every 50 ms; {machine()}\n")
     print(table(["upload", "HTTP", "total s (incl. probe)", "MB/s", "peak RSS growth MiB"], rows))
     rate = {kind: median(size / r.seconds / 1e6 for r in results if r.kind == kind)
             for kind in dict.fromkeys(r.kind for r in results)}
