@@ -196,9 +196,14 @@ async def _writing(farm: Farm, video_id: str, *, all_or_nothing: bool) -> AsyncI
             received = await run_in_threadpool(writer.close)
             if received is not None and not writer.finished:  # kept bytes show, and move the expiry
                 await _record(farm, video_id, received)
-    if received is None:
-        raise ApiError(423, "upload_locked", "another request took this upload over; HEAD says where it is",
-                       {"Retry-After": "1"})
+    if received is None:  # the lease ran out under this request, unnoticed until its end
+        raise _taken_over()
+
+
+def _taken_over() -> ApiError:
+    """This request stalled past its lease and another took the upload over: it stored nothing more."""
+    return ApiError(423, "upload_locked", "another request took this upload over; HEAD says where it is",
+                    {"Retry-After": "1"})
 
 
 async def _record(farm: Farm, video_id: str, received: int) -> None:
@@ -238,7 +243,7 @@ async def _append(request: Request, writer: tus.Writer, room: int, expected: Che
                 digest.update(chunk)
             await _room(writer.partial)
             if writer.renew_due() and not await run_in_threadpool(writer.renew):
-                return  # another request took the upload over: `close` says so
+                raise _taken_over()
         if expected is not None and digest is not None and digest.digest() != expected.digest:
             raise ApiError(460, "checksum_mismatch", "the body does not match Upload-Checksum; it was discarded")
     except BaseException as exc:
