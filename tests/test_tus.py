@@ -313,6 +313,39 @@ def test_concurrent_patches_do_not_interleave(http, api):
     assert first[0].status_code == 204 and first[0].headers["Upload-Offset"] == str(2 * 65536)
 
 
+def test_a_request_stalled_past_its_lease_is_taken_over_and_stores_nothing_more(farm, clips):
+    """A client that stops sending mid-PATCH for longer than the lease: another request takes the
+    upload over and finishes it; when the stalled one wakes up it gets 423 and writes nothing."""
+    data = clips["small"].read_bytes()
+    server = ApiServer(Farm(replace(farm.settings, tus_lease_s=1.0))).start()
+    stalled, wake = threading.Event(), threading.Event()
+
+    def stalling() -> Iterator[bytes]:
+        yield data[:65536]
+        stalled.set()
+        wake.wait(20)
+        yield b"garbage!" * 8192  # must never land anywhere
+
+    first: list[httpx.Response] = []
+    try:
+        with server.client() as http, server.client() as other:
+            location = create(http, len(data), filename="small.mp4").headers["Location"]
+            thread = threading.Thread(target=lambda: first.append(patch(other, location, 0, stalling())))
+            thread.start()
+            stalled.wait(10)
+            time.sleep(1.5)  # past the stalled request's lease
+            at = int(http.head(location, headers=TUS).headers["Upload-Offset"])
+            assert patch(http, location, at, data[at:]).status_code == 204
+            wake.set()
+            thread.join(20)
+            assert (first[0].status_code, first[0].json()["error"]["code"]) == (423, "upload_locked")
+            video_id = location.rsplit("/", 1)[1]
+            assert video(http, video_id)["status"] == VideoStatus.QUEUED
+    finally:
+        server.stop()
+    assert stored_source(farm, video_id) == data
+
+
 def test_regular_idle_sweep_leaves_resumable_uploads_alone(http, farm):
     video_id = create(http, 100).headers["Vidfarm-Video-Id"]
     assert patch(http, f"/v1/uploads/{video_id}", 0, b"x" * 40).status_code == 204

@@ -236,14 +236,15 @@ async def _append(request: Request, writer: tus.Writer, room: int, expected: Che
     digest = expected.algorithm() if expected else None
     try:
         async for chunk in body_chunks(request, idle_timeout_s):
+            # Before anything else: a client that stalled past the lease may have been taken over.
+            if writer.renew_due() and not await run_in_threadpool(writer.renew):
+                raise _taken_over()
             if writer.offset - start + len(chunk) > room:
                 raise ApiError(413, "too_large", f"the body goes past Upload-Length ({room} bytes left)")
             writer.partial.append(chunk)
             if digest is not None:
                 digest.update(chunk)
             await _room(writer.partial)
-            if writer.renew_due() and not await run_in_threadpool(writer.renew):
-                raise _taken_over()
         if expected is not None and digest is not None and digest.digest() != expected.digest:
             raise ApiError(460, "checksum_mismatch", "the body does not match Upload-Checksum; it was discarded")
     except BaseException as exc:
