@@ -162,6 +162,7 @@ class PgCountingProxy:
     def __init__(self, upstream_port: int, candidates: Callable[[], Iterable[int]]) -> None:
         self.upstream_port = upstream_port
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.open: set[int] = set()  # client ports of the connections open now
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -182,6 +183,12 @@ class PgCountingProxy:
         with self.lock:
             return Counter(self.counts)
 
+    def connections(self) -> Counter[str]:
+        """Connections open now, by the role of the process holding them."""
+        with self.lock:
+            ports = list(self.open)
+        return Counter(self.roles(port) for port in ports)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client_port = writer.get_extra_info("peername")[1]
         parser = _FrontendParser(lambda sql, round_trip: self._count(self.roles(client_port), sql, round_trip))
@@ -190,7 +197,13 @@ class PgCountingProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, up_writer, parser.feed), self._pipe(up_reader, writer, None))
+        with self.lock:
+            self.open.add(client_port)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer, parser.feed), self._pipe(up_reader, writer, None))
+        finally:
+            with self.lock:
+                self.open.discard(client_port)
 
     def _count(self, role: str, sql: str | None, round_trip: bool) -> None:
         """A statement executed (`sql`, None for a Sync), and whether the client then waits for the

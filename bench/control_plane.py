@@ -215,6 +215,11 @@ class Rig:
                       {k: v["usec_per_call"] for k, v in commands.items()},
                       Counter({k: v for k, v in (after_monitor - before_monitor).items() if k[0] != "bench"}), sql, cpu)
 
+    def redis_connections(self) -> Counter[str]:
+        """Connections open now, by the role of the process holding them (ours left out)."""
+        ports = [int(c["addr"].rsplit(":", 1)[1]) for c in self.stats.client_list()]
+        return Counter(role for role in map(self.monitor.roles, ports) if role != "bench")
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of redis-server ("redis") and of each backend serving the database (by pid)."""
         with self.db() as conn:
@@ -406,12 +411,13 @@ def main() -> None:
                 windows.append(run_batch(rig, batch, clips[batch.clip_name], args.videos))
                 print(f"{batch.name}: {windows[-1].wall_s:.1f} s", flush=True)
             roles = Counter(role_of(pid) for pid in rig.farm_pids())
+            connections = {"Redis": rig.redis_connections(), "PostgreSQL": rig.proxy.connections()}
             rig.stop_farm()
             overhead_us, redis_rates = redis_overhead_us(rig, args.bench_s)
             pg = pg_rates(rig, work, args.bench_s)
         finally:
             rig.close()
-    report = Report(args, idle, windows, roles, overhead_us, redis_rates, pg, rig.leftovers)
+    report = Report(args, idle, windows, roles, overhead_us, redis_rates, pg, rig.leftovers, connections)
     if args.save:
         args.save.write_bytes(pickle.dumps(report))
     report.print()
@@ -484,8 +490,8 @@ class Shape:
 EXAMPLES = (("10 min upload: 10 chunks, 600 encode-s", Shape(10, 600.0, 120.0)),
             ("1 h upload: 60 chunks, 3600 encode-s", Shape(60, 3600.0, 120.0)))
 RQ_PURPOSE = "RQ queue, jobs, registries"
-WORK_ROLES = ("api", "worker")  # what each upload makes them do
-UP_ROLES = ("up",)  # autoscaler passes and the reconciler: per pass, and per video still active
+# Senders, fitted apart: each is driven by something else (see Report.model).
+WORKER, API, UP = ("worker",), ("api",), ("up",)
 
 
 @dataclass
@@ -498,6 +504,7 @@ class Report:
     redis_rates: dict[str, float]
     pg: dict[str, float]
     leftovers: int
+    connections: dict[str, Counter[str]] = field(default_factory=dict)  # server -> role -> open connections
 
     def print(self) -> None:
         print(f"\n{machine()}; farm: vidfarm up, {WORKERS} workers (x264), VIDFARM_CHUNK_SECONDS={CHUNK_S}, "
@@ -515,8 +522,7 @@ class Report:
         seen = sum(sum(w.monitor.values()) for w in [self.idle, *self.windows])
         counted = sum(sum(w.redis.values()) for w in [self.idle, *self.windows])
         print(f"(check: MONITOR saw {seen} farm commands in all windows, INFO commandstats counted {counted})")
-        work, up = self.model()
-        self.capacity(work, up)
+        self.capacity(*self.model())
 
     # -- per video ----------------------------------------------------------------------------
 
@@ -535,8 +541,8 @@ class Report:
                 "pings": sql["pings"], "PG round trips": sql["round trips"], "PG ms": 1000 * self.pg_s(sql)}
 
     def work(self, w: Window) -> dict[str, float]:
-        """What the API and the workers do per video, RQ's dependency checks left out (fitted apart)."""
-        q = self.quantities(w, WORK_ROLES)
+        """What the workers do per video, RQ's dependency checks left out (fitted apart)."""
+        q = self.quantities(w, WORKER)
         q["Redis commands"] -= q.pop("RQ HGET")
         q["Redis ms"] -= q.pop("RQ HGET ms")
         return q
@@ -586,6 +592,9 @@ class Report:
         print(f"\nBackground with nothing uploaded, per process per second ({self.idle.wall_s:.0f} s idle):")
         print(table(["process", "processes", "Redis commands/s", "SQL statements/s", "Redis: most", "SQL: most"],
                     rows))
+        for server, by_role in getattr(self, "connections", {}).items():  # (runs saved before it was kept)
+            print(f"{server} connections open after the batches, per process: " + ", ".join(
+                f"{role} {n / max(1, self.roles.get(role, 1)):g}" for role, n in sorted(by_role.items())))
         print(f"(whole farm: {sum(self.idle.redis.values()) / self.idle.wall_s:.2f} Redis commands/s by INFO "
               f"commandstats; redis-server CPU {1000 * self.idle.cpu['redis'] / self.idle.wall_s:.1f} ms/s, "
               f"PostgreSQL backends {1000 * self.idle.cpu['pg'] / self.idle.wall_s:.1f} ms/s)")
@@ -612,31 +621,30 @@ class Report:
         round_trip, commit = self.pg_costs
         return sql["round trips"] * round_trip + sql["commits"] * commit
 
-    def model(self) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-        """Per-video work (api, workers) fitted to the video's shape; `up` to how long videos stay active."""
+    def model(self) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+        """Each sender fitted to what drives it: the workers to the video's chunks and encode seconds, the
+        API (the upload, then the SSE stream) and `up` (autoscaler, reconciler) to how long it is active."""
         fitted = self.windows[:FITTED]
-        work = {name: least_squares([Shape(w.chunks, w.chunk_s).terms() for w in fitted],
-                                    [self.work(w)[name] for w in fitted])
-                for name in self.work(fitted[0])}
+        workers = {name: least_squares([Shape(w.chunks, w.chunk_s).terms() for w in fitted],
+                                       [self.work(w)[name] for w in fitted])
+                   for name in self.work(fitted[0])}
         # RQ's dependency check, alone: HGET of every dependency's status each time one of them finishes.
         checks = {name: least_squares([[1.0, (w.chunks + 1) ** 2] for w in fitted],
-                                      [self.quantities(w, WORK_ROLES)[name] for w in fitted])
+                                      [self.quantities(w, WORKER)[name] for w in fitted])
                   for name in ("RQ HGET", "RQ HGET ms")}
         for name, check in zip(("Redis commands", "Redis ms"), checks.values(), strict=True):
-            work[name] = [work[name][0] + check[0], work[name][1], check[1], work[name][2]]
-        for coef in work.values():
+            workers[name] = [workers[name][0] + check[0], workers[name][1], check[1], workers[name][2]]
+        for coef in workers.values():
             if len(coef) == 3:
                 coef.insert(2, 0.0)
-        up = {name: least_squares([[1.0, mean(w.ready_s)] for w in fitted],
-                                  [self.quantities(w, UP_ROLES)[name] for w in fitted])
-              for name in work}
-        print(f"\nFit over the {FITTED} SSE batches (least squares). API + workers, per video = a + b x chunks + "
-              "q x (chunks + 1)^2 + c x chunk-encode seconds (q: RQ's dependency checks, HGETs fitted alone):")
-        print(table(["quantity", "a (per video)", "b (per chunk)", "q", "c (per encode second)"],
-                    [[name, *coef] for name, coef in work.items()]))
-        print("up (autoscaler woken by each enqueue, reconciler every 5 s), per video = u + r x seconds from "
-              "upload to ready:")
-        print(table(["quantity", "u (per video)", "r (per second active)"], [[n, *c] for n, c in up.items()]))
+        api, up = ({name: least_squares([[1.0, mean(w.ready_s)] for w in fitted],
+                                        [self.quantities(w, roles)[name] for w in fitted]) for name in workers}
+                   for roles in (API, UP))
+        print(f"\nFit over the {FITTED} SSE batches (least squares), per video = workers: a + b x chunks + "
+              "q x (chunks + 1)^2 + c x chunk-encode seconds (q: RQ's dependency check, its HGETs fitted alone); "
+              "API and up: u + r x seconds from upload to ready")
+        print(table(["quantity", "workers a", "b (per chunk)", "q", "c (per encode s)", "API u", "API r (per s)",
+                     "up u", "up r (per s)"], [[name, *coef, *api[name], *up[name]] for name, coef in workers.items()]))
         self.watchers()
         rates = ", ".join(f"{k} {v:,.0f}/s" for k, v in self.redis_rates.items())
         print(f"\nredis-benchmark (50 clients, no pipelining): {rates}; per-command cost beyond execution "
@@ -645,11 +653,12 @@ class Report:
         print(f"pgbench (8 clients, 2 threads, on the same cores): read transaction {self.pg['read']:,.0f}/s, "
               f"write transaction {self.pg['write']:,.0f}/s: {1e6 * round_trip:.0f} us per round trip, "
               f"{1e6 * commit:.0f} us more per write transaction")
-        return work, up
+        return workers, api, up
 
     def watchers(self) -> None:
-        """What a client following its video adds: the SSE stream per video, polling per second."""
-        by = {w.watch: self.quantities(w) | {"watch_s": mean(w.ready_s) if w.ready_s else 0.0}
+        """What a client following its video adds: the SSE stream per video, polling per second. The API
+        alone serves them, so only its counts are compared (the workers' heartbeats would add noise)."""
+        by = {w.watch: self.quantities(w, API) | {"watch_s": mean(w.ready_s) if w.ready_s else 0.0}
               for w in [self.windows[0], *self.windows[FITTED:]]}  # the same small clip, watched differently
         keys = ("Redis commands", "SQL reads", "PG transactions")
         none = by.get("none")
@@ -662,22 +671,24 @@ class Report:
             print(f"polling every {POLL_S:g} s adds, per second watched: " + ", ".join(
                 f"{k} {(poll[k] - none[k]) / poll['watch_s']:+.2f}" for k in keys))
 
-    def capacity(self, work: dict[str, list[float]], up: dict[str, list[float]]) -> None:
+    def capacity(self, workers: dict[str, list[float]], api: dict[str, list[float]],
+                 up: dict[str, list[float]]) -> None:
         cases = [(f"{self.windows[0].name} (measured)", self.quantities(self.windows[0]))]
         for label, shape in EXAMPLES:
             terms = [1.0, shape.chunks, (shape.chunks + 1) ** 2, shape.encode_s]
             cases.append((label, {k: sum(c * t for c, t in zip(coef, terms, strict=True))
-                                  + up[k][0] + up[k][1] * shape.active_s for k, coef in work.items()}))
+                                  + sum(fit[k][0] + fit[k][1] * shape.active_s for fit in (api, up))
+                                  for k, coef in workers.items()}))
         rows = [[label, q["Redis commands"], q["Redis ms"], per_s(q["Redis ms"]), q["SQL writes"],
                  q["PG transactions"], q["PG ms"], per_s(q["PG ms"])] for label, q in cases]
         print(f"\nCapacity at {UTILISATION:.0%} of one Redis (one core) and one PostgreSQL on this machine (SSE "
               f"watcher included; encode-s = chunk-encode seconds; examples active {EXAMPLES[0][1].active_s:g} s):")
         print(table(["video", "Redis commands", "Redis ms", "uploads/s per Redis", "SQL writes", "PG transactions",
                      "PG ms", "uploads/s per PostgreSQL"], rows))
-        print(f"each chunk while it encodes: {work['Redis commands'][3]:.1f} Redis commands/s, "
-              f"{work['PG transactions'][3]:.2f} PG transactions/s; at {UTILISATION:.0%}, one Redis keeps up with "
-              f"{per_s(work['Redis ms'][3]):,.0f} chunks encoding at once, one PostgreSQL with "
-              f"{per_s(work['PG ms'][3]):,.0f}")
+        print(f"each chunk while it encodes: {workers['Redis commands'][3]:.1f} Redis commands/s, "
+              f"{workers['PG transactions'][3]:.2f} PG transactions/s; at {UTILISATION:.0%}, one Redis keeps up "
+              f"with {per_s(workers['Redis ms'][3]):,.0f} chunks encoding at once, one PostgreSQL with "
+              f"{per_s(workers['PG ms'][3]):,.0f}")
 
 
 if __name__ == "__main__":
