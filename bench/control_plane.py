@@ -13,17 +13,21 @@ Windows, each cut by CONFIG RESETSTAT ... INFO commandstats (the authoritative R
   batch  N clips uploaded at once (raw POST), each watched by a client until ready, then 2 s settle
 A batch's per-video cost is (its counts - idle rate x its wall time) / N. VIDFARM_CHUNK_SECONDS=2, so
 an 8 s clip is 4 chunks and a 16 s one 8; a 3 s 1080p clip is one chunk that encodes longer. The SSE
-batches are fitted (least squares) to
-  per video = a + b x chunks + q x (chunks + 1)^2 + c x chunk-encode seconds
+batches are fitted (least squares), each sender to what drives it:
+  workers  a + b x chunks + q x (chunks + 1)^2 + c x chunk-encode seconds
+  API      u + b x chunks (it enqueues every job) + r x seconds from upload to ready (the watcher)
+  up       u + r x seconds from upload to ready (autoscaler wake-ups, reconciler passes)
 where the square is RQ's dependency check (each of finalize's chunks + audio, when it finishes, reads
-the status of all of them); q is left out where nothing is quadratic (the catalog).
+the status of all of them: those HGETs are fitted alone). The other two batches differ from the first
+in their watcher only (none; a GET every 0.5 s).
 Time cost, measured two ways. Modelled: Redis per command = its usec_per_call in the run + the cost of
 a PING under redis-benchmark (network and event loop, not pipelined: an upper bound for the commands
-RQ sends in MULTI blocks); PostgreSQL per transaction = pgbench on the app's own shapes (a ping, then
-BEGIN; <point read>; ROLLBACK, or BEGIN; <point update>; COMMIT) on the same tables. Measured in the
-run: CPU of redis-server (MONITOR attached, so an overestimate) and of the database's backends.
+RQ sends in MULTI blocks); PostgreSQL per round trip and per write transaction from pgbench on the
+app's own shapes (a ping, then BEGIN; <point read>; ROLLBACK, or BEGIN; <point update>; COMMIT) on the
+same tables. Measured in the run: CPU of redis-server (MONITOR attached, so an overestimate) and of the
+database's backends. --save keeps a run's raw counts; --load prints its report again.
 
-    python bench/control_plane.py --videos 8 --idle-s 20
+    python bench/control_plane.py --videos 8 --idle-s 20 --save /tmp/control-plane.pkl
 """
 
 from __future__ import annotations
@@ -637,14 +641,16 @@ class Report:
         for coef in workers.values():
             if len(coef) == 3:
                 coef.insert(2, 0.0)
-        api, up = ({name: least_squares([[1.0, mean(w.ready_s)] for w in fitted],
-                                        [self.quantities(w, roles)[name] for w in fitted]) for name in workers}
-                   for roles in (API, UP))
+        # The API enqueues every job (per chunk) and serves the watcher while the video is active.
+        api = {name: least_squares([[1.0, w.chunks, mean(w.ready_s)] for w in fitted],
+                                   [self.quantities(w, API)[name] for w in fitted]) for name in workers}
+        up = {name: least_squares([[1.0, mean(w.ready_s)] for w in fitted],
+                                  [self.quantities(w, UP)[name] for w in fitted]) for name in workers}
         print(f"\nFit over the {FITTED} SSE batches (least squares), per video = workers: a + b x chunks + "
               "q x (chunks + 1)^2 + c x chunk-encode seconds (q: RQ's dependency check, its HGETs fitted alone); "
-              "API and up: u + r x seconds from upload to ready")
-        print(table(["quantity", "workers a", "b (per chunk)", "q", "c (per encode s)", "API u", "API r (per s)",
-                     "up u", "up r (per s)"], [[name, *coef, *api[name], *up[name]] for name, coef in workers.items()]))
+              "API: u + b x chunks + r x seconds from upload to ready; up: u + r x seconds from upload to ready")
+        print(table(["quantity", "workers a", "b (per chunk)", "q", "c (per encode s)", "API u", "API b", "API r",
+                     "up u", "up r"], [[name, *coef, *api[name], *up[name]] for name, coef in workers.items()]))
         self.watchers()
         rates = ", ".join(f"{k} {v:,.0f}/s" for k, v in self.redis_rates.items())
         print(f"\nredis-benchmark (50 clients, no pipelining): {rates}; per-command cost beyond execution "
@@ -677,8 +683,8 @@ class Report:
         for label, shape in EXAMPLES:
             terms = [1.0, shape.chunks, (shape.chunks + 1) ** 2, shape.encode_s]
             cases.append((label, {k: sum(c * t for c, t in zip(coef, terms, strict=True))
-                                  + sum(fit[k][0] + fit[k][1] * shape.active_s for fit in (api, up))
-                                  for k, coef in workers.items()}))
+                                  + api[k][0] + api[k][1] * shape.chunks + api[k][2] * shape.active_s
+                                  + up[k][0] + up[k][1] * shape.active_s for k, coef in workers.items()}))
         rows = [[label, q["Redis commands"], q["Redis ms"], per_s(q["Redis ms"]), q["SQL writes"],
                  q["PG transactions"], q["PG ms"], per_s(q["PG ms"])] for label, q in cases]
         print(f"\nCapacity at {UTILISATION:.0%} of one Redis (one core) and one PostgreSQL on this machine (SSE "
