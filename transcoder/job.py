@@ -380,11 +380,9 @@ class ChunkAttempt(TaskAttempt):
         if force or now - self._last_write >= CATALOG_INTERVAL_S:
             self._last_write = now
             try:
-                self.catalog.update_task(self.video_id, self.task_name,
-                                         expect={"job_id": self.job_id, "status": TASK_RUNNING}, done_frames=frames)
-                self._others_done = self.catalog.frames_done(self.video_id) - frames
-                self.catalog.update(self.video_id, expect={"status": PROCESSING},
-                                    progress=percent(self._others_done + frames, total))
+                all_done = self.catalog.record_progress(self.video_id, self.task_name, self.job_id, frames,
+                                                        lambda done: percent(done, total))
+                self._others_done = all_done - frames
             except SQLAlchemyError as exc:
                 # Progress is best effort: a database blip must not throw away an hour of encoding.
                 log.warning("video %s: progress not saved: %s", self.video_id, type(exc).__name__)

@@ -12,7 +12,7 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -408,12 +408,25 @@ class Catalog:
         with self.engine.begin() as conn:
             return conn.execute(stmt.values(**fields)).rowcount > 0
 
-    def frames_done(self, video_id: str) -> int:
-        stmt = select(func.coalesce(func.sum(Task.done_frames), 0)).where(
-            Task.video_id == video_id, Task.kind == CHUNK
-        )
-        with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar_one())
+    def record_progress(self, video_id: str, task_name: str, job_id: str, frames: int,
+                        progress: Callable[[int], float]) -> int:
+        """A running chunk's done frames, then its video's progress (`progress` of the frames all its chunks
+        have done), in one transaction: every chunk being encoded writes this each second, the catalog's most
+        frequent write, so it is one transaction rather than three (bench/control_plane.py). The task is
+        written only while `job_id` runs it, the video only while it is processing. Returns those frames."""
+        now = utcnow()
+        task = update(Task).where(Task.video_id == video_id, Task.name == task_name, Task.job_id == job_id,
+                                  Task.status == TASK_RUNNING).values(done_frames=frames, updated_at=now)
+        done = select(func.coalesce(func.sum(Task.done_frames), 0)).where(Task.video_id == video_id,
+                                                                          Task.kind == CHUNK)
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            conn.execute(task)
+            all_done = int(conn.execute(done).scalar_one())
+            conn.execute(update(Video).where(Video.id == video_id, Video.status == VideoStatus.PROCESSING)
+                         .values(progress=progress(all_done), updated_at=now))
+        self._cache_drop(video_id)
+        return all_done
 
     def update(self, video_id: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Compare-and-set: applies `fields` only if every `expect` column still holds its value
