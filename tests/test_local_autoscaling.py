@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import FarmUp, make_clip, process_gone, settings_env, upload, wait_for, wait_until
+from vidfarm.farm import Farm
 
 SCALE_DOWN_AFTER_S = 3
 
@@ -44,19 +45,20 @@ def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, c
     wait_until(lambda: workers(farm_up) == [], SCALE_DOWN_AFTER_S + 10, "scale-down to zero", every_s=0.2)
 
 
-def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path):
+def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path, settings):
     long_clip = make_clip(tmp_path / "long.mp4", "testsrc2=size=1920x1080:rate=30:duration=15", True, [])
     long_id = upload(farm_up, long_clip).json()["id"]
     short_id = upload(farm_up, clips["small"]).json()["id"]
     assert wait_for(farm_up, short_id)["status"] == "ready"
-    # The short job's worker goes idle and is stopped after SCALE_DOWN_AFTER_S; the long one keeps going.
-    long_worker = wait_until(
-        lambda: next((w for w in workers(farm_up) if w["video_id"] == long_id), None), 10,
-        "the long video's worker", every_s=0.05)
+    # The short job's worker goes idle and is stopped after SCALE_DOWN_AFTER_S; the one encoding the
+    # long video's picture (its one chunk: the audio job is over in a moment) keeps going.
+    catalog = Farm(settings).catalog
+    chunk = wait_until(lambda: (t := catalog.task(long_id, "chunk-00000")) and t["status"] == "running" and t,
+                       20, "the long video's chunk to run", every_s=0.05)
     wait_until(lambda: len(workers(farm_up)) == 1, SCALE_DOWN_AFTER_S + 15, "the idle worker to go",
                every_s=0.2)
     (survivor,) = workers(farm_up)
-    assert survivor["name"] == long_worker["name"] and survivor["state"] == "busy"
+    assert survivor["name"] == chunk["worker"] and survivor["state"] == "busy"
     video = wait_for(farm_up, long_id, timeout_s=180)
     assert video["status"] == "ready" and video["attempts"] == 1
 
