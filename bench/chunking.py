@@ -20,12 +20,15 @@ life, in turns, with a beeping tone) is generated once and cached under `--cache
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +73,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="values of N for (b), comma-separated (default 1,2)")
     parser.add_argument("--cores-per-worker", type=int, default=1, help="cores pinned to each worker (default 1)")
     parser.add_argument("--first-core", type=int, default=0, help="first core to pin (default 0)")
+    parser.add_argument("--gen-jobs", type=int, default=1,
+                        help="encode the source's scenes with this many ffmpegs at once, then join them "
+                             "(default 1: one ffmpeg for the whole source)")
     parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "out" / "cache",
                         help="where the generated source is kept (default bench/out/cache)")
     parser.add_argument("--vmaf-ffmpeg", default=None,
@@ -126,6 +132,39 @@ def make_varied_source(path: Path, seconds: float, size: str, rate: int, scene_s
             "-c:a", "aac", "-shortest", str(path.with_suffix(".part.mp4"))]
     subprocess.run(cmd, check=True)
     path.with_suffix(".part.mp4").rename(path)  # a killed generation never leaves a cached half file
+    return path
+
+
+def make_varied_source_parallel(path: Path, seconds: float, size: str, rate: int, scene_s: float,
+                                jobs: int) -> Path:
+    """The same scenes and encoding as make_varied_source, but each scene encoded by its own ffmpeg,
+    `jobs` at a time, then joined by the concat demuxer (stream copy) with the tone added. lavfi
+    filters run on one thread and mandelbrot renders about 2 frames/s at 960x540, so the one-command
+    generation takes many minutes per minute of 1080p; this one takes about one scene's time per
+    `jobs` scenes. The bitstream differs only in a keyframe at each scene start."""
+    if path.exists():
+        return path
+    parts = path.parent / (path.stem + "-scenes")
+    parts.mkdir(parents=True, exist_ok=True)
+    count = max(1, round(seconds / scene_s))
+    kinds = scene_graphs(size, rate, seconds / count)
+    files = [parts / f"{index:04d}.mp4" for index in range(count)]
+
+    def one(index: int) -> None:
+        subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                        kinds[index % len(kinds)], "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                        "-pix_fmt", "yuv420p", "-threads", "2", str(files[index])], check=True)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, range(count)))
+    listing = parts / "list.txt"
+    listing.write_text("".join(f"file '{f.name}'\n" for f in files))
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
+                    "-i", str(listing), "-f", "lavfi", "-i",
+                    f"sine=frequency=440:beep_factor=4:duration={seconds}", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "aac", "-shortest", str(path.with_suffix(".part.mp4"))], check=True)
+    path.with_suffix(".part.mp4").rename(path)
+    shutil.rmtree(parts)
     return path
 
 
@@ -270,15 +309,33 @@ def pin_workers(farm: LocalFarm, per_worker: int, first: int) -> list[str]:
     return pins
 
 
-def job_times(farm: LocalFarm, video_id: str) -> tuple[float, float]:
-    """(chunk + audio jobs, finalize) run seconds from RQ's records of the finished jobs."""
+def job_times(farm: LocalFarm, video_id: str, wait_s: float = 10.0) -> tuple[float, float]:
+    """(chunk + audio jobs, finalize) run seconds from RQ's records of the finished jobs. The video is
+    `ready` a moment before RQ files the finalize job as finished: wait up to `wait_s` for its record."""
     queue = Queue("cpu", connection=redis.Redis.from_url(farm.redis_url()))
-    ids = [i for i in FinishedJobRegistry(queue=queue).get_job_ids() if i.startswith(video_id)]
-    spans = {i: (job.ended_at - job.started_at).total_seconds()
-             for i, job in zip(ids, queue.job_class.fetch_many(ids, connection=queue.connection), strict=True)
-             if job is not None and job.started_at and job.ended_at}
+    deadline = time.monotonic() + wait_s
+    while True:
+        ids = [i for i in FinishedJobRegistry(queue=queue).get_job_ids() if i.startswith(video_id)]
+        spans = {i: (job.ended_at - job.started_at).total_seconds()
+                 for i, job in zip(ids, queue.job_class.fetch_many(ids, connection=queue.connection), strict=True)
+                 if job is not None and job.started_at and job.ended_at}
+        if any("-finalize-" in i for i in spans) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     finalize = sum(s for i, s in spans.items() if "-finalize-" in i)
     return sum(spans.values()) - finalize, finalize
+
+
+def stop_idle_farm(farm: LocalFarm, grace_s: float = 5.0) -> None:
+    """Stop a farm whose workers are idle (the measurement is done). The warm stop of an idle worker
+    sometimes takes a minute; a second signal makes `vidfarm up` kill its workers at once."""
+    assert farm.proc is not None
+    farm.proc.send_signal(signal.SIGTERM)
+    try:
+        farm.proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        print(f"(vidfarm up still stopping after {grace_s:g} s: second signal)", flush=True)
+        farm.proc.send_signal(signal.SIGTERM)
 
 
 def run_farm(args: argparse.Namespace, source: Path, workers: int, work: Path) -> FarmRun:
@@ -286,17 +343,25 @@ def run_farm(args: argparse.Namespace, source: Path, workers: int, work: Path) -
     if args.rungs:
         env["VIDFARM_LADDER"] = args.rungs
     home = work / f"farm-{workers}"
-    with LocalFarm(home, min_workers=workers, max_workers=workers, scale_down_after_s=3600, env=env) as farm:
-        farm.wait_workers(workers)
-        pins = pin_workers(farm, args.cores_per_worker, args.first_core)
-        with farm.client(timeout_s=600) as http:
-            started = time.perf_counter()
-            video_id = upload_file(http, source)["id"]
-            uploaded = time.perf_counter() - started
-            status, seen_at = wait_terminal(http, [video_id], poll_s=0.2, timeout_s=24 * 3600)[video_id]
-        if status != "ready":
-            raise RuntimeError(f"N={workers}: the video ended {status}; see {farm.log_path}")
-        encode_s, finalize_s = job_times(farm, video_id)
+    farm = LocalFarm(home, min_workers=workers, max_workers=workers, scale_down_after_s=3600, env=env)
+    try:
+        with farm:
+            farm.wait_workers(workers)
+            pins = pin_workers(farm, args.cores_per_worker, args.first_core)
+            with farm.client(timeout_s=600) as http:
+                started = time.perf_counter()
+                video_id = upload_file(http, source)["id"]
+                uploaded = time.perf_counter() - started
+                status, seen_at = wait_terminal(http, [video_id], poll_s=0.2, timeout_s=24 * 3600)[video_id]
+            if status != "ready":
+                raise RuntimeError(f"N={workers}: the video ended {status}")
+            encode_s, finalize_s = job_times(farm, video_id)
+            stop_idle_farm(farm)
+    except Exception:
+        # The farm's log lives in the temporary folder, which is deleted on the way out: show its end.
+        with contextlib.suppress(OSError):
+            print(f"--- last lines of {farm.log_path}:\n" + "\n".join(farm.log_path.read_text().splitlines()[-40:]))
+        raise
     print(f"(b) N={workers} (cores {', '.join(pins)}): ready after {seen_at - started:.1f} s, "
           f"finalize {finalize_s:.2f} s", flush=True)
     return FarmRun(workers, seen_at - started, uploaded, encode_s, finalize_s)
@@ -331,8 +396,13 @@ def part_speedup(args: argparse.Namespace, source: Path, work: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    name = f"varied-{args.seconds:g}s-{args.size}-{args.rate}-{args.scene_seconds:g}.mp4"
-    source = make_varied_source(args.cache / name, args.seconds, args.size, args.rate, args.scene_seconds)
+    name = f"varied-{args.seconds:g}s-{args.size}-{args.rate}-{args.scene_seconds:g}"
+    if args.gen_jobs > 1:
+        source = make_varied_source_parallel(args.cache / f"{name}-scenes.mp4", args.seconds, args.size, args.rate,
+                                             args.scene_seconds, args.gen_jobs)
+    else:
+        source = make_varied_source(args.cache / f"{name}.mp4", args.seconds, args.size, args.rate,
+                                    args.scene_seconds)
     info = source_info(source)
     plans = ladder_plans(info, args.rungs.split(",") if args.rungs else None)
     print(f"source: {source} ({source.stat().st_size / 1e6:.1f} MB, {info.duration_s:.1f} s, "
