@@ -351,6 +351,7 @@ class _MultipartUpload:
         self.buffer = bytearray()
         self.size = 0
         self.sent: list[Future[dict[str, Any]]] = []
+        self.in_flight: list[Future[dict[str, Any]]] = []
 
     def write(self, data: bytes) -> None:
         self.buffer += data
@@ -364,12 +365,13 @@ class _MultipartUpload:
     def _send(self, data: bytearray) -> None:
         number = len(self.sent) + 1
         self.sent.append(self.store.pool.submit(self._part, number, data))
+        self.in_flight.append(self.sent[-1])
 
     def _part(self, number: int, data: bytearray) -> dict[str, Any]:
         return self.store.upload_part(self.key, self.upload_id, number, data)
 
     def room(self) -> Future[object] | None:
-        return _backlog(self.sent)
+        return _backlog(self.in_flight)
 
     def complete(self) -> SourceHandle:
         if self.buffer or not self.sent:  # the last part may be short (or empty, for an empty body)
@@ -418,6 +420,7 @@ class _ResumableUpload:
         self.buffer = bytearray(store.get(upload_key(video_id, state.tail)) if state.tail else b"")
         self.received = state.received
         self.sent: list[Future[dict[str, Any]]] = []
+        self.in_flight: list[Future[dict[str, Any]]] = []
         self.lock = threading.Lock()  # commits come from the pool's threads and from the request
         self.ended = False
 
@@ -435,12 +438,13 @@ class _ResumableUpload:
             self._send(part)
 
     def room(self) -> Future[object] | None:
-        return _backlog(self.sent)
+        return _backlog(self.in_flight)
 
     def _send(self, data: bytearray) -> None:
         number = self.opened.parts + len(self.sent) + 1
         future = self.store.pool.submit(self.store.upload_part, self.key, self.opened.upload_id, number, data)
         self.sent.append(future)
+        self.in_flight.append(future)
         if self.commit_parts is not None:
             future.add_done_callback(self._commit_landed)
 
@@ -519,14 +523,15 @@ class _ResumableUpload:
         self.store._delete_prefix(upload_key(self.video_id))
 
 
-def _backlog(sent: list[Future[Any]]) -> Future[object] | None:
+def _backlog(in_flight: list[Future[Any]]) -> Future[object] | None:
     """The oldest part in flight once PARTS_IN_FLIGHT are (the writer waits for it); a part that failed
-    raises here, so the request stops early."""
-    pending = [f for f in sent if not f.done()]
-    for future in sent:
-        if future.done() and future.exception() is not None:
+    raises here, so the request stops early. Landed parts leave `in_flight` here: this runs before
+    every chunk of a body, and must not look at every part sent so far (2,560 in a 20 GiB upload)."""
+    for future in [f for f in in_flight if f.done()]:
+        if future.exception() is not None:
             raise cast(BaseException, future.exception())
-    return cast(Future[object], pending[0]) if len(pending) >= PARTS_IN_FLIGHT else None
+        in_flight.remove(future)
+    return cast(Future[object], in_flight[0]) if len(in_flight) >= PARTS_IN_FLIGHT else None
 
 
 def _results(sent: list[Future[dict[str, Any]]]) -> list[dict[str, Any]]:
