@@ -1,8 +1,9 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 # `setup` installs what the project needs: ffmpeg, redis-server, and for the browser playback test
 # chromium and node/npm, from Debian (when missing); a virtualenv in .venv with the project and its
-# test extras; the test's players and browser driver from npm (tests/browser/node_modules); the web
-# console's libraries from npm (web/node_modules), copied into the package (`console`).
+# test extras (runtime dependencies at the versions in constraints.txt, the image's); the test's
+# players and browser driver from npm (tests/browser/node_modules); the web console's libraries from
+# npm (web/node_modules), copied into the package (`console`).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -50,7 +51,7 @@ console: $(CONSOLE_DEPS)
 
 setup: system-packages $(PY) $(BROWSER_DEPS) console
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 
 demo: setup
 	$(VENV)/bin/vidfarm demo

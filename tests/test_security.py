@@ -193,11 +193,7 @@ def secured_redis(request, tmp_path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_farm_over_secured_redis_end_to_end_and_no_secret_in_logs(secured_redis, clips, tmp_path, request):
-    if "tls" in request.node.name:
-        # Known, not yet understood: on 2026-12-04 `vidfarm up` over TLS Redis stopped with a non-zero
-        # exit code in this test (redis-py 8.2); the video still ended ready. Tracked in the closing note.
-        request.applymarker(pytest.mark.xfail(reason="`vidfarm up` exit code over TLS Redis", strict=False))
+def test_farm_over_secured_redis_end_to_end_and_no_secret_in_logs(secured_redis, clips, tmp_path):
     home = tmp_path / "farm"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFARM_") and k not in ("REDIS_URL",

@@ -1,9 +1,10 @@
-"""Worker start-up as a cluster runs it: the NVENC check that keeps a GPU pod not-ready, and ffmpeg
-threads bounded by the pod's CPU limit."""
+"""Worker start-up and stop as a cluster runs them: the NVENC check that keeps a GPU pod not-ready,
+ffmpeg threads bounded by the pod's CPU limit, a worker that leaves at once when told to stop."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import socket
 import subprocess
@@ -13,13 +14,16 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from rq import Queue
 
 from tests.conftest import ROOT, make_clip, settings_env
 from transcoder.command import X264, chunk_args
 from transcoder.ladder import OutputPlan
-from transcoder.worker import FFMPEG_THREADS_ENV, ffmpeg_threads, nvenc_error
+from transcoder.worker import FFMPEG_THREADS_ENV, FarmWorker, ffmpeg_threads, nvenc_error
 from vidfarm.chunks import ChunkWindow
+from vidfarm.farm import Farm
 from vidfarm.localredis import free_port
+from vidfarm.presence import WorkerInfo
 from vidfarm.settings import Settings
 
 
@@ -49,6 +53,21 @@ def test_nvenc_worker_without_nvenc_stays_up_not_ready_and_says_why(settings: Se
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_stopping_worker_leaves_rqs_command_channel_at_once(farm: Farm) -> None:
+    # RQ listens for commands (stop-job, shutdown) in a thread. Under load that thread can read the
+    # UNSUBSCRIBE reply before it is told to stop, and then waits out its whole read timeout; since
+    # redis-py 8.2 stopping it waits too, so SIGTERM took up to a minute. Forced here in that order.
+    info = WorkerInfo(name=f"test-{os.getpid()}", pid=os.getpid(), host="test", queues="cpu", encoder="x264")
+    worker = FarmWorker([Queue("cpu", connection=farm.rq_redis)], farm=farm, info=info)
+    worker.subscribe()
+    worker.pubsub.unsubscribe()
+    time.sleep(0.3)  # the listener has read the reply and gone back to waiting
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 3
+    assert not worker.pubsub_thread.is_alive()
 
 
 @pytest.mark.parametrize(("raw", "threads"), [("4", 4), ("", None), ("0", None), ("2.5", None)])

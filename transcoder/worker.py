@@ -30,6 +30,11 @@ from vidfarm.states import TERMINAL, WorkerState
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+# How long RQ's command-channel listener (a thread) blocks in one read. RQ uses 60 s. When a worker
+# stops, the listener may read the UNSUBSCRIBE reply before it is told to stop (likely on a busy
+# machine) and then waits the whole read out; since redis-py 8.2 stopping the thread waits for it,
+# so SIGTERM took up to a minute. A short read costs no Redis command: it polls the open socket.
+COMMAND_CHANNEL_POLL_S = 1.0
 # ffmpeg threads per decoder/encoder/filter graph. In Kubernetes the pod's CPU limit in whole cores,
 # through the downward API (resourceFieldRef limits.cpu); unset, ffmpeg sizes them from the machine.
 FFMPEG_THREADS_ENV = "VIDFARM_FFMPEG_THREADS"
@@ -125,6 +130,13 @@ class FarmWorker(SimpleWorker):
             presence.remove(self.farm.redis, self.info.name)
 
     # -- RQ hooks ---------------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """RQ's subscribe, with a listener that notices a stop within COMMAND_CHANNEL_POLL_S."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=COMMAND_CHANNEL_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.info.state = WorkerState.DRAINING if self._stop_requested else WorkerState.BUSY
