@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from rq import Queue
 
-from tests.conftest import FakeClock
+from tests.conftest import BACKENDS, FakeClock
 from vidfarm import presence
 from vidfarm.catalog import TASK_QUEUED, TASK_RUNNING, VideoRow, utcnow
 from vidfarm.farm import Farm
@@ -152,3 +152,40 @@ def test_partial_uploads_of_a_dead_api_are_swept_and_live_ones_kept(farm, reconc
     reconciler.step()
     assert not dead.exists()
     assert live.exists()
+
+
+def store_upload(farm: Farm, video_id: str) -> None:
+    """What a POST leaves in storage once its body is stored, before the video is recorded."""
+    writer = farm.storage.begin_upload(video_id)
+    writer.write(b"x" * 1000)
+    writer.complete()
+    farm.storage.promote_upload(video_id)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_stored_media_never_recorded_as_a_video_is_swept_and_videos_are_kept(farm, reconciler):
+    # An API killed between storing a POST's body and recording the video leaves the body behind.
+    unrecorded = new_video_id()
+    store_upload(farm, unrecorded)
+    recorded = add_video(farm)
+    store_upload(farm, recorded["id"])
+    kept = farm.storage.keys(recorded["id"])
+    assert kept and farm.storage.keys(unrecorded)
+    # Just written: an upload may be between its stored body and its catalog row right now.
+    assert reconciler.sweep_unrecorded(time.time() - 3600) == 0
+    assert farm.storage.keys(unrecorded)
+    assert reconciler.sweep_unrecorded(time.time() + 1) == 1
+    assert farm.storage.keys(unrecorded) == []
+    assert farm.storage.keys(recorded["id"]) == kept
+
+
+def test_the_first_pass_sweeps_media_left_unrecorded_for_over_an_hour(farm, reconciler):
+    unrecorded, recent = new_video_id(), new_video_id()
+    store_upload(farm, unrecorded)
+    store_upload(farm, recent)
+    long_ago = time.time() - 2 * 3600
+    for path in (farm.storage.video_dir(unrecorded), farm.storage.source_path(unrecorded)):
+        os.utime(path, (long_ago, long_ago))
+    reconciler.step()
+    assert farm.storage.keys(unrecorded) == []
+    assert farm.storage.keys(recent)

@@ -327,6 +327,11 @@ class Catalog:
             next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
         return rows, next_cursor
 
+    def known(self, video_ids: Iterable[str]) -> set[str]:
+        """Which of these ids the catalog has a row for."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(Video.id).where(Video.id.in_(list(video_ids)))).scalars())
+
     def active(self, statuses: Sequence[VideoStatus] = ACTIVE) -> list[VideoRow]:
         return self._select_videos(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
 

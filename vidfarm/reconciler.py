@@ -11,6 +11,7 @@ the task's job id, so a reconciler racing a worker (or another reconciler) never
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 QUEUED_GRACE_S = 10.0
 DEAD_JOB_STATES = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
 WAITING_JOB_STATES = {JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED}
+# Stored media without a catalog row is looked for this often: it takes a listing of every video's
+# folder (one request per 1,000 on S3), and it only happens when an API died at one moment.
+UNRECORDED_SWEEP_EVERY_S = 3600.0
+# ...and removed once nothing under it was written for this long: longer than the probe and the
+# catalog write that follow a stored upload could take, however slow the store.
+UNRECORDED_GRACE_S = 3600.0
+# How many ids one catalog query checks.
+KNOWN_BATCH = 500
 
 
 class Reconciler:
@@ -47,6 +56,7 @@ class Reconciler:
         self.farm = farm
         self.clock = clock
         self._orphaned_since: dict[str, float] = {}
+        self._next_unrecorded_sweep = clock()  # the first pass looks: a restart often follows a crash
 
     def step(self) -> int:
         """One pass; returns how many tasks were re-queued or videos failed."""
@@ -62,6 +72,9 @@ class Reconciler:
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
         self._sweep_abandoned_uploads()
         tus.sweep_expired(self.farm)
+        if self.clock() >= self._next_unrecorded_sweep:
+            self._next_unrecorded_sweep = self.clock() + UNRECORDED_SWEEP_EVERY_S
+            self._sweep_unrecorded()
         return fixed
 
     def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
@@ -138,6 +151,29 @@ class Reconciler:
             return
         if swept:
             log.info("removed %d abandoned partial upload(s)", swept)
+
+    def _sweep_unrecorded(self) -> None:
+        try:
+            swept = self.sweep_unrecorded(time.time() - UNRECORDED_GRACE_S)
+        except StorageUnavailable as exc:
+            log.warning("stored media without a video not swept: %s", exc)
+            return
+        if swept:
+            log.info("removed the stored media of %d upload(s) never recorded as videos", swept)
+
+    def sweep_unrecorded(self, older_than: float) -> int:
+        """Remove what is stored for ids the catalog has no row for, untouched since `older_than`:
+        an API died after a POST's body was stored and before the video was recorded. Its client got
+        no 201 and holds no id, so nothing accepted is lost; without this the bytes stayed forever."""
+        storage, swept = self.farm.storage, 0
+        stored = storage.stored_videos()
+        while batch := list(itertools.islice(stored, KNOWN_BATCH)):
+            for video_id in set(batch) - self.farm.catalog.known(batch):
+                written = storage.last_written(video_id)
+                if written is not None and written < older_than:
+                    storage.delete_video(video_id)
+                    swept += 1
+        return swept
 
     def _fail(self, video: dict[str, Any], task: dict[str, Any]) -> int:
         message = f"the worker was lost during each of {task['attempts']} attempts at {task['name']}"

@@ -285,6 +285,14 @@ class Storage(ABC):
         `keep(video_id)` spares the ones that wait for their client (resumable uploads)."""
 
     @abstractmethod
+    def stored_videos(self) -> Iterator[str]:
+        """The ids of the videos that have anything stored under their prefix."""
+
+    @abstractmethod
+    def last_written(self, video_id: str) -> float | None:
+        """When anything under the video's prefix was last written (epoch seconds); None if nothing is."""
+
+    @abstractmethod
     def stored(self, key: str) -> StoredFile | None:
         """The file at `key` if it exists, as the API serves it."""
 

@@ -215,6 +215,16 @@ class FileStorage(Storage):
                     swept += 1
         return swept
 
+    def stored_videos(self) -> Iterator[str]:
+        return (folder.name for folder in self.videos.iterdir() if is_video_id(folder.name))
+
+    def last_written(self, video_id: str) -> float | None:
+        folder, times = self.video_dir(video_id), []
+        for path in (folder, *folder.rglob("*")):
+            with contextlib.suppress(FileNotFoundError):  # a DELETE may be removing it right now
+                times.append(path.stat().st_mtime)
+        return max(times, default=None)
+
     def stored(self, key: str) -> StoredFile | None:
         path = self.path(key)
         return StoredFile(key, path) if path.is_file() else None

@@ -38,6 +38,7 @@ from vidfarm.storage import (
     Storage,
     StorageUnavailable,
     StoredFile,
+    is_video_id,
     poster_key,
     rendition_key,
     source_key,
@@ -237,10 +238,31 @@ class S3Storage(Storage):
         for upload in self._multipart_uploads(prefix):
             self._abort(upload["Key"], upload["UploadId"])
 
-    def _delete_prefix(self, prefix: str) -> None:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+    def _listed(self, prefix: str, **options: str) -> Iterator[dict[str, Any]]:
+        """Pages of a ListObjectsV2 under `prefix`; a store that fails it is StorageUnavailable."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix),
+                                                                      **options)
         try:
-            for page in pages:
+            yield from pages
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"bucket {self.bucket}: list objects: {exc}") from exc
+
+    def stored_videos(self) -> Iterator[str]:
+        # One entry per video folder (S3 groups the keys at the delimiter), 1,000 to a request.
+        for page in self._listed("videos/", Delimiter="/"):
+            for folder in page.get("CommonPrefixes", []):
+                video_id = folder["Prefix"].removeprefix(self._key("videos/")).rstrip("/")
+                if is_video_id(video_id):
+                    yield video_id
+
+    def last_written(self, video_id: str) -> float | None:
+        times = [o["LastModified"].timestamp() for page in self._listed(video_prefix(video_id))
+                 for o in page.get("Contents", [])]
+        return max(times, default=None)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        try:
+            for page in self._listed(prefix):
                 objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if objects:  # at most 1,000 per page, as delete_objects takes
                     self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
@@ -329,8 +351,7 @@ class S3Storage(Storage):
         return bool(HTTP_TROUBLE.search(stderr)) or self.status() != "ok"
 
     def keys(self, video_id: str) -> list[str]:
-        prefix = self._key(video_prefix(video_id))
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        pages = self._listed(video_prefix(video_id))
         return sorted(o["Key"].removeprefix(self.prefix) for page in pages for o in page.get("Contents", []))
 
 
