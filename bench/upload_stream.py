@@ -44,7 +44,9 @@ def parse_args() -> argparse.Namespace:
 # -- the API process ------------------------------------------------------------------------------
 
 
-def start_api(work: Path, redis_url: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_api(work: Path, redis_url: str, extra_env: dict[str, str] | None = None,
+              cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`vidfarm api` as its own process; `cwd` may be another checkout of the code (a git worktree)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFARM_")}
     env.update({
@@ -52,7 +54,7 @@ def start_api(work: Path, redis_url: str, extra_env: dict[str, str] | None = Non
         "DATABASE_URL": f"sqlite:///{work / 'catalog.db'}", "VIDFARM_STORAGE_DIR": str(work / "storage"),
         "VIDFARM_API_KEYS": API_KEY, **(extra_env or {}),
     })
-    proc = subprocess.Popen([*VIDFARM, "api", "--port", str(port)], env=env, cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen([*VIDFARM, "api", "--port", str(port)], env=env, cwd=cwd, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

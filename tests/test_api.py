@@ -34,7 +34,11 @@ def test_open_ops_endpoints(api, http, clips):
         assert upload(http, clips["small"]).status_code == 201
         metrics = anonymous.get("/metrics").text
         assert accepted_uploads(metrics) == accepted_before + 1  # the counter is process-wide
-        assert "vidfarm_http_request_duration_seconds_bucket" in metrics
+        # Latency by route template (not by URL: one series per route), and unmatched paths apart.
+        anonymous.get("/no/such/path")
+        metrics = anonymous.get("/metrics").text
+        assert 'vidfarm_http_request_duration_seconds_count{method="POST",route="/v1/videos",status="201"}' in metrics
+        assert 'route="unmatched",status="404"' in metrics
         schema = anonymous.get("/openapi.json").json()
         assert {"/v1/videos", "/v1/videos/{video_id}", "/v1/farm"} <= set(schema["paths"])
 

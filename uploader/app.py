@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from uploader import errors, playback
 from uploader.auth import KeyRing
-from uploader.middleware import MIDDLEWARE
+from uploader.middleware import ApiMiddleware
 from uploader.routes import ROUTERS
 from vidfarm.deliver import IDLE_POLL_S, Deliverer
 from vidfarm.farm import Farm
@@ -31,9 +31,8 @@ def create_app(farm: Farm) -> FastAPI:
     farm.open()
     app.state.farm = farm
     app.state.keys = KeyRing(farm.settings.api_keys)
-    playback.install(app, farm)
-    for middleware in MIDDLEWARE:
-        app.middleware("http")(middleware)
+    app.add_middleware(ApiMiddleware)
+    app.include_router(playback.router(farm))
     for router in ROUTERS:
         app.include_router(router)
     return app

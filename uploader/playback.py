@@ -16,7 +16,7 @@ import time
 from pathlib import PurePosixPath
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from uploader.errors import ApiError
@@ -95,18 +95,6 @@ def playback_urls(settings: Settings, video: dict[str, Any], base_url: str, now:
     token = sign(signing_key(settings), video["id"], video["tenant"], expires)
     prefix = f"{base_url.rstrip('/')}{PREFIX}{token}"
     return {"hls": f"{prefix}/master.m3u8", "dash": f"{prefix}/manifest.mpd", "expires_at": expires}
-
-
-def install(app: FastAPI, farm: Farm) -> None:
-    app.include_router(router(farm))
-
-    @app.middleware("http")
-    async def _cors(request: Request, call_next):
-        # On every answer under the prefix, errors included, so a player can read why it failed.
-        response = await call_next(request)
-        if request.url.path.startswith(PREFIX):
-            response.headers.update(CORS_HEADERS)
-        return response
 
 
 def router(farm: Farm) -> APIRouter:
