@@ -24,7 +24,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -326,18 +325,6 @@ def job_times(farm: LocalFarm, video_id: str, wait_s: float = 10.0) -> tuple[flo
     return sum(spans.values()) - finalize, finalize
 
 
-def stop_idle_farm(farm: LocalFarm, grace_s: float = 5.0) -> None:
-    """Stop a farm whose workers are idle (the measurement is done). The warm stop of an idle worker
-    sometimes takes a minute; a second signal makes `vidfarm up` kill its workers at once."""
-    assert farm.proc is not None
-    farm.proc.send_signal(signal.SIGTERM)
-    try:
-        farm.proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        print(f"(vidfarm up still stopping after {grace_s:g} s: second signal)", flush=True)
-        farm.proc.send_signal(signal.SIGTERM)
-
-
 def run_farm(args: argparse.Namespace, source: Path, workers: int, work: Path) -> FarmRun:
     env = {"VIDFARM_CHUNK_SECONDS": f"{args.chunk_seconds:g}"}
     if args.rungs:
@@ -356,7 +343,6 @@ def run_farm(args: argparse.Namespace, source: Path, workers: int, work: Path) -
             if status != "ready":
                 raise RuntimeError(f"N={workers}: the video ended {status}")
             encode_s, finalize_s = job_times(farm, video_id)
-            stop_idle_farm(farm)
     except Exception:
         # The farm's log lives in the temporary folder, which is deleted on the way out: show its end.
         with contextlib.suppress(OSError):
