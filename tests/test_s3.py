@@ -32,6 +32,7 @@ from tests.test_chunk_faults import long_clip, tasks  # noqa: F401 - the 16 s cl
 from tests.test_faults import HEARTBEAT_TTL_S
 from vidfarm.farm import Farm
 from vidfarm.localredis import free_port
+from vidfarm.reconciler import Reconciler
 from vidfarm.storage import source_key
 
 pytestmark = pytest.mark.parametrize("backend", ["s3"], indirect=True)
@@ -259,3 +260,30 @@ def test_the_sweep_aborts_only_multipart_uploads_left_by_a_dead_api(farm, settin
     assert storage.sweep_uploads(time.time() + 1, keep=lambda _: True) == 0       # a resumable one
     assert storage.sweep_uploads(time.time() + 1, keep=lambda _: False) == 1
     assert multipart_uploads(moto_s3, settings) == []
+
+
+def test_a_slow_upload_is_not_swept_while_its_api_receives_it(api, http, farm, settings, moto_s3, clips):
+    # On a slow link one 8 MiB part can take longer to fill than the sweep waits; the API announces
+    # the upload in Redis while it receives it, and the sweep leaves an announced one alone.
+    head = clips["small"].read_bytes()
+    resume = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield head[:1000]
+        resume.wait(30)
+        yield head[1000:]
+
+    answers: list[httpx.Response] = []
+    sending = threading.Thread(target=lambda: answers.append(http.post(
+        "/v1/videos", params={"filename": "slow.mp4"}, content=slow_body(),
+        headers={"Content-Type": "video/mp4", "Content-Length": str(len(head))})))
+    sending.start()
+    try:
+        wait_until(lambda: multipart_uploads(moto_s3, settings), 10, "the upload to start")
+        # Every part of it is older than this cutoff: only the announcement spares it.
+        assert Reconciler(farm).sweep_abandoned_uploads(time.time() + 1) == 0
+        assert len(multipart_uploads(moto_s3, settings)) == 1
+    finally:
+        resume.set()
+        sending.join()
+    assert answers[0].status_code == 201, answers[0].text

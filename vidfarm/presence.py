@@ -1,8 +1,10 @@
-"""Worker presence: each worker keeps a short-lived hash in Redis saying who it is and what it does.
+"""Presence: each worker keeps a short-lived hash in Redis saying who it is and what it does, and
+each regular upload in flight a short-lived key saying that an API still receives it.
 
-It feeds `GET /v1/farm`, the autoscaler (idle or busy, which pod) and the reconciler (a processing
-video whose worker's hash has expired lost its worker). Heartbeats re-create the hash, so it also
-survives a Redis wipe.
+Workers' feed `GET /v1/farm`, the autoscaler (idle or busy, which pod) and the reconciler (a
+processing video whose worker's hash has expired lost its worker). Uploads' keep the reconciler from
+aborting a live multipart upload whose next part is slow to fill. Heartbeats re-create both, so they
+survive a Redis wipe.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import redis
 from vidfarm.states import WorkerState
 
 PREFIX = "vidfarm:worker:"
+UPLOAD_PREFIX = "vidfarm:upload:"
 # The autoscaler's view of its pools (JSON), shown by `GET /v1/farm`.
 AUTOSCALER_STATUS_KEY = "vidfarm:autoscaler:status"
 
@@ -59,6 +62,20 @@ def beat(conn: redis.Redis, info: WorkerInfo, ttl_s: int) -> None:
 
 def remove(conn: redis.Redis, name: str) -> None:
     conn.delete(key(name))
+
+
+def abandoned_after_s(upload_idle_timeout_s: float) -> float:
+    """How long an upload nobody writes to waits before it counts as abandoned: an API gives up on a
+    silent client after the idle timeout itself, so twice that (and a minute) means the API died."""
+    return 2 * upload_idle_timeout_s + 60
+
+
+def upload_beat(conn: redis.Redis, video_id: str, upload_idle_timeout_s: float) -> None:
+    conn.set(UPLOAD_PREFIX + video_id, "1", ex=round(abandoned_after_s(upload_idle_timeout_s)))
+
+
+def upload_alive(conn: redis.Redis, video_id: str) -> bool:
+    return bool(conn.exists(UPLOAD_PREFIX + video_id))
 
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:

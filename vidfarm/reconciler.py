@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from rq.job import Job, JobStatus
@@ -139,18 +138,25 @@ class Reconciler:
     # -- actions ----------------------------------------------------------------------------------
 
     def _sweep_abandoned_uploads(self) -> None:
-        """Partial uploads nobody writes to any more: their API process died mid-upload. A live
-        upload touches its file (or adds a part) at least every idle timeout, or the API gives up on
-        it itself. A resumable upload waits for its client far longer: its expiry is
-        `tus.sweep_expired`'s. An object store that is down now is swept on a later pass."""
-        cutoff = time.time() - (2 * self.farm.settings.upload_idle_timeout_s + 60)
+        cutoff = time.time() - presence.abandoned_after_s(self.farm.settings.upload_idle_timeout_s)
         try:
-            swept = self.farm.storage.sweep_uploads(cutoff, keep=partial(tus.is_resumable, self.farm))
+            swept = self.sweep_abandoned_uploads(cutoff)
         except StorageUnavailable as exc:
             log.warning("partial uploads not swept: %s", exc)
             return
         if swept:
             log.info("removed %d abandoned partial upload(s)", swept)
+
+    def sweep_abandoned_uploads(self, older_than: float) -> int:
+        """Partial uploads nobody wrote to since `older_than`: their API process died mid-upload. A
+        live regular upload says so in Redis (on a slow link an S3 part takes long to fill), or the
+        API gives up on it itself. A resumable upload waits for its client far longer: its expiry is
+        `tus.sweep_expired`'s. An object store that is down now is swept on a later pass."""
+
+        def live(video_id: str) -> bool:
+            return presence.upload_alive(self.farm.redis, video_id) or tus.is_resumable(self.farm, video_id)
+
+        return self.farm.storage.sweep_uploads(older_than, keep=live)
 
     def _sweep_unrecorded(self) -> None:
         try:

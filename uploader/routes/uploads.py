@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,7 +22,7 @@ from uploader.deps import FarmDep, Tenant
 from uploader.errors import ApiError
 from uploader.receive import Received, check_upload_headers, receive_upload
 from uploader.resources import ERRORS, VideoOut, video_resource
-from vidfarm import metrics
+from vidfarm import metrics, presence
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, new_job_id, plan_tasks, total_frames
@@ -68,7 +71,7 @@ async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[
     video_id = new_video_id()
     settings = farm.settings
     try:
-        received, stored = await _store_body(request, farm.storage, settings, video_id)
+        received, stored = await _store_body(request, farm, video_id)
         video = await admit(farm, Upload(
             video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
             renditions=_form_or_query(request, received, "renditions"),
@@ -127,17 +130,41 @@ async def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoS
     return video
 
 
-async def _store_body(request: Request, storage: Storage, settings: Settings,
-                      video_id: str) -> tuple[Received, SourceHandle]:
+async def _store_body(request: Request, farm: Farm, video_id: str) -> tuple[Received, SourceHandle]:
     """The body into storage (a file, or an S3 multipart upload), stored whole before it is probed."""
+    settings = farm.settings
     check_upload_headers(request, settings.max_upload_bytes)
-    writer = await run_in_threadpool(storage.begin_upload, video_id)
+    writer = await run_in_threadpool(farm.storage.begin_upload, video_id)
     try:
-        received = await receive_upload(request, writer, settings.max_upload_bytes, settings.upload_idle_timeout_s)
+        async with _announced(farm, video_id):
+            received = await receive_upload(request, writer, settings.max_upload_bytes,
+                                            settings.upload_idle_timeout_s)
         return received, await run_in_threadpool(writer.complete)
     except BaseException:
         writer.abort()
         raise
+
+
+@contextlib.asynccontextmanager
+async def _announced(farm: Farm, video_id: str) -> AsyncIterator[None]:
+    """While the body arrives, a key in Redis says that this API still receives it: on a slow link an
+    S3 part (8 MiB or more) can take longer to fill than the reconciler waits before it aborts a
+    multipart upload as abandoned. Redis being away only costs that protection."""
+    every_s = farm.settings.upload_idle_timeout_s / 2
+
+    async def beat_forever() -> None:
+        while True:
+            try:
+                await run_in_threadpool(presence.upload_beat, farm.redis, video_id, farm.settings.upload_idle_timeout_s)
+            except redis.RedisError as exc:
+                log.warning("upload %s: could not announce it in Redis: %s", video_id, exc)
+            await asyncio.sleep(every_s)
+
+    beating = asyncio.create_task(beat_forever())
+    try:
+        yield
+    finally:
+        beating.cancel()
 
 
 def _form_or_query(request: Request, received: Received, name: str) -> str | None:
