@@ -30,17 +30,26 @@ from tests.conftest import (
 )
 from tests.test_chunk_faults import long_clip, tasks  # noqa: F401 - the 16 s clip fixture
 from tests.test_faults import HEARTBEAT_TTL_S
+from tests.test_tus import create, patch
 from vidfarm.farm import Farm
 from vidfarm.localredis import free_port
 from vidfarm.reconciler import Reconciler
-from vidfarm.storage import source_key
+from vidfarm.storage import rendition_key, source_key
 
 pytestmark = pytest.mark.parametrize("backend", ["s3"], indirect=True)
+MIB = 1024 * 1024
 
 
 @pytest.fixture
-def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=("360p",), worker_heartbeat_ttl_s=HEARTBEAT_TTL_S)
+def checksums(request) -> bool:
+    """VIDFARM_S3_CHECKSUMS, off unless a test asks: `@pytest.mark.parametrize("checksums", [True], indirect=True)`."""
+    return getattr(request, "param", False)
+
+
+@pytest.fixture
+def settings(settings, checksums):
+    return replace(settings, chunk_seconds=2.0, ladder=("360p",), worker_heartbeat_ttl_s=HEARTBEAT_TTL_S,
+                   s3_checksums=checksums)
 
 
 def bucket_of(settings) -> str:
@@ -287,3 +296,28 @@ def test_a_slow_upload_is_not_swept_while_its_api_receives_it(api, http, farm, s
         resume.set()
         sending.join()
     assert answers[0].status_code == 201, answers[0].text
+
+
+@pytest.mark.parametrize("checksums", [True], indirect=True)
+def test_with_checksums_uploads_and_outputs_carry_a_crc32_the_store_checked(api, http, worker, settings, moto_s3,
+                                                                             clips):
+    client, bucket = moto_s3.client(), bucket_of(settings)
+
+    def stored(key: str) -> tuple[str | None, bytes]:
+        head = client.head_object(Bucket=bucket, Key=f"media/{key}", ChecksumMode="ENABLED")
+        return head.get("ChecksumCRC32"), client.get_object(Bucket=bucket, Key=f"media/{key}")["Body"].read()
+
+    body = clips["small"].read_bytes() + bytes(20 * MIB)  # three parts; the padding is ignored by ffprobe
+    posted = http.post("/v1/videos", params={"filename": "a.mp4"}, content=body, headers={"Content-Type": "video/mp4"})
+    assert posted.status_code == 201, posted.text
+    location = create(http, len(body)).headers["Location"]
+    middle = 10 * MIB + 123  # the first request ends inside a part: a tail object, then parts from it
+    assert patch(http, location, 0, body[:middle]).status_code == 204
+    assert patch(http, location, middle, body[middle:]).status_code == 204
+    for video_id in (posted.json()["id"], location.rstrip("/").rsplit("/", 1)[1]):
+        checksum, data = stored(source_key(video_id))
+        assert checksum and data == body
+    video = wait_for(http, upload(http, clips["small"]).json()["id"])
+    assert video["status"] == "ready", video["error"]
+    checksum, data = stored(rendition_key(video["id"], video["renditions"][0]["name"]))
+    assert checksum and data[4:8] == b"ftyp"

@@ -32,7 +32,8 @@ class Farm:
     def storage(self) -> Storage:
         """Checked once: a missing bucket or wrong credentials stop the process at start-up."""
         settings = self.settings
-        storage = open_storage(settings.storage_location, settings.scratch, max_upload_bytes=settings.max_upload_bytes)
+        storage = open_storage(settings.storage_location, settings.scratch, max_upload_bytes=settings.max_upload_bytes,
+                               s3_checksums=settings.s3_checksums)
         storage.check()
         return storage
 

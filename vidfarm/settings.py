@@ -96,6 +96,10 @@ class Settings:
     scratch_dir: Path | None = None
     # Serve stored files through the API (with Range) instead of redirecting to presigned URLs.
     storage_proxy: bool = False
+    # CRC32 on every part of an S3 upload: the store checks each part and builds the object's checksum
+    # from them. Off by default: some S3-compatible stores (GCS's interoperability API, older MinIO)
+    # refuse the checksum headers.
+    s3_checksums: bool = False
     api_keys_file: Path | None = None
     max_upload_bytes: int = 20 * GIB
     max_duration_s: float = 6 * 3600.0
@@ -152,6 +156,7 @@ class Settings:
             storage_url=storage_url,
             scratch_dir=Path(os.environ.get("VIDFARM_SCRATCH_DIR") or home / "scratch").resolve(),
             storage_proxy=os.environ.get("VIDFARM_STORAGE_PROXY", "") in ("1", "true", "yes"),
+            s3_checksums=os.environ.get("VIDFARM_S3_CHECKSUMS", "") in ("1", "true", "yes"),
             api_keys_file=Path(keys_file) if keys_file else None,
             max_upload_bytes=_env_int("VIDFARM_MAX_UPLOAD_BYTES", 20 * GIB),
             max_duration_s=_env_float("VIDFARM_MAX_DURATION_S", 6 * 3600.0),
@@ -188,6 +193,7 @@ class Settings:
             "VIDFARM_STORAGE_URL": self.storage_url,
             "VIDFARM_SCRATCH_DIR": str(self.scratch),
             "VIDFARM_STORAGE_PROXY": "1" if self.storage_proxy else "",
+            "VIDFARM_S3_CHECKSUMS": "1" if self.s3_checksums else "",
             "VIDFARM_API_KEYS": ",".join(self.api_keys),
             "VIDFARM_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
             "VIDFARM_MAX_DURATION_S": str(self.max_duration_s),

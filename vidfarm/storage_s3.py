@@ -78,7 +78,7 @@ def part_size(max_upload_bytes: int) -> int:
 
 
 class S3Storage(Storage):
-    def __init__(self, url: str, scratch: Path, *, max_upload_bytes: int) -> None:
+    def __init__(self, url: str, scratch: Path, *, max_upload_bytes: int, checksums: bool = False) -> None:
         parts = urlsplit(url)
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
@@ -87,6 +87,9 @@ class S3Storage(Storage):
         self.client = _client()
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="s3")
         self.transfer = TransferConfig(multipart_chunksize=self.part_size, max_concurrency=8)
+        # Declared on the multipart upload and sent with each part (botocore computes it). Without
+        # one, completing an upload may cost the store a second pass over the whole object.
+        self.checksum_args = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -131,8 +134,7 @@ class S3Storage(Storage):
     # -- resumable uploads: one multipart upload, its state beside it (docs/design.md) ------------
 
     def start_resumable(self, video_id: str) -> None:
-        answer = self.call("create_multipart_upload", self.client.create_multipart_upload, Bucket=self.bucket,
-                           Key=self._key(source_key(video_id)), ContentType="application/octet-stream")
+        answer = self.create_upload(self._key(source_key(video_id)))
         self.put_state(video_id, _UploadState(answer["UploadId"], self.part_size))
 
     def resumable_offset(self, video_id: str) -> int | None:
@@ -153,10 +155,14 @@ class S3Storage(Storage):
                                    Key=self._key(upload_key(video_id, STATE)))
         return _UploadState(**json.loads(answer["Body"].read())) if answer is not None else None
 
+    def create_upload(self, key: str) -> dict[str, Any]:
+        return self.call("create_multipart_upload", self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                         ContentType="application/octet-stream", **self.checksum_args)
+
     def upload_part(self, key: str, upload_id: str, number: int, data: bytearray) -> dict[str, Any]:
         answer = self.call("upload_part", self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
-                           PartNumber=number, Body=data)
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+                           PartNumber=number, Body=data, **self.checksum_args)
+        return _part_ref({"PartNumber": number, **answer})
 
     def complete_upload(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
         self.call("complete_multipart_upload", self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
@@ -166,7 +172,8 @@ class S3Storage(Storage):
         self.put(upload_key(video_id, STATE), json.dumps(asdict(state)).encode())
 
     def put(self, key: str, body: bytes | bytearray) -> None:
-        self.call("put_object", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
+        self.call("put_object", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body,
+                  **self.checksum_args)
 
     def get(self, key: str) -> bytes:
         return self.call("get_object", self.client.get_object, Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -226,7 +233,7 @@ class S3Storage(Storage):
             future.result()
 
     def _upload(self, key: str, path: Path) -> None:
-        extra = {"ContentType": CONTENT_TYPES.get(path.suffix, "application/octet-stream")}
+        extra = {"ContentType": CONTENT_TYPES.get(path.suffix, "application/octet-stream"), **self.checksum_args}
         self.call("upload", self.client.upload_file, Filename=str(path), Bucket=self.bucket, Key=self._key(key),
                   ExtraArgs=extra, Config=self.transfer)
 
@@ -355,6 +362,11 @@ class S3Storage(Storage):
         return sorted(o["Key"].removeprefix(self.prefix) for page in pages for o in page.get("Contents", []))
 
 
+def _part_ref(part: dict[str, Any]) -> dict[str, Any]:
+    """What a completion names of a part (its checksum too, when the upload declared one)."""
+    return {k: part[k] for k in ("PartNumber", "ETag", "ChecksumCRC32") if k in part}
+
+
 def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
 
@@ -366,8 +378,7 @@ class _MultipartUpload:
 
     def __init__(self, store: S3Storage, key: str) -> None:
         self.store, self.key = store, key
-        answer = store.call("create_multipart_upload", store.client.create_multipart_upload,
-                            Bucket=store.bucket, Key=key, ContentType="application/octet-stream")
+        answer = store.create_upload(key)
         self.upload_id: str = answer["UploadId"]
         self.buffer = bytearray()
         self.size = 0
@@ -536,8 +547,8 @@ class _ResumableUpload:
     def _complete(self, state: _UploadState) -> None:
         try:
             listed = self.store.listed_parts(self.key, state.upload_id)
-            self.store.complete_upload(self.key, state.upload_id, [
-                {"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed if p["PartNumber"] <= state.parts])
+            self.store.complete_upload(self.key, state.upload_id,
+                                       [_part_ref(p) for p in listed if p["PartNumber"] <= state.parts])
         except StorageUnavailable:
             if self.store._size(source_key(self.video_id)) != state.received:
                 raise  # not completed by an earlier try that died before it could say so
