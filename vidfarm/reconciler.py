@@ -69,11 +69,12 @@ class Reconciler:
             live |= {t["job_id"] for t in tasks}
             fixed += self._repair(video, tasks, working)
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
-        self._sweep_abandoned_uploads()
+        now, idle_s = time.time(), self.farm.settings.upload_idle_timeout_s
+        self._sweep(self.sweep_abandoned_uploads, now - presence.abandoned_after_s(idle_s), "abandoned partial uploads")
         tus.sweep_expired(self.farm)
         if self.clock() >= self._next_unrecorded_sweep:
             self._next_unrecorded_sweep = self.clock() + UNRECORDED_SWEEP_EVERY_S
-            self._sweep_unrecorded()
+            self._sweep(self.sweep_unrecorded, now - UNRECORDED_GRACE_S, "uploads stored, never recorded as videos")
         return fixed
 
     def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
@@ -137,35 +138,26 @@ class Reconciler:
 
     # -- actions ----------------------------------------------------------------------------------
 
-    def _sweep_abandoned_uploads(self) -> None:
-        cutoff = time.time() - presence.abandoned_after_s(self.farm.settings.upload_idle_timeout_s)
+    def _sweep(self, sweep: Callable[[float], int], older_than: float, what: str) -> None:
+        """One sweep of storage; a store that is down now is swept on a later pass."""
         try:
-            swept = self.sweep_abandoned_uploads(cutoff)
+            swept = sweep(older_than)
         except StorageUnavailable as exc:
-            log.warning("partial uploads not swept: %s", exc)
+            log.warning("%s not swept: %s", what, exc)
             return
         if swept:
-            log.info("removed %d abandoned partial upload(s)", swept)
+            log.info("removed %d %s", swept, what)
 
     def sweep_abandoned_uploads(self, older_than: float) -> int:
         """Partial uploads nobody wrote to since `older_than`: their API process died mid-upload. A
         live regular upload says so in Redis (on a slow link an S3 part takes long to fill), or the
         API gives up on it itself. A resumable upload waits for its client far longer: its expiry is
-        `tus.sweep_expired`'s. An object store that is down now is swept on a later pass."""
+        `tus.sweep_expired`'s."""
 
         def live(video_id: str) -> bool:
             return presence.upload_alive(self.farm.redis, video_id) or tus.is_resumable(self.farm, video_id)
 
         return self.farm.storage.sweep_uploads(older_than, keep=live)
-
-    def _sweep_unrecorded(self) -> None:
-        try:
-            swept = self.sweep_unrecorded(time.time() - UNRECORDED_GRACE_S)
-        except StorageUnavailable as exc:
-            log.warning("stored media without a video not swept: %s", exc)
-            return
-        if swept:
-            log.info("removed the stored media of %d upload(s) never recorded as videos", swept)
 
     def sweep_unrecorded(self, older_than: float) -> int:
         """Remove what is stored for ids the catalog has no row for, untouched since `older_than`:
