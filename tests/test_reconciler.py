@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from rq import Queue
+from sqlalchemy import event
 
 from tests.conftest import BACKENDS, FakeClock
 from vidfarm import presence
@@ -189,3 +190,25 @@ def test_the_first_pass_sweeps_media_left_unrecorded_for_over_an_hour(farm, reco
     reconciler.step()
     assert farm.storage.keys(unrecorded) == []
     assert farm.storage.keys(recent)
+
+
+def test_a_pass_costs_the_catalog_the_same_however_many_videos_are_active(farm, reconciler):
+    def statements_in_one_pass() -> int:
+        seen: list[str] = []
+
+        def count(_conn, _cursor, statement, *_args) -> None:
+            seen.append(statement)
+
+        event.listen(farm.catalog.engine, "before_cursor_execute", count)
+        try:
+            reconciler.step()
+        finally:
+            event.remove(farm.catalog.engine, "before_cursor_execute", count)
+        return len(seen)
+
+    add_video(farm)
+    reconciler.step()  # the first pass also looks for stored media without a video
+    one_video = statements_in_one_pass()
+    for _ in range(20):
+        add_video(farm)
+    assert statements_in_one_pass() == one_video

@@ -49,6 +49,8 @@ QUEUED, PROCESSING, READY, FAILED, CANCELED = (
     VideoStatus.QUEUED, VideoStatus.PROCESSING, VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED,
 )
 CACHE_TTL_S = 30
+# Ids per `IN (...)` of a query over many videos: well inside every database's parameter limit.
+IN_BATCH = 500
 
 
 def utcnow() -> datetime:
@@ -327,10 +329,10 @@ class Catalog:
             next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
         return rows, next_cursor
 
-    def known(self, video_ids: Iterable[str]) -> set[str]:
-        """Which of these ids the catalog has a row for."""
+    def known(self, video_ids: Sequence[str]) -> set[str]:
+        """Which of these ids (at most IN_BATCH) the catalog has a row for."""
         with self.engine.connect() as conn:
-            return set(conn.execute(select(Video.id).where(Video.id.in_(list(video_ids)))).scalars())
+            return set(conn.execute(select(Video.id).where(Video.id.in_(video_ids))).scalars())
 
     def active(self, statuses: Sequence[VideoStatus] = ACTIVE) -> list[VideoRow]:
         return self._select_videos(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
@@ -396,6 +398,16 @@ class Catalog:
     def tasks(self, video_id: str) -> list[dict[str, Any]]:
         stmt = select(*Task.__table__.columns).where(Task.video_id == video_id).order_by(Task.name)
         return self._select_dicts(stmt)
+
+    def tasks_of(self, video_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """The tasks of many videos, by video, in one query per IN_BATCH ids (the reconciler's pass)."""
+        found: dict[str, list[dict[str, Any]]] = {video_id: [] for video_id in video_ids}
+        for start in range(0, len(video_ids), IN_BATCH):
+            batch = video_ids[start:start + IN_BATCH]
+            stmt = select(*Task.__table__.columns).where(Task.video_id.in_(batch)).order_by(Task.video_id, Task.name)
+            for task in self._select_dicts(stmt):
+                found[task["video_id"]].append(task)
+        return found
 
     def task(self, video_id: str, name: str) -> dict[str, Any] | None:
         rows = self._select_dicts(

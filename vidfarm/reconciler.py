@@ -21,7 +21,7 @@ from typing import Any
 from rq.job import Job, JobStatus
 
 from vidfarm import events, metrics, presence, tus
-from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
+from vidfarm.catalog import FAILED, FINALIZE, IN_BATCH, TASK_DONE, TASK_QUEUED, TASK_RUNNING
 from vidfarm.farm import Farm
 from vidfarm.jobs import (
     enqueue_graph,
@@ -46,8 +46,6 @@ UNRECORDED_SWEEP_EVERY_S = 3600.0
 # ...and removed once nothing under it was written for this long: longer than the probe and the
 # catalog write that follow a stored upload could take, however slow the store.
 UNRECORDED_GRACE_S = 3600.0
-# How many ids one catalog query checks.
-KNOWN_BATCH = 500
 
 
 class Reconciler:
@@ -61,8 +59,12 @@ class Reconciler:
         """One pass; returns how many tasks were re-queued or videos failed."""
         working = {w.job_id: w for w in presence.all_workers(self.farm.redis) if w.job_id}
         fixed, live = 0, set()
-        for video in self.farm.catalog.active():
-            tasks = self.farm.catalog.tasks(video["id"])
+        videos = self.farm.catalog.active()
+        # One query for every active video's tasks: a pass costs the catalog the same however many
+        # videos are in the farm (one query per video made the reconciler its biggest reader).
+        tasks_of = self.farm.catalog.tasks_of([video["id"] for video in videos])
+        for video in videos:
+            tasks = tasks_of[video["id"]]
             if not tasks:
                 fixed += self._plan(video)
                 continue
@@ -89,17 +91,19 @@ class Reconciler:
                     return fixed + self._fail(video, task)
                 metrics.TRANSCODES.labels("unknown", "retried").inc()  # the lost worker took its encoder name
                 fixed += self._requeue(video, task, f"worker {task['worker']} stopped working on it")
-        finalize = next(t for t in self.farm.catalog.tasks(video["id"]) if t["kind"] == FINALIZE)
-        return fixed + self._repair_finalize(video, finalize, working)
+        if fixed:  # a re-queued task re-queues finalize too (a new job id): read what it is now
+            tasks = self.farm.catalog.tasks(video["id"])
+        return fixed + self._repair_finalize(video, tasks, working)
 
-    def _repair_finalize(self, video: dict[str, Any], finalize: dict[str, Any], working: dict[str, Any]) -> int:
+    def _repair_finalize(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
+        finalize = next(t for t in tasks if t["kind"] == FINALIZE)
         if finalize["status"] == TASK_RUNNING:
             if not self._worker_lost(finalize, working):
                 return 0
             if finalize["attempts"] >= self.farm.settings.max_attempts:
                 return self._fail(video, finalize)
             return self._requeue(video, finalize, f"worker {finalize['worker']} stopped working on it")
-        if finalize["status"] != TASK_QUEUED or not self._finalize_stuck(video["id"], finalize):
+        if finalize["status"] != TASK_QUEUED or not self._finalize_stuck(finalize, tasks):
             return 0
         return self._requeue(video, finalize, "its job can no longer start")
 
@@ -115,7 +119,7 @@ class Reconciler:
         status = self._job_status(task["job_id"])
         return status is None or status in DEAD_JOB_STATES
 
-    def _finalize_stuck(self, video_id: str, finalize: dict[str, Any]) -> bool:
+    def _finalize_stuck(self, finalize: dict[str, Any], tasks: list[dict[str, Any]]) -> bool:
         """Finalize cannot start by itself when its job is gone, or when it waits on jobs that were
         replaced (RQ would never release it) although the catalog says every other task is done."""
         if _age_s(finalize["updated_at"]) < QUEUED_GRACE_S:
@@ -123,7 +127,7 @@ class Reconciler:
         status = self._job_status(finalize["job_id"])
         if status is None or status in DEAD_JOB_STATES:
             return True
-        others_done = all(t["status"] == TASK_DONE for t in self.farm.catalog.tasks(video_id) if t["kind"] != FINALIZE)
+        others_done = all(t["status"] == TASK_DONE for t in tasks if t["kind"] != FINALIZE)
         return status == JobStatus.DEFERRED and others_done
 
     def _worker_lost(self, task: dict[str, Any], working: dict[str, presence.WorkerInfo]) -> bool:
@@ -165,7 +169,7 @@ class Reconciler:
         no 201 and holds no id, so nothing accepted is lost; without this the bytes stayed forever."""
         storage, swept = self.farm.storage, 0
         stored = storage.stored_videos()
-        while batch := list(itertools.islice(stored, KNOWN_BATCH)):
+        while batch := list(itertools.islice(stored, IN_BATCH)):
             for video_id in set(batch) - self.farm.catalog.known(batch):
                 written = storage.last_written(video_id)
                 if written is not None and written < older_than:
