@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Sequence
 
+import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
@@ -35,6 +36,9 @@ HEARTBEAT_EVERY_S = 2.0
 # machine) and then waits the whole read out; since redis-py 8.2 stopping the thread waits for it,
 # so SIGTERM took up to a minute. A short read costs no Redis command: it polls the open socket.
 COMMAND_CHANNEL_POLL_S = 1.0
+# How long an idle worker blocks waiting for a job before it looks at a stop request again (RQ's own
+# wait is minutes long, see request_stop).
+DEQUEUE_SLICE_S = 5
 # ffmpeg threads per decoder/encoder/filter graph. In Kubernetes the pod's CPU limit in whole cores,
 # through the downward API (resourceFieldRef limits.cpu); unset, ffmpeg sizes them from the machine.
 FFMPEG_THREADS_ENV = "VIDFARM_FFMPEG_THREADS"
@@ -112,7 +116,7 @@ class FarmWorker(SimpleWorker):
     def beat(self) -> None:
         try:
             presence.beat(self.farm.redis, self.info, self.farm.settings.worker_heartbeat_ttl_s)
-        except Exception as exc:  # noqa: BLE001 - Redis may be away; keep beating, it comes back
+        except (redis.RedisError, OSError) as exc:  # Redis may be away; keep beating, it comes back
             log.warning("worker %s: heartbeat failed: %s", self.info.name, exc)
 
     def _beat_forever(self) -> None:
@@ -156,7 +160,21 @@ class FarmWorker(SimpleWorker):
         if self.info.video_id:
             self.info.state = WorkerState.DRAINING
             log.info("worker %s: draining, finishing video %s first", self.info.name, self.info.video_id)
+        # RQ stops an idle worker by raising StopRequested from this handler, in whatever the main
+        # thread is doing; a broad `except` on its way (one of RQ's own) can swallow it, and the worker
+        # then waits minutes for a job. The flag outlives that: the loop checks it before each dequeue
+        # and dequeue_job_and_maintain_ttl every DEQUEUE_SLICE_S.
+        self._stop_requested = True
         super().request_stop(signum, frame)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None,
+                                     max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        while not self._stop_requested:
+            # RQ returns None once a wait of `max_idle_time` ends with no job: one slice.
+            found = super().dequeue_job_and_maintain_ttl(DEQUEUE_SLICE_S, max_idle_time=DEQUEUE_SLICE_S)
+            if found is not None:
+                return found
+        return None  # RQ's loop then ends: a warm stop
 
 
 def default_name() -> str:
