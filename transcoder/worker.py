@@ -37,8 +37,9 @@ HEARTBEAT_EVERY_S = 2.0
 # so SIGTERM took up to a minute. A short read costs no Redis command: it polls the open socket.
 COMMAND_CHANNEL_POLL_S = 1.0
 # How long an idle worker blocks waiting for a job before it looks at a stop request again (RQ's own
-# wait is minutes long, see request_stop).
-DEQUEUE_SLICE_S = 5
+# wait is minutes long, see request_stop). Each slice costs about 8 Redis commands (RQ marks the worker
+# idle and renews its key): 0.8 per second per idle worker at 10 s.
+DEQUEUE_SLICE_S = 10
 # ffmpeg threads per decoder/encoder/filter graph. In Kubernetes the pod's CPU limit in whole cores,
 # through the downward API (resourceFieldRef limits.cpu); unset, ffmpeg sizes them from the machine.
 FFMPEG_THREADS_ENV = "VIDFARM_FFMPEG_THREADS"
