@@ -1,10 +1,10 @@
 """Presence: each worker keeps a short-lived hash in Redis saying who it is and what it does, and
 each regular upload in flight a short-lived key saying that an API still receives it.
 
-Workers' feed `GET /v1/farm`, the autoscaler (idle or busy, which pod) and the reconciler (a
-processing video whose worker's hash has expired lost its worker). Uploads' keep the reconciler from
-aborting a live multipart upload whose next part is slow to fill. Heartbeats re-create both, so they
-survive a Redis wipe.
+The workers' hashes feed `GET /v1/farm`, the autoscaler (idle or busy, which pod) and the reconciler
+(a processing video whose worker's hash has expired lost its worker). The uploads' keys keep the
+reconciler from aborting a live multipart upload whose next part is slow to fill. Heartbeats
+re-create both, so they survive a Redis wipe.
 """
 
 from __future__ import annotations
