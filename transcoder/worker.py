@@ -170,6 +170,8 @@ class FarmWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None,
                                      max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        if timeout is None:  # burst mode: RQ does not wait at all
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         while not self._stop_requested:
             # RQ returns None once a wait of `max_idle_time` ends with no job: one slice.
             found = super().dequeue_job_and_maintain_ttl(DEQUEUE_SLICE_S, max_idle_time=DEQUEUE_SLICE_S)
