@@ -42,3 +42,39 @@ def test_errors_are_one_clear_line(api, settings, tmp_path):
     assert wrong_key.returncode == 1 and "401 unauthorized" in wrong_key.stderr
     unreachable = vidfarm(settings, "ls", "--url", "http://127.0.0.1:9", "--api-key", API_KEY)
     assert unreachable.returncode == 1 and "cannot reach the API" in unreachable.stderr
+
+
+def _tus_location(settings, port: int, env_extra: dict[str, str], *args: str) -> str:
+    """Start `vidfarm api`, create a tus upload as a TLS proxy would forward it, return its Location."""
+    from tests.conftest import wait_serving
+    from tests.test_security import stop
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in settings_env(settings).items() if k != "FORWARDED_ALLOW_IPS"} | env_extra
+    env.pop("VIDFARM_PUBLIC_URL", None)  # the URLs come from the request here, as without one
+    proc = subprocess.Popen([sys.executable, "-m", "vidfarm", "api", "--port", str(port), *args], env=env, cwd=ROOT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(url + "/readyz", proc)
+        created = httpx.post(url + "/v1/uploads", timeout=30, headers={
+            "Authorization": f"Bearer {API_KEY}", "Tus-Resumable": "1.0.0", "Upload-Length": "10",
+            "X-Forwarded-Proto": "https", "Host": "vidfarm.example.com"})
+        assert created.status_code == 201, created.text
+        return created.headers["Location"]
+    finally:
+        stop(proc)
+
+
+def test_api_believes_x_forwarded_proto_only_from_allowed_peers(settings):
+    """Behind a TLS ingress the API hears plain HTTP: the URLs it hands out are https:// only when the
+    peer that says so is trusted (--forwarded-allow-ips / FORWARDED_ALLOW_IPS), never from anyone."""
+    from vidfarm.localredis import free_port
+
+    trusted = _tus_location(settings, free_port(), {}, "--forwarded-allow-ips", "127.0.0.0/8")
+    assert trusted.startswith("https://vidfarm.example.com/v1/uploads/")
+    by_env = _tus_location(settings, free_port(), {"FORWARDED_ALLOW_IPS": "127.0.0.1"})
+    assert by_env.startswith("https://vidfarm.example.com/v1/uploads/")
+    # The ingress's range, and this client outside it: the header is a forgery and is ignored.
+    untrusted = _tus_location(settings, free_port(), {"FORWARDED_ALLOW_IPS": "10.0.0.0/8"})
+    assert untrusted.startswith("http://vidfarm.example.com/v1/uploads/")

@@ -139,7 +139,10 @@ def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queues
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--fd", default=None, type=click.IntRange(0), hidden=True,
               help="Serve on this inherited listening socket instead (how `vidfarm up` runs the API).")
-def api(host: str, port: int, fd: int | None) -> None:
+@click.option("--forwarded-allow-ips", envvar="FORWARDED_ALLOW_IPS", default="127.0.0.1", show_default=True,
+              help="Peers (comma-separated addresses or CIDR ranges, '*' for any) whose X-Forwarded-Proto "
+                   "and X-Forwarded-For are believed: your ingress or gateway. Env: FORWARDED_ALLOW_IPS.")
+def api(host: str, port: int, fd: int | None, forwarded_allow_ips: str) -> None:
     """Run the HTTP API (one process of a cluster deployment)."""
     import socket
 
@@ -155,8 +158,11 @@ def api(host: str, port: int, fd: int | None) -> None:
     # headers and more); the app itself answers 431 above 32 KiB.
     with refusing_bad_storage():
         app = create_app(Farm(settings))
+    # Behind a TLS ingress the API sees plain HTTP: only X-Forwarded-Proto from a trusted peer makes
+    # the URLs it builds from the request (tus Location, resources) https://. Anyone else could forge it.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11",
-                            timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
+                            timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024,
+                            proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips)
     uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
 
