@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -44,7 +43,8 @@ DEQUEUE_SLICE_S = 10
 # through the downward API (resourceFieldRef limits.cpu); unset, ffmpeg sizes them from the machine.
 FFMPEG_THREADS_ENV = "VIDFARM_FFMPEG_THREADS"
 NVENC_UNUSABLE = (
-    "NVENC test encode failed: %s. This worker takes no job and stays not-ready until it is stopped. "
+    "NVENC test encode failed: %s. This worker takes no job and exits (in Kubernetes: the pod crash-loops "
+    "with this reason and holds no node for long). "
     "NVENC needs an NVIDIA GPU with a video encoder (T4, L4, L40S, A10G, GeForce/RTX; A100, H100 and "
     "H200 have none), NVIDIA_DRIVER_CAPABILITIES including 'video', and the driver's libnvidia-encode "
     "on LD_LIBRARY_PATH (the image searches /usr/local/nvidia/lib64, where GKE mounts it)."
@@ -87,22 +87,17 @@ def ffmpeg_threads() -> int | None:
     return threads
 
 
-def nvenc_usable_if_required(encoder: str) -> bool:
-    """False, with the reason logged, when `--encoder nvenc` was asked for and NVENC cannot encode."""
+class EncoderUnusable(RuntimeError):
+    """The encoder the worker was started for cannot encode here: it must not take jobs."""
+
+
+def check_nvenc_if_required(encoder: str) -> None:
+    """EncoderUnusable, saying why, when `--encoder nvenc` was asked for and NVENC cannot encode."""
     if encoder != NVENC.name:
-        return True
+        return
     error = nvenc_error()
     if error is not None:
-        log.error(NVENC_UNUSABLE, error)
-    return error is None
-
-
-def wait_for_stop_signal() -> None:
-    """Block until SIGTERM or SIGINT: how an unusable worker stays up but never ready."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        raise EncoderUnusable(NVENC_UNUSABLE % error)
 
 
 class FarmWorker(SimpleWorker):
@@ -193,11 +188,10 @@ def run_worker(
     pool: str | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    if not nvenc_usable_if_required(encoder):
-        # Taking jobs would fail every one of them; exiting would crash-loop. Stay up, not ready: the
-        # metrics port (the readiness probe) never opens, and the autoscaler removes this pod first.
-        wait_for_stop_signal()
-        return
+    # Taking jobs would fail every one of them. Exiting is what shows: a pod that stayed up not ready
+    # kept a GPU node (do-not-disrupt) and looked like capacity, while a crash loop says why in its
+    # status and events, and is not ready, so the autoscaler removes it first.
+    check_nvenc_if_required(encoder)
     chosen = dataclasses.replace(resolve_encoder(encoder), threads=ffmpeg_threads())
     name = name or default_name()
     job_module.use_farm(farm)

@@ -175,12 +175,15 @@ def api(host: str, port: int, fd: int | None, forwarded_allow_ips: str) -> None:
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), help="Serve /metrics here.")
 def worker(queues, encoder, name, pool, metrics_port) -> None:
     """Run one transcoding worker. SIGTERM finishes the current job, then exits."""
-    from transcoder.worker import run_worker
+    from transcoder.worker import EncoderUnusable, run_worker
     from vidfarm.farm import Farm
 
-    with refusing_bad_storage():
-        run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
-                   metrics_port=metrics_port)
+    try:
+        with refusing_bad_storage():
+            run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
+                       metrics_port=metrics_port)
+    except EncoderUnusable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
