@@ -2,7 +2,7 @@
 
 Format (see deploy/pools.example.yaml):
 
-    namespace: vidfarm          # default namespace for every pool (default "vidfarm")
+    namespace: vidfarm          # default namespace for every pool (default: $POD_NAMESPACE, else "vidfarm")
     resync_s: 5                 # optional: periodic pass even without enqueue notifications
     lease_name: vidfarm-autoscaler   # optional: Lease used for leader election
     pools:
@@ -20,6 +20,7 @@ silently using a default.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def parse_config(document: Any, *, source: str = "config") -> AutoscalerConfig:
     if not isinstance(document, dict):
         raise ValueError(f"{source}: expected a mapping with a 'pools' list at the top level")
     _reject_unknown(document, TOP_LEVEL_KEYS, f"{source}: top level")
-    namespace = _string(document.get("namespace", DEFAULT_NAMESPACE), f"{source}: namespace")
+    # In a pod, its own namespace (downward API): the overlay's `namespace:` is then the only place to set it.
+    default_namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
+    namespace = _string(document.get("namespace", default_namespace), f"{source}: namespace")
     resync_s = _number(document.get("resync_s", 5.0), f"{source}: resync_s", float)
     if resync_s <= 0:
         raise ValueError(f"{source}: resync_s must be > 0, got {resync_s}")

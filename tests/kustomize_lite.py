@@ -10,7 +10,8 @@ both renderers agree on every overlay.
 Supported: `resources` (files and directories), `components`, `namespace`,
 `labels` (metadata only: includeSelectors/includeTemplates false),
 `images`, `patches` (strategic-merge patches of maps only, from a file or
-inline, matched by kind and name), and `configMapGenerator` (files, literals, behavior
+inline, matched by kind and name, or JSON 6902 `add` lists and
+strategic merges applied to a `target` selected by kind, name and label selector), and `configMapGenerator` (files, literals, behavior
 create/replace/merge) with kustomize's content-hash name suffix and the
 ConfigMap name references in pod specs updated to match.
 """
@@ -142,10 +143,13 @@ def _without_metadata(patch: dict) -> dict:
 
 
 def _selected(res: dict, target: dict) -> bool:
-    """`kind` and `labelSelector` (`key=value` or `key in (a,b)`, comma-joined terms not supported)."""
-    if set(target) - {"kind", "labelSelector"}:
-        raise NotImplementedError(f"kustomize_lite selects by kind and labelSelector only: {target}")
+    """`kind`, `name` (exact: no regular expression) and `labelSelector` (`key=value` or `key in (a,b)`,
+    comma-joined terms not supported)."""
+    if set(target) - {"kind", "name", "labelSelector"}:
+        raise NotImplementedError(f"kustomize_lite selects by kind, name and labelSelector only: {target}")
     if res["kind"] != target.get("kind", res["kind"]):
+        return False
+    if res.get("metadata", {}).get("name") != target.get("name", res.get("metadata", {}).get("name")):
         return False
     selector = target.get("labelSelector")
     if not selector:
@@ -186,6 +190,8 @@ def _merge(target: dict, patch: dict) -> None:
             target.pop(key, None)
         elif isinstance(value, dict) and isinstance(target.get(key), dict):
             _merge(target[key], value)
+            if not target[key] and value:  # emptied by the patch's nulls: kustomize drops the map
+                del target[key]
         elif isinstance(value, list) and isinstance(target.get(key), list):
             _merge_list(target[key], value, key)
         else:

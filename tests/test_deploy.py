@@ -37,14 +37,16 @@ K8S_VERSION = "1.30"
 
 OVERLAYS = ["cpu", "gpu"]
 # Each optional component rendered on top of an overlay: "cpu+prometheus-operator" and so on.
-COMPONENTS = {"prometheus-operator": "cpu", "gateway-api": "gpu"}
+COMPONENTS = {"prometheus-operator": "cpu", "ingress-nginx": "gpu"}
 # Every rule below holds for all of these.
 VARIANTS = OVERLAYS + [f"{overlay}+{component}" for component, overlay in COMPONENTS.items()]
 # Media in a bucket instead of the shared volume: its own rules (no PVC), and the common ones below.
 S3_VARIANTS = ["cpu+s3", "gpu+s3"]
+# The wrappers deploy/README.md shows (S3, GKE, EKS), rendered exactly as written there.
+README_WRAPPERS = ["my-farm", "gke", "eks"]
 APP_ROLES = {"uploader", "worker", "autoscaler"}
 # Kinds from CRDs (Prometheus Operator, Gateway API): not in the core schema, parse-checked only.
-CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
+CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/", "networking.gke.io/")
 
 # Every metric the code exports; the dashboard may use nothing else.
 COUNTERS_GAUGES = {
@@ -107,7 +109,32 @@ def variant_dir(variant: str) -> Path:
 
 
 def render(variant: str) -> list[dict]:
+    if variant in README_WRAPPERS:
+        return list(_render_path(str(readme_wrapper_dir(variant))))
     return list(_render_path(str(variant_dir(variant))))
+
+
+def readme_wrappers() -> dict[str, str]:
+    """{directory name: kustomization text} of every `# deploy/k8s/NAME/kustomization.yaml` block there."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n# deploy/k8s/([\w-]+)/kustomization\.yaml\n(.*?)```", readme, re.S)
+    return dict(blocks)
+
+
+@functools.cache
+def readme_wrapper_dir(name: str) -> Path:
+    """The README's wrapper in a directory beside the overlays, as the README places it, so its
+    relative paths (`../overlays/cpu`) resolve exactly as written."""
+    d = Path(tempfile.mkdtemp(prefix=f".test-{name}-", dir=K8S))
+    (d / "kustomization.yaml").write_text(readme_wrappers()[name])
+    return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_readme_wrappers():
+    yield
+    for d in K8S.glob(".test-*"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def find(resources: list[dict], kind: str, name: str) -> dict:
@@ -158,11 +185,13 @@ def test_overlay_renders_the_whole_farm(variant):
         ("Deployment", "autoscaler"),
         ("Deployment", "grafana"),
         ("Deployment", "prometheus"),
-        ("Ingress", "uploader"),
+        ("HTTPRoute", "uploader"),
         ("PodDisruptionBudget", "uploader"),
+        ("PodDisruptionBudget", "worker-cpu"),
     ]:
         assert expected in names
     assert (("Deployment", "worker-gpu") in names) == variant.startswith("gpu")
+    assert (("Ingress", "uploader") in names) == variant.endswith("+ingress-nginx")
     for r in res:
         if r["kind"] != "Namespace":
             assert r["metadata"]["namespace"] == "vidfarm", r["metadata"]["name"]
@@ -179,7 +208,7 @@ def _validate(resources: list[dict]) -> None:
         kubernetes_validate.validate(r, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS + README_WRAPPERS)
 def test_overlay_validates_against_kubernetes_schema(variant):
     _validate(render(variant))
 
@@ -205,9 +234,9 @@ def test_prometheus_operator_component():
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")
-@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS + README_WRAPPERS)
 def test_kustomize_lite_agrees_with_kubectl(variant):
-    path = variant_dir(variant)
+    path = readme_wrapper_dir(variant) if variant in README_WRAPPERS else variant_dir(variant)
 
     def key(r):
         return (r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"])
@@ -222,7 +251,7 @@ def test_kustomize_lite_agrees_with_kubectl(variant):
 # --- policy: every pod --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS + README_WRAPPERS)
 def test_every_pod_is_hardened_and_bounded(variant):
     for workload, tpl in pod_templates(render(variant)):
         name = workload["metadata"]["name"]
@@ -252,18 +281,39 @@ def test_only_the_autoscaler_and_prometheus_talk_to_the_api_server(variant):
 # --- workers ----------------------------------------------------------------------
 
 
-def longest_job_timeout_s(workload: dict) -> int:
-    """The job timeout of the longest video the farm accepts, with the settings the pod gets."""
-    env = {e["name"]: e.get("value") for e in container(workload).get("env", []) if "value" in e}
+def resolved_env(resources: list[dict], workload: dict) -> dict[str, str]:
+    """The container's plain environment: literal values and ConfigMap keys (not Secrets or fields)."""
+    env = {}
+    for e in container(workload).get("env", []):
+        ref = e.get("valueFrom", {}).get("configMapKeyRef")
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif ref:
+            env[e["name"]] = find(resources, "ConfigMap", ref["name"])["data"][ref["key"]]
+    return env
+
+
+def pod_settings(resources: list[dict], workload: dict) -> Settings:
+    """The Settings `vidfarm` builds in this pod, from the environment the manifests give it."""
     with pytest.MonkeyPatch.context() as patch:
         for name in list(os.environ):
             if name.startswith("VIDFARM_"):
                 patch.delenv(name)
-        for name, value in env.items():
+        for name, value in resolved_env(resources, workload).items():
             if name != "VIDFARM_API_KEYS_FILE":  # a Secret mounted in the pod only
                 patch.setenv(name, value)
-        settings = Settings.from_env()
-    return max(600, settings.job_timeout_s(settings.max_duration_s))
+        return Settings.from_env()
+
+
+def longest_chunk_job_timeout_s(resources: list[dict], workload: dict) -> int:
+    """The job timeout of the longest chunk: a chunk is under two chunk lengths (the last one takes the
+    remainder), whatever the video's length."""
+    settings = pod_settings(resources, workload)
+    return settings.job_timeout_s(2 * settings.chunk_seconds)
+
+
+# What GKE honours of a worker's grace period during node upgrades (and of a PDB).
+GKE_UPGRADE_GRACE_S = 3600
 
 
 def worker_deployments(resources: list[dict]) -> list[dict]:
@@ -281,11 +331,14 @@ def _arg(args: list[str], flag: str) -> str:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_workers_leave_replicas_to_the_autoscaler_and_outlive_a_job(variant):
-    for w in worker_deployments(render(variant)):
+    res = render(variant)
+    for w in worker_deployments(res):
         # The autoscaler owns the count: a value here resets it on every apply or GitOps sync.
         assert "replicas" not in w["spec"], w["metadata"]["name"]
-        # Must cover the longest job timeout, or scale-in kills transcodes.
-        assert w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= longest_job_timeout_s(w)
+        # Must cover the longest chunk's job timeout, or scale-in kills transcodes; with chunking a job
+        # is one chunk, so no more than GKE honours on upgrades (a 24 h grace it would cut anyway).
+        grace = w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert longest_chunk_job_timeout_s(res, w) <= grace <= GKE_UPGRADE_GRACE_S
         c = container(w)
         # Entrypoint is the image's `tini -- vidfarm`; no command override
         # that could put a shell between tini and the worker.
@@ -517,7 +570,9 @@ def test_only_the_client_api_is_published(variant):
     for kind, path in paths:
         # /v1 and below only: /metrics, /docs, /healthz and /readyz stay inside the cluster.
         assert path == "/v1" or path.startswith("/v1/"), (kind, path)
-    assert ("HTTPRoute" in {k for k, _ in paths}) == variant.endswith("+gateway-api")
+    kinds = {k for k, _ in paths}
+    assert "HTTPRoute" in kinds  # the first-class way in
+    assert ("Ingress" in kinds) == variant.endswith("+ingress-nginx")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -529,7 +584,7 @@ def test_uploader_drains_before_it_stops(variant):
     assert up["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= int(command[1]) + 30
 
 
-def test_uploader_api_probes_pdb_and_ingress():
+def test_uploader_api_probes_pdb_and_the_way_in():
     res = render("cpu")
     up = find(res, "Deployment", "uploader")
     c = container(up)
@@ -542,11 +597,29 @@ def test_uploader_api_probes_pdb_and_ingress():
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     svc = find(res, "Service", "uploader")
     assert svc["spec"]["selector"].items() <= labels.items()
-    ann = find(res, "Ingress", "uploader")["metadata"]["annotations"]
+    # The Gateway API route is the way in: only /v1, to the Service, with timeouts that fit uploads and
+    # event streams, and a parent Gateway named with its namespace (it usually lives in another one).
+    route = find(res, "HTTPRoute", "uploader")["spec"]
+    assert all(ref.get("namespace") for ref in route["parentRefs"])
+    for rule in route["rules"]:
+        assert [m["path"] for m in rule["matches"]] == [{"type": "PathPrefix", "value": "/v1"}]
+        assert [(b["name"], b["port"]) for b in rule["backendRefs"]] == [("uploader", svc["spec"]["ports"][0]["port"])]
+        for timeout in ("request", "backendRequest"):
+            assert int(rule["timeouts"][timeout].rstrip("s")) >= 3600
+    # ingress-nginx is an option (a component), with the annotations multi-GiB uploads need.
+    assert not [r for r in res if r["kind"] == "Ingress"]
+    ann = find(render("gpu+ingress-nginx"), "Ingress", "uploader")["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
     assert ann["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
     assert int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
     assert int(ann["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 600
+
+
+def _pools_configmap_name(res: list[dict]) -> str:
+    asc = find(res, "Deployment", "autoscaler")
+    mount = next(m for m in container(asc)["volumeMounts"] if m["mountPath"] == "/etc/vidfarm/pools.yaml")
+    volume = next(v for v in asc["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    return volume["configMap"]["name"]
 
 
 def _pools(res: list[dict]) -> dict:
@@ -586,7 +659,13 @@ def test_pools_config_loads_with_the_autoscaler(variant):
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/vidfarm/pools.yaml")
     volume = next(v for v in asc["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
     text = find(res, "ConfigMap", volume["configMap"]["name"])["data"][mount["subPath"]]
-    config = config_mod.parse_config(yaml.safe_load(text), source=f"{variant} pools.yaml")
+    document = yaml.safe_load(text)
+    # The namespace is set in one place, the overlay: the pod reads its own (downward API).
+    assert "namespace" not in document and all("namespace" not in p for p in document["pools"])
+    assert env_map(c)["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POD_NAMESPACE", asc["metadata"]["namespace"])
+        config = config_mod.parse_config(document, source=f"{variant} pools.yaml")
     assert config.lease_name == "vidfarm-autoscaler"
     assert {p.namespace for p in config.pools} == {asc["metadata"]["namespace"]}
 
@@ -624,7 +703,8 @@ def test_rbac_is_least_privilege(variant):
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
     # Exactly what autoscaler/k8s.py and autoscaler/leader.py call (the selector comes from the scale).
-    assert _rules(find(res, "Role", "vidfarm-autoscaler")) == {
+    role = find(res, "Role", "vidfarm-autoscaler")
+    assert _rules(role) == {
         ("apps", "deployments/scale", "get"),
         ("apps", "deployments/scale", "patch"),
         ("", "pods", "list"),
@@ -633,6 +713,11 @@ def test_rbac_is_least_privilege(variant):
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
     }
+    # Reading and renewing a Lease: its own only (create cannot be narrowed by name).
+    pools = yaml.safe_load(find(res, "ConfigMap", _pools_configmap_name(res))["data"]["pools.yaml"])
+    for rule in role["rules"]:
+        if rule["resources"] == ["leases"] and set(rule["verbs"]) & {"get", "update"}:
+            assert rule["resourceNames"] == [pools["lease_name"]]
     # Prometheus only discovers pods.
     assert _rules(find(res, "Role", "prometheus")) <= {("", "pods", v) for v in ("get", "list", "watch")}
     for binding in (r for r in res if r["kind"] == "RoleBinding"):
@@ -693,8 +778,21 @@ def test_redis_is_durable_bounded_and_password_protected(variant):
     # its copy-on-write pages need room under the same limit.
     maxmemory = [_bytes(line.split()[1]) for line in lines if line.startswith("maxmemory ")]
     assert len(maxmemory) == 1 and 0 < maxmemory[0] <= _bytes(c["resources"]["limits"]["memory"]) // 2
-    assert "--requirepass" in " ".join(c["args"])
-    assert env_map(c)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "vidfarm"
+    # The password is on no command line (`ps` shows those to anyone on the node): an init container
+    # writes it from the Secret into a memory-backed file that redis.conf includes.
+    spec = find(res, "StatefulSet", "redis")["spec"]["template"]["spec"]
+    for each in spec["initContainers"] + spec["containers"]:
+        assert "requirepass" not in " ".join(each.get("command", []) + each.get("args", [])).replace(
+            "printf \"requirepass %s", ""), each["name"]
+    (init,) = spec["initContainers"]
+    assert env_map(init)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "vidfarm"
+    included = next(line.split()[1] for line in lines if line.startswith("include "))
+    written = re.search(r"> (\S+)", init["command"][-1]).group(1)
+    assert written == included
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    assert volumes[mounts[str(Path(included).parent)]]["emptyDir"]["medium"] == "Memory"
+    assert str(Path(included).parent) in {m["mountPath"] for m in c["volumeMounts"]}
 
 
 def test_secret_example_covers_every_secret_reference():
@@ -738,16 +836,39 @@ def test_dashboard_queries_use_only_exported_metrics():
     for p in panels:
         exprs = [t.get("expr", "") for t in p.get("targets", []) if t.get("expr")]
         assert exprs, f"panel {p['title']!r} has no query"
-        assert p["datasource"]["uid"] == "prometheus"
+        # The dashboard's datasource variable, not a uid of one Grafana (import or provisioning picks it).
+        assert p["datasource"]["uid"] == "${datasource}"
         for expr in exprs:
             names = set(re.findall(r"\bvidfarm_[a-z0-9_]+", expr))
             assert names, (p["title"], expr)
             assert names <= KNOWN_SERIES, (p["title"], names - KNOWN_SERIES)
     for var in dash["templating"]["list"]:
-        assert set(re.findall(r"\bvidfarm_[a-z0-9_]+", var["query"]["query"])) <= KNOWN_SERIES
+        if var["type"] == "query":
+            assert set(re.findall(r"\bvidfarm_[a-z0-9_]+", var["query"]["query"])) <= KNOWN_SERIES
     # Panel ids unique (Grafana links and provisioning depend on it).
     ids = [p["id"] for p in dash["panels"]] + [c["id"] for p in dash["panels"] for c in p.get("panels", [])]
     assert len(ids) == len(set(ids))
+
+
+def test_dashboard_keeps_farms_apart_and_imports_into_any_grafana():
+    """No hard-coded datasource uid (a datasource variable, __inputs for import), and a namespace
+    variable every query is scoped by, so two farms scraped by one Prometheus do not add up."""
+    dash = _dashboard()
+    assert [i["pluginId"] for i in dash["__inputs"]] == ["prometheus"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert "namespace" in variables["namespace"]["query"]["query"]
+    for var in variables.values():
+        if var["type"] == "query":
+            assert var["datasource"]["uid"] == "${datasource}"
+    queries = [t["expr"] for p in _panels(dash) for t in p["targets"]]
+    queries += [v["query"]["query"] for v in variables.values() if v["type"] == "query" and v["name"] != "namespace"]
+    for expr in queries:
+        for selector in re.findall(r"\bvidfarm_[a-z0-9_]+(\{[^}]*\})?", expr):
+            assert 'namespace=~"$namespace"' in selector, expr
+    prometheus = (K8S / "components" / "observability" / "prometheus" / "prometheus.yml").read_text()
+    relabels = yaml.safe_load(prometheus)["scrape_configs"][0]["relabel_configs"]
+    assert {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"} in relabels
 
 
 def test_dashboard_opens_on_the_scaling_view():

@@ -31,6 +31,17 @@ def test_defaults_and_aliases() -> None:
     assert (config.resync_s, config.lease_name) == (5.0, "vidfarm-autoscaler")
 
 
+def test_a_pod_finds_its_pools_and_lease_in_its_own_namespace(monkeypatch) -> None:
+    """In a cluster the overlay's `namespace:` is the only place to set it: POD_NAMESPACE (downward API)
+    is the default, so the pools file need not repeat it."""
+    monkeypatch.setenv("POD_NAMESPACE", "media-farm")
+    config = parse_config({"pools": [{"name": "cpu", "queues": "cpu", "deployment": "worker-cpu"}]})
+    assert config.namespace == "media-farm"
+    assert [p.namespace for p in config.pools] == ["media-farm"]
+    explicit = parse_config({"namespace": "other", "pools": [{"name": "cpu", "queues": "cpu", "deployment": "w"}]})
+    assert explicit.pools[0].namespace == "other"
+
+
 def test_pool_namespace_overrides_the_top_level_one() -> None:
     config = parse_config(
         {
