@@ -17,7 +17,9 @@ RBAC this needs (namespace-scoped Role):
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -46,6 +48,9 @@ CONFLICT_RETRIES = 5
 SCALE = ("apps", "deployments/scale")
 PODS = ("", "pods")
 LEASES = ("coordination.k8s.io", "leases")
+EVENTS = ("", "events")
+# How the autoscaler signs the Events it records (`kubectl get events` SOURCE column).
+EVENT_COMPONENT = "vidfarm-autoscaler"
 
 T = TypeVar("T")
 
@@ -204,6 +209,7 @@ class KubernetesDeployment:
         if desired > current:
             # Scale up: no pod is at risk, patch straight away.
             self._patch_replicas(desired, scale, max_removed=None)
+            self._record_event("ScaledUp", f"vidfarm autoscaler: {current} -> {desired} replicas (queued work)")
             return
         self._scale_down(scale, current, desired, victims)
 
@@ -220,6 +226,28 @@ class KubernetesDeployment:
         target = current - len(marked)
         self._patch_replicas(target, scale, max_removed=len(marked))
         log.info("%s: scaled down %d -> %d removing pods %s", self.name, current, target, ", ".join(marked))
+        self._record_event("ScaledDown", f"vidfarm autoscaler: {current} -> {target} replicas, removing idle or "
+                           f"never-ready pods {', '.join(marked)}")
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _record_event(self, reason: str, message: str) -> None:
+        """A Kubernetes Event on the Deployment (`kubectl describe deploy`, `kubectl get events`) beside
+        the log line. Best effort: an Event that cannot be written never stops scaling."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{self.deployment}.", "namespace": self.namespace},
+            "involvedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.deployment,
+                               "namespace": self.namespace},
+            "reason": reason, "message": message, "type": "Normal", "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT, "reportingInstance": os.environ.get("POD_NAME", ""),
+        }
+        try:
+            self._call("create", EVENTS, self._core.create_namespaced_event, self.namespace, body)
+        except (ApiException, KubernetesError) as exc:
+            log.debug("%s: event %s not recorded: %s", self.name, reason, exc)
 
     def _live_pods(self) -> dict[str, Any]:
         """The Deployment's pods that are not already terminating, by name."""

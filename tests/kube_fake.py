@@ -6,6 +6,7 @@ It speaks just what the autoscaler uses, with the semantics that matter for corr
   lowering replicas deletes pods like a ReplicaSet would: not-ready pods first, then the lowest
   `controller.kubernetes.io/pod-deletion-cost` (then by name, to stay deterministic);
 * pods list (labelSelector `k=v,...`) and PATCH (merge of metadata.annotations);
+* Events create (recorded in `events`);
 * Leases get/create/replace with 404 / 409 answers, and 400 for a MicroTime (acquireTime, renewTime)
   without exactly six fractional digits, as the real API server answers;
 * 403 on demand (`forbid`), and a `before_request` hook to inject concurrent writers.
@@ -33,6 +34,7 @@ PODS_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
 POD_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)$")
 LEASES_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases$")
 MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+EVENTS_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases/(?P<name>[^/]+)$")
 
 
@@ -61,6 +63,7 @@ class FakeKube:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
         self.requests: list[Request] = []
         self.forbidden: list[tuple[str, re.Pattern[str]]] = []
         self.before_request: Callable[[Request], None] | None = None
@@ -165,6 +168,7 @@ class FakeKube:
             (POD_PATH, {"PATCH": self._patch_pod}),
             (LEASES_PATH, {"POST": self._create_lease}),
             (LEASE_PATH, {"GET": self._get_lease, "PUT": self._replace_lease}),
+            (EVENTS_PATH, {"POST": self._create_event}),
         ]
         for pattern, handlers in routes:
             match = pattern.match(r.path)
@@ -238,6 +242,16 @@ class FakeKube:
         pod["metadata"]["annotations"].update(annotations)
         pod["metadata"]["resourceVersion"] = str(self._bump())
         return pod
+
+    def _create_event(self, r: Request, ns: str) -> Any:
+        event = dict(r.body)
+        meta = event.setdefault("metadata", {})
+        if not meta.get("name") and not meta.get("generateName"):
+            raise ApiError(422, "Invalid", "metadata.name or metadata.generateName is required")
+        meta.setdefault("name", f"{meta.get('generateName', '')}{self._bump()}")
+        meta["namespace"] = ns
+        self.events.append(event)
+        return event
 
     def _get_lease(self, r: Request, ns: str, name: str) -> Any:
         if (ns, name) not in self.leases:

@@ -10,9 +10,9 @@ both renderers agree on every overlay.
 Supported: `resources` (files and directories), `components`, `namespace`,
 `labels` (metadata only: includeSelectors/includeTemplates false),
 `images`, `patches` (strategic-merge patches of maps only, from a file or
-inline, matched by kind and name, or JSON 6902 `add` lists and
-strategic merges applied to a `target` selected by kind, name and label selector), and `configMapGenerator` (files, literals, behavior
-create/replace/merge) with kustomize's content-hash name suffix and the
+inline, matched by kind and name; or JSON 6902 `add` lists and strategic
+merges applied to a `target` selected by kind, name and label selector), and
+`configMapGenerator` (files, literals, behavior create/replace/merge) with kustomize's content-hash name suffix and the
 ConfigMap name references in pod specs updated to match.
 """
 

@@ -712,6 +712,7 @@ def test_rbac_is_least_privilege(variant):
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        ("", "events", "create"),
     }
     # Reading and renewing a Lease: its own only (create cannot be narrowed by name).
     pools = yaml.safe_load(find(res, "ConfigMap", _pools_configmap_name(res))["data"]["pools.yaml"])
@@ -958,3 +959,257 @@ def test_image_finds_gke_driver_libraries_and_pins_its_dependencies():
     declared = {re.split(r"[\[<>=!~ ]", dep)[0].lower().replace("_", "-") for dep in _project_dependencies()}
     pinned = {line.split("==")[0].lower().replace("_", "-") for line in pins}
     assert declared <= pinned, declared - pinned
+
+
+# --- a cluster owner's first day on GKE and EKS (issue 21) ------------------------------------------
+
+
+def _namespaced(r: dict) -> bool:
+    return r["kind"] not in kustomize_lite._CLUSTER_SCOPED and not r["kind"].startswith("ValidatingAdmissionPolicy")
+
+
+def test_readme_shows_the_wrappers_these_tests_render():
+    assert set(readme_wrappers()) == set(README_WRAPPERS)
+
+
+@pytest.mark.parametrize("wrapper", README_WRAPPERS)
+def test_readme_wrappers_put_everything_in_the_farm_namespace(wrapper):
+    """The README's wrappers, exactly as written: what a component adds (the S3 ServiceAccount, ConfigMap
+    and NetworkPolicy) lands beside the pods that use it, or those pods never start."""
+    res = render(wrapper)
+    for r in res:
+        if _namespaced(r):
+            assert r["metadata"].get("namespace") == "vidfarm", (r["kind"], r["metadata"]["name"])
+    names = {(r["kind"], r["metadata"]["name"]) for r in res}
+    for workload, tpl in pod_templates(res):
+        spec = tpl["spec"]
+        account = spec.get("serviceAccountName")
+        if account:
+            assert ("ServiceAccount", account) in names, (workload["metadata"]["name"], account)
+        for c in spec["containers"]:
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert ("ConfigMap", source["configMapRef"]["name"]) in names
+
+
+def test_readme_private_registry_step_covers_every_service_account():
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    patched = set(re.search(r"for sa in ([\w -]+); do", readme).group(1).split())
+    # Every pod that runs the farm's image (the others pull public images).
+    used = {
+        w["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        for variant in VARIANTS + S3_VARIANTS + README_WRAPPERS
+        for w in app_workloads(render(variant))
+    }
+    assert used <= patched, used - patched
+
+
+def _uploader(res: list[dict]) -> dict:
+    return find(res, "Deployment", "uploader")
+
+
+@pytest.mark.parametrize("variant", VARIANTS + README_WRAPPERS)
+def test_public_url_and_trusted_proxies_are_set(variant):
+    """Behind a TLS gateway every URL a client receives must be https: the public URL is explicit in
+    every app pod, and the API believes X-Forwarded-* only from address ranges, never from anyone."""
+    import ipaddress
+
+    res = render(variant)
+    env = resolved_env(res, _uploader(res))
+    public = env["VIDFARM_PUBLIC_URL"]
+    assert public.startswith("https://")
+    trusted = env["FORWARDED_ALLOW_IPS"].split(",")
+    assert "*" not in trusted
+    for entry in trusted:
+        ipaddress.ip_network(entry.strip())  # raises on anything but an address or a range
+    for w in app_workloads(res):
+        assert resolved_env(res, w)["VIDFARM_PUBLIC_URL"] == public, w["metadata"]["name"]
+    # The name clients use is the one the route answers to.
+    assert public.removeprefix("https://").split("/")[0] in find(res, "HTTPRoute", "uploader")["spec"]["hostnames"]
+    # uvicorn reads FORWARDED_ALLOW_IPS only if no --forwarded-allow-ips overrides it.
+    assert "--forwarded-allow-ips" not in container(_uploader(res))["args"]
+
+
+def test_gke_trusts_googles_load_balancers():
+    env = resolved_env(render("gke"), _uploader(render("gke")))
+    assert {"35.191.0.0/16", "130.211.0.0/22"} <= set(env["FORWARDED_ALLOW_IPS"].split(","))
+
+
+# The largest source the worker memory figures above were measured for (bench/worker_memory.py: 4K).
+MEASURED_MAX_PIXELS = 3840 * 2160
+
+
+@pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS + README_WRAPPERS)
+def test_each_overlay_accepts_exactly_what_its_workers_serve(variant):
+    """An upload the farm accepts must be one a pool scales workers for and a worker is sized for:
+    else it waits forever (a queue nobody drains) or is OOM-killed (above the measured 4K)."""
+    res = render(variant)
+    settings = pod_settings(res, _uploader(res))
+    pools = _pools(res)
+    scaled = {q for p in pools.values() for q in p["queues"]}
+    consumed = {q for w in worker_deployments(res) for q in _queues(container(w)["args"])}
+    assert set(settings.served_queues) == scaled
+    assert scaled <= consumed
+    assert settings.max_pixels <= MEASURED_MAX_PIXELS
+
+
+@pytest.mark.parametrize("wrapper, storage_class", [("gke", "standard-rwo"), ("eks", "vidfarm-gp3")])
+def test_redis_and_postgres_volumes_get_a_class_the_cloud_has(wrapper, storage_class):
+    """EKS has no default StorageClass since 1.30: without one named, the claims stay Pending."""
+    res = render(wrapper)
+    for store in ("redis", "postgres"):
+        (claim,) = find(res, "StatefulSet", store)["spec"]["volumeClaimTemplates"]
+        assert claim["spec"]["storageClassName"] == storage_class, store
+    classes = {r["metadata"]["name"]: r for r in res if r["kind"] == "StorageClass"}
+    if wrapper == "eks":
+        gp3 = classes[storage_class]
+        assert gp3["provisioner"] == "ebs.csi.aws.com" and gp3["parameters"]["type"] == "gp3"
+        assert gp3["volumeBindingMode"] == "WaitForFirstConsumer"  # EBS volumes live in one zone
+
+
+def _longest_chunk_scratch_bytes(settings: Settings) -> float:
+    """A chunk job's renditions at the ladder's bitrate caps, for the longest chunk at 60 fps with a 4K
+    ladder (the largest source the overlays accept): what the job writes to scratch before uploading."""
+    from transcoder.ladder import HIGH_FPS_BOOST, RUNGS
+
+    kbps = sum(RUNGS[r].maxrate_kbps for r in ("2160p", "1440p", "1080p", "720p")) * HIGH_FPS_BOOST
+    return kbps * 1000 / 8 * 2 * settings.chunk_seconds
+
+
+# A default EKS managed node's root disk (20 GiB) holds the OS, the images and the logs too.
+DEFAULT_NODE_DISK_LEFT = 10 * 1024**3
+
+
+@pytest.mark.parametrize("variant", S3_VARIANTS + ["eks"])
+def test_s3_workers_request_the_scratch_of_a_chunk_not_of_a_video(variant):
+    res = render(variant)
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    stated_limit = re.search(r"`sizeLimit: (\w+)`", readme).group(1)
+    for w in worker_deployments(res):
+        c = container(w)
+        request = _bytes(c["resources"]["requests"]["ephemeral-storage"])
+        assert _longest_chunk_scratch_bytes(pod_settings(res, w)) <= request <= DEFAULT_NODE_DISK_LEFT
+        scratch = env_map(c)["VIDFARM_SCRATCH_DIR"]["value"]
+        mount = next(m for m in c["volumeMounts"] if scratch.startswith(m["mountPath"]))
+        volume = next(v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        # The limit (what finalize may use) is the one the README states.
+        assert volume["emptyDir"]["sizeLimit"] == stated_limit
+
+
+def test_benchmarks_record_the_scratch_measurement():
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    section = text[text.index("## Worker scratch with S3"):]
+    assert "python bench/s3_scratch.py" in section and "| finalize" in section and "| chunk" in section
+
+
+# GPUs with an NVENC encoder, as the clouds name them.
+GKE_NVENC_ACCELERATORS = {"nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-p4"}
+EC2_NVENC_FAMILIES = {"g4dn", "g5", "g6", "g6e"}
+
+
+def test_gke_workers_name_an_nvenc_gpu_and_its_driver():
+    """Node auto-provisioning and Autopilot pick the GPU from this selector and install no driver
+    without the driver-version one."""
+    res = render("gke")
+    selector = find(res, "Deployment", "worker-gpu")["spec"]["template"]["spec"]["nodeSelector"]
+    assert selector["cloud.google.com/gke-accelerator"] in GKE_NVENC_ACCELERATORS
+    assert selector["cloud.google.com/gke-gpu-driver-version"] in ("default", "latest")
+    assert "nodeSelector" not in find(res, "Deployment", "worker-cpu")["spec"]["template"]["spec"]
+
+
+def test_eks_workers_land_on_nvenc_instance_types():
+    spec = find(render("eks"), "Deployment", "worker-gpu")["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expr,) = term["matchExpressions"]
+    # A label every node template carries (so the first GPU node still scales up from zero).
+    assert expr["key"] == "node.kubernetes.io/instance-type" and expr["operator"] == "In"
+    assert {t.split(".")[0] for t in expr["values"]} <= EC2_NVENC_FAMILIES
+
+
+@pytest.mark.parametrize("variant", ["gpu", "gke", "eks"])
+def test_a_gpu_worker_that_cannot_encode_says_why_in_the_pod_status(variant):
+    """The worker exits when NVENC fails (tests/test_worker_startup.py); the reason must reach
+    `kubectl describe pod`, not only the log of a container that restarted."""
+    c = container(find(render(variant), "Deployment", "worker-gpu"))
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def _egress_rules(res: list[dict]) -> list[dict]:
+    return find(res, "NetworkPolicy", "media-egress")["spec"]["egress"]
+
+
+def test_media_egress_takes_the_destinations_the_readme_adds():
+    """External databases and webhook receivers: the README's patch, applied as written, opens them."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    section = readme[readme.index("#### More egress destinations"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    d = Path(tempfile.mkdtemp(prefix=".test-egress-", dir=K8S))
+    (d / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "vidfarm",
+        "resources": ["../overlays/cpu"], "components": ["../components/s3"], **yaml.safe_load(block)}))
+    added = _egress_rules(list(_render_path(str(d))))[-1]
+    assert added["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert {p["port"] for p in added["ports"]} == {5432, 6379}
+    # ...and the README's external-database advice points at it.
+    external = readme[readme.index("### External PostgreSQL"):]
+    assert "more-egress-destinations" in external[:external.index("\n### ", 5)]
+
+
+def test_eks_media_pods_reach_the_pod_identity_agent():
+    rules = _egress_rules(render("eks"))
+    assert any({"ipBlock": {"cidr": "169.254.170.23/32"}} in r.get("to", []) and r["ports"][0]["port"] == 80
+               for r in rules)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worker_drains_go_one_pool_member_at_a_time(variant):
+    res = render(variant)
+    budgets = [r for r in res if r["kind"] == "PodDisruptionBudget"]
+    for w in worker_deployments(res):
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        (pdb,) = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        # Drains progress (never 0) and take one worker at a time, each finishing its chunk.
+        assert pdb["spec"]["maxUnavailable"] == 1, w["metadata"]["name"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS + README_WRAPPERS)
+def test_pods_on_the_shared_volume_skip_the_recursive_chown(variant):
+    res = render(variant)
+    for workload, tpl in pod_templates(res):
+        spec = tpl["spec"]
+        if any("persistentVolumeClaim" in v for v in spec.get("volumes", [])) and workload["kind"] == "Deployment":
+            assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_autoscaler_may_patch_only_the_deletion_cost_of_a_pod(variant):
+    """RBAC's `pods patch` is namespace-wide; the admission policy narrows it to one annotation."""
+    res = render(variant)
+    policy = find(res, "ValidatingAdmissionPolicy", "vidfarm-autoscaler-pod-patches")["spec"]
+    assert policy["failurePolicy"] == "Fail"
+    (rule,) = policy["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["pods"] and rule["operations"] == ["UPDATE"]
+    (condition,) = policy["matchConditions"]
+    assert "':vidfarm-autoscaler'" in condition["expression"]
+    (check,) = policy["validations"]
+    assert "object.spec == oldObject.spec" in check["expression"]
+    assert any("pod-deletion-cost" in v["expression"] for v in policy["variables"])
+    binding = find(res, "ValidatingAdmissionPolicyBinding", "vidfarm-autoscaler-pod-patches")["spec"]
+    assert binding == {"policyName": "vidfarm-autoscaler-pod-patches", "validationActions": ["Deny"]}
+    # The minimum version it needs is stated.
+    assert "Kubernetes 1.30 or newer" in (ROOT / "deploy" / "README.md").read_text()
+
+
+# What the `restricted` Pod Security Standard allows besides the pod fields checked above.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_namespace_enforces_the_restricted_pod_security_standard(variant):
+    res = render(variant)
+    labels = find(res, "Namespace", "vidfarm")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for workload, tpl in pod_templates(res):
+        for v in tpl["spec"].get("volumes", []):
+            assert set(v) - {"name"} <= RESTRICTED_VOLUME_TYPES, (workload["metadata"]["name"], v["name"])

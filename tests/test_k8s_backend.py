@@ -37,8 +37,12 @@ def idle(pod: str) -> WorkerRef:
     return WorkerRef(name=f"rq-{pod}", state="idle", pod=pod)
 
 
+EVENTS = f"/api/v1/namespaces/{NS}/events"
+
+
 def calls(fake: FakeKube) -> list[tuple[str, str]]:
-    return [(r.method, r.path) for r in fake.requests]
+    """The scaling calls; the Events recorded beside them are checked on their own."""
+    return [(r.method, r.path) for r in fake.requests if r.path != EVENTS]
 
 
 def test_reads_replicas_from_the_scale_subresource(fake: FakeKube) -> None:
@@ -279,3 +283,25 @@ def test_not_ready_pods_go_before_idle_workers(fake: FakeKube) -> None:
     assert fake.pod_names(NS) == ["worker-cpu-b", "worker-cpu-c"]
     marked = [r.path.rsplit("/", 1)[1] for r in fake.requests if r.method == "PATCH" and "/pods/" in r.path]
     assert marked == ["worker-cpu-d", "worker-cpu-a"]
+
+
+def test_each_scaling_decision_is_a_kubernetes_event_on_the_deployment(fake: FakeKube) -> None:
+    """`kubectl describe deploy worker-cpu` shows what the autoscaler did, not only its log."""
+    scaler = backend(fake)
+    scaler.scale_to(6, [])
+    scaler.scale_to(5, [idle("worker-cpu-b")])
+    scaler.scale_to(5, [])  # no change, no event
+    assert [(e["reason"], e["type"]) for e in fake.events] == [("ScaledUp", "Normal"), ("ScaledDown", "Normal")]
+    for event in fake.events:
+        assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOY,
+                                           "namespace": NS}
+        assert event["source"] == {"component": "vidfarm-autoscaler"}
+    assert "4 -> 6" in fake.events[0]["message"]
+    assert "6 -> 5" in fake.events[1]["message"] and "worker-cpu-b" in fake.events[1]["message"]
+
+
+def test_an_event_that_cannot_be_written_never_stops_scaling(fake: FakeKube) -> None:
+    fake.forbid("POST", r"/events$")
+    backend(fake).scale_to(6, [])
+    assert fake.replicas(NS, DEPLOY) == 6
+    assert not fake.events
