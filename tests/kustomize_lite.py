@@ -163,15 +163,17 @@ def _selected(res: dict, target: dict) -> bool:
 
 
 def _json_patch(res: dict, operations: list[dict]) -> None:
-    """JSON 6902 `add` (a missing final key is created; `-` appends), all these components use."""
+    """JSON 6902 `add` (a missing final key is created; `-` appends) and `remove`, all these components use."""
     for op in operations:
-        if op["op"] != "add":
-            raise NotImplementedError(f"kustomize_lite supports JSON patch `add` only: {op}")
+        if op["op"] not in ("add", "remove"):
+            raise NotImplementedError(f"kustomize_lite supports JSON patch `add` and `remove` only: {op}")
         *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
         node = res
         for part in parents:
             node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        if isinstance(node, list) and last == "-":
+        if op["op"] == "remove":
+            del node[int(last) if isinstance(node, list) else last]
+        elif isinstance(node, list) and last == "-":
             node.append(copy.deepcopy(op["value"]))
         elif isinstance(node, list):
             node.insert(int(last), copy.deepcopy(op["value"]))

@@ -1030,6 +1030,18 @@ def test_public_url_and_trusted_proxies_are_set(variant):
     assert "--forwarded-allow-ips" not in container(_uploader(res))["args"]
 
 
+def test_gke_gateway_gets_a_health_check_and_timeout_it_honours():
+    """GKE's load balancer checks `/` (a 404 here) and cuts requests after 30 s unless told otherwise."""
+    res = render("gke")
+    health = find(res, "HealthCheckPolicy", "uploader")["spec"]
+    assert health["default"]["config"]["httpHealthCheck"]["requestPath"] == "/readyz"
+    backend = find(res, "GCPBackendPolicy", "uploader")["spec"]
+    assert backend["default"]["timeoutSec"] >= 3600
+    for policy in (health, backend):
+        assert policy["targetRef"] == {"group": "", "kind": "Service", "name": "uploader"}
+    assert all("timeouts" not in rule for rule in find(res, "HTTPRoute", "uploader")["spec"]["rules"])
+
+
 def test_gke_trusts_googles_load_balancers():
     env = resolved_env(render("gke"), _uploader(render("gke")))
     assert {"35.191.0.0/16", "130.211.0.0/22"} <= set(env["FORWARDED_ALLOW_IPS"].split(","))
