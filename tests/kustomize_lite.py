@@ -51,6 +51,8 @@ _CLUSTER_SCOPED = {
 }
 # Internal marker for generated ConfigMaps awaiting their hash suffix.
 _GENERATED = "__kustomize_lite_generated__"
+# Internal marker for binding subjects whose namespace a `namespace:` set (and the next one may move).
+_SET_BY_US = "__kustomize_lite_namespaced__"
 
 
 def build(path: str | Path) -> list[dict]:
@@ -101,6 +103,7 @@ def _build(directory: Path, accumulated: list[dict], expect_kind: str) -> list[d
         for res in resources:
             if res.get("kind") not in _CLUSTER_SCOPED:
                 res.setdefault("metadata", {})["namespace"] = k["namespace"]
+            _set_subject_namespaces(res, k["namespace"])
     for entry in k.get("labels", []):
         extra = set(entry) - {"pairs", "includeSelectors", "includeTemplates"}
         if extra or entry.get("includeSelectors") or entry.get("includeTemplates"):
@@ -110,6 +113,17 @@ def _build(directory: Path, accumulated: list[dict], expect_kind: str) -> list[d
     for image in k.get("images", []):
         _set_image(resources, image)
     return resources
+
+
+def _set_subject_namespaces(res: dict, namespace: str) -> None:
+    """ServiceAccount subjects of a (Cluster)RoleBinding written without a namespace follow the
+    `namespace:` of every kustomization above them, as in kustomize; one written with it keeps it."""
+    if res.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+        return
+    for subject in res.get("subjects") or []:
+        if subject.get("kind") == "ServiceAccount" and (_SET_BY_US in subject or not subject.get("namespace")):
+            subject["namespace"] = namespace
+            subject[_SET_BY_US] = True
 
 
 def _apply_patch(directory: Path, entry: dict, resources: list[dict]) -> None:
@@ -287,6 +301,9 @@ def _configmap_hash(data: dict[str, str]) -> str:
 
 
 def _finish_generated(resources: list[dict]) -> None:
+    for res in resources:
+        for subject in res.get("subjects") or []:
+            subject.pop(_SET_BY_US, None)
     renamed: dict[tuple[str | None, str], str] = {}
     for res in resources:
         if res.pop(_GENERATED, False):

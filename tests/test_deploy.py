@@ -1225,3 +1225,21 @@ def test_namespace_enforces_the_restricted_pod_security_standard(variant):
     for workload, tpl in pod_templates(res):
         for v in tpl["spec"].get("volumes", []):
             assert set(v) - {"name"} <= RESTRICTED_VOLUME_TYPES, (workload["metadata"]["name"], v["name"])
+
+
+def test_another_namespace_is_one_line():
+    """A wrapper's `namespace:` moves everything: objects, RoleBinding subjects, and (through
+    POD_NAMESPACE) where the autoscaler looks for its Deployments and Lease."""
+    d = Path(tempfile.mkdtemp(prefix=".test-namespace-", dir=K8S))
+    (d / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "media",
+        "resources": ["../overlays/gpu"]}))
+    res = list(_render_path(str(d)))
+    assert find(res, "Namespace", "media")
+    for r in res:
+        if _namespaced(r) and r["kind"] != "Namespace":
+            assert r["metadata"]["namespace"] == "media", (r["kind"], r["metadata"]["name"])
+        for subject in r.get("subjects", []):
+            assert subject["namespace"] == "media", r["metadata"]["name"]
+    document = yaml.safe_load(find(res, "ConfigMap", _pools_configmap_name(res))["data"]["pools.yaml"])
+    assert "namespace" not in document
