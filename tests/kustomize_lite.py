@@ -103,6 +103,8 @@ def _build(directory: Path, accumulated: list[dict], expect_kind: str) -> list[d
         for res in resources:
             if res.get("kind") not in _CLUSTER_SCOPED:
                 res.setdefault("metadata", {})["namespace"] = k["namespace"]
+            elif res.get("kind") == "Namespace":  # kustomize renames the Namespace object too
+                res["metadata"]["name"] = k["namespace"]
             _set_subject_namespaces(res, k["namespace"])
     for entry in k.get("labels", []):
         extra = set(entry) - {"pairs", "includeSelectors", "includeTemplates"}
