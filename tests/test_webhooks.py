@@ -423,6 +423,14 @@ def test_a_receiver_answering_without_end_is_cut_off_at_the_response_cap(setting
     ("https://192.168.0.10/hook", "private"),
     ("http://169.254.169.254/latest/meta-data/", "metadata"),
     ("http://0.0.0.0/hook", "unspecified"),
+    # IPv6 spellings of IPv4 addresses: IPv4-compatible, 6to4, NAT64 (well-known and local-use), Teredo.
+    ("http://[::127.0.0.1]/hook", "loopback"),
+    ("http://[2002:7f00:1::]/hook", "loopback"),
+    ("http://[64:ff9b::7f00:1]/hook", "loopback"),
+    ("http://[64:ff9b::a00:1]/hook", "private"),
+    ("http://[64:ff9b:1::a00:1]/hook", "private"),
+    ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook", "loopback"),
+    ("http://[::1.1.1.1]/hook", "reserved"),  # deprecated: nothing routes it, whatever it carries
 ])
 def test_private_addresses_are_refused_without_the_allow_flag(settings, url, kind):
     with serving(replace(settings, webhook_allow_private=False)) as api, api.client() as http:
@@ -436,15 +444,32 @@ def test_private_addresses_are_refused_without_the_allow_flag(settings, url, kin
                          ).status_code == 201
 
 
-def test_metadata_addresses_stay_refused_with_the_allow_flag(http):
-    refused = http.post("/v1/webhooks", json={"url": "http://169.254.169.254/", "events": ["video.ready"]})
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of it: what an IPv6-only cluster connects to
+    "http://[2002:a9fe:a9fe::]/",
+])
+def test_metadata_addresses_stay_refused_with_the_allow_flag(http, url):
+    refused = http.post("/v1/webhooks", json={"url": url, "events": ["video.ready"]})
     assert refused.status_code == 422 and "metadata" in refused.json()["error"]["message"]
 
 
-def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver):
+def test_a_refusal_does_not_name_the_address_a_host_resolves_to(settings):
+    """Naming it would let a tenant map the cluster's internal host names through the API."""
+    with serving(replace(settings, webhook_allow_private=False)) as api, api.client() as http:
+        refused = http.post("/v1/webhooks", json={"url": "http://localhost:9/hook", "events": ["video.ready"]})
+    assert refused.status_code == 422
+    message = refused.json()["error"]["message"]
+    assert "loopback" in message and "127.0.0.1" not in message and "::1" not in message, message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::127.0.0.1]", "[2002:7f00:1::]", "[64:ff9b::7f00:1]"])
+def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver, host):
     """Registered while allowed (as a name that resolved elsewhere then would be): a deliverer that
     does not allow private addresses refuses to send, and the history says why."""
     settings = replace(settings, webhook_deliver_in_api=False)
+    receiver.url = receiver.url.replace("127.0.0.1", host)
     with serving(settings) as api, api.client() as http:
         webhook = register(http, receiver)
         queued_then_deleted(http, clips)
@@ -454,6 +479,8 @@ def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver
     [attempt] = delivery["attempts"]
     assert delivery["status"] == "pending" and attempt["status_code"] is None
     assert "loopback" in attempt["error"] and "VIDFARM_WEBHOOK_ALLOW_PRIVATE" in attempt["error"]
+    if host == "localhost":
+        assert "127.0.0.1" not in attempt["error"] and "::1" not in attempt["error"]
     assert receiver.received == []
 
 
