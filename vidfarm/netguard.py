@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import queue
 import socket
 import ssl
 import threading
@@ -125,23 +126,22 @@ def _lookup(host: str, port: int, timeout_s: float) -> list[tuple[Any, ...]]:
     """getaddrinfo, given up after `timeout_s`: the tenant's name servers may never answer, and the
     resolver's own timeouts (resolv.conf) are longer than an attempt. The lookup goes on in its
     daemon thread until the resolver gives up; the caller does not wait for it."""
-    found: list[list[tuple[Any, ...]]] = []
-    failed: list[BaseException] = []
+    answers: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
 
     def look_up() -> None:
         try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except (OSError, UnicodeError, ValueError) as exc:  # no such name, or no name at all (a NUL in it)
-            failed.append(exc)
+            answers.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError, ValueError):  # no such name, or no name at all (a NUL in it)
+            answers.put(None)
 
-    thread = threading.Thread(target=look_up, name="webhook-resolve", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if found:
-        return found[0]
-    if failed or not thread.is_alive():
+    threading.Thread(target=look_up, name="webhook-resolve", daemon=True).start()
+    try:
+        infos = answers.get(timeout=max(timeout_s, 0.0))
+    except queue.Empty:
+        raise AddressRefused(f"url host {host!r} did not resolve within {timeout_s:g} s") from None
+    if infos is None:
         raise AddressRefused(f"url host {host!r} does not resolve")
-    raise AddressRefused(f"url host {host!r} did not resolve within {timeout_s:g} s")
+    return infos
 
 
 def resolve(url: str, allow_private: bool, timeout_s: float) -> Target:
@@ -151,7 +151,7 @@ def resolve(url: str, allow_private: bool, timeout_s: float) -> Target:
     parts = parse(url)
     port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
     host = parts.hostname or ""
-    addresses = tuple(dict.fromkeys(info[4][0] for info in _lookup(host, port, max(timeout_s, 0.001))))
+    addresses = tuple(dict.fromkeys(info[4][0] for info in _lookup(host, port, timeout_s)))
     for raw in addresses:
         address = _address(raw)
         if is_metadata(address):
