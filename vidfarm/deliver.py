@@ -113,7 +113,7 @@ class Deliverer:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except Exception:  # noqa: BLE001 - a bug of ours still counts as an attempt, or it would repeat unrecorded
             log.exception("webhook delivery %s: attempt failed", delivery["id"])
-            error = "internal error preparing the request"
+            error = "internal error in the deliverer (logged)"
         return {"at": at.isoformat(), "status_code": status_code, "error": error,
                 "duration_ms": round((time.monotonic() - started) * 1000)}
 
