@@ -247,3 +247,35 @@ def test_racing_deliverers_never_claim_the_same_delivery(catalog):
         claims.append(late)
     ids = [c["id"] for c in claims if c is not None]
     assert len(ids) == 6 and len(set(ids)) == 6
+
+
+def test_a_tenant_gets_no_more_than_its_share_of_deliveries_in_flight_even_racing(catalog):
+    """A tenant whose receiver is slow must not take every deliverer: with a share of two, racing
+    claims lease two of its deliveries and go on to another tenant's, and a recorded attempt frees
+    a place for the next."""
+    webhooks = Webhooks(catalog.engine)
+    with catalog.engine.begin() as conn:  # what earlier tests left pending is not this test's
+        conn.execute(update(Delivery).values(status="delivered"))
+    tenant_of = {}
+    for tenant, hooks in (("busy-" + uuid.uuid4().hex[:8], 6), ("quiet-" + uuid.uuid4().hex[:8], 3)):
+        for n in range(hooks):
+            tenant_of[webhooks.create(tenant, f"https://receiver.example/{n}", EVENT_TYPES)["id"]] = tenant
+        assert catalog.update(new_video(catalog, tenant)["id"], status="ready")
+
+    def claim(owner: str) -> dict | None:
+        return webhooks.claim(owner, lease_s=30, tenant_in_flight=2)
+
+    with ThreadPoolExecutor(8) as pool:
+        claims = [c for c in pool.map(claim, [f"owner-{n}" for n in range(8)]) if c is not None]
+    while (late := claim("late")) is not None:  # any a racing claim passed over
+        claims.append(late)
+    in_flight = sorted(tenant_of[c["webhook_id"]].split("-")[0] for c in claims)
+    assert in_flight == ["busy", "busy", "quiet", "quiet"]
+    assert len({c["id"] for c in claims}) == 4
+
+    done = next(c for c in claims if tenant_of[c["webhook_id"]].startswith("busy"))
+    attempt = {"at": utcnow().isoformat(), "status_code": 200, "error": None, "duration_ms": 5}
+    assert webhooks.record(done, attempt, "delivered")
+    following = claim("next")
+    assert following is not None and tenant_of[following["webhook_id"]] == tenant_of[done["webhook_id"]]
+    assert claim("next") is None

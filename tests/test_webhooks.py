@@ -1,18 +1,23 @@
 """Webhooks for real: a receiver over HTTP that verifies every request with the Standard Webhooks
 reference library (`standardwebhooks` from PyPI), real workers, a real `vidfarm deliver` process
-killed with SIGKILL, and the SSRF guard at registration and at delivery time."""
+killed with SIGKILL, hostile receivers on a raw socket (trickling their answer, answering without
+end), and the SSRF guard at registration and at delivery time."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +26,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import (
+    API_KEY,
     OTHER_KEY,
     ROOT,
     ApiServer,
@@ -97,6 +103,112 @@ def receiver() -> Iterator[Receiver]:
     if state.hold is not None:
         state.hold.set()
     server.shutdown()
+
+
+class Hostile:
+    """A receiver on a raw socket that reads each request whole, then answers with `answer`'s chunks,
+    `every_s` apart, until the deliverer hangs up: what a receiver can do to the farm. It counts the
+    connections open at once (all, and per `webhook-id`) as the deliverer's threads they hold."""
+
+    def __init__(self, answer: Callable[[], Iterator[bytes]], every_s: float) -> None:
+        self.answer, self.every_s = answer, every_s
+        self.arrivals: list[tuple[str, float]] = []  # (webhook-id, time.monotonic()) per request
+        self.open: dict[str, int] = {}
+        self.most_open, self.most_open_per_id = 0, 0
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.conns: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hooks"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            msg_id = self._read_request(conn)
+            with self.lock:
+                self.arrivals.append((msg_id, time.monotonic()))
+                self.open[msg_id] = self.open.get(msg_id, 0) + 1
+                self.most_open = max(self.most_open, sum(self.open.values()))
+                self.most_open_per_id = max(self.most_open_per_id, self.open[msg_id])
+            try:
+                for chunk in self.answer():
+                    # The deliverer sends nothing after its request: anything readable is its hang-up,
+                    # and the connection stops counting as held at once.
+                    if select.select([conn], [], [], self.every_s)[0] or self.stop.is_set():
+                        return
+                    conn.sendall(chunk)
+            finally:
+                with self.lock:
+                    self.open[msg_id] -= 1
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> str:
+        """The request's `webhook-id`, once all of it (headers and body) is in."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += Hostile._recv(conn)
+        head, _, body = data.partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().lower().split("\r\n")[1:])
+        while len(body) < int(headers["content-length"]):
+            body += Hostile._recv(conn)
+        return headers["webhook-id"]
+
+    @staticmethod
+    def _recv(conn: socket.socket) -> bytes:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise OSError("the deliverer hung up mid-request")
+        return chunk
+
+    def ids(self) -> list[str]:
+        return [msg_id for msg_id, _ in self.arrivals]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def trickling() -> Iterator[bytes]:
+    """A 200 status line a byte at a time, then a header that never ends."""
+    yield from (bytes([b]) for b in b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    while True:
+        yield b"a"
+
+
+def continuing_forever() -> Iterator[bytes]:
+    """Interim `100 Continue` responses as fast as they go: http.client reads past each one, for ever."""
+    while True:
+        yield b"HTTP/1.1 100 Continue\r\n\r\n" * 100
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[..., Hostile]]:
+    started: list[Hostile] = []
+
+    def start(answer: Callable[[], Iterator[bytes]] = trickling, every_s: float = 0.3) -> Hostile:
+        started.append(Hostile(answer, every_s))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def register_url(http, url: str, events: list[str] = ALL_EVENTS) -> dict:
+    created = http.post("/v1/webhooks", json={"url": url, "events": events})
+    assert created.status_code == 201, created.text
+    return created.json()
 
 
 def register(http, receiver: Receiver, events: list[str] = ALL_EVENTS) -> dict:
@@ -245,6 +357,63 @@ def test_a_deliverer_killed_mid_delivery_delivers_after_restart(settings, clips,
     assert [r["id"] for r in receiver.received] == [delivery["id"]] * 2
 
 
+# -- hostile receivers ---------------------------------------------------------------------------
+
+
+def test_a_trickling_receiver_is_cut_off_at_the_deadline_and_each_attempt_recorded_once(settings, clips, hostile):
+    """Its status line a byte every 0.3 s: a per-read timeout never fires, the attempt's deadline does."""
+    settings = replace(settings, webhook_timeout_s=1.5, webhook_retry_delays_s=(0.5, 0.5))
+    trickler = hostile(trickling, every_s=0.3)
+    with serving(settings) as api, api.client() as http:
+        webhook = register_url(http, trickler.url)
+        queued_then_deleted(http, clips)
+        [delivery] = wait_until(lambda: finished(http, webhook["id"]), 40, "the delivery to give up")
+    assert delivery["status"] == "failed"
+    attempts = delivery["attempts"]
+    assert len(attempts) == 3  # the first try and two retries, each recorded
+    for attempt in attempts:
+        assert attempt["status_code"] is None and "timed out" in attempt["error"], attempt
+        assert attempt["duration_ms"] < 1500 + 1000, attempt  # the deadline, and some slack for a busy machine
+    # The receiver saw exactly the recorded attempts, one at a time, each after its retry delay.
+    assert trickler.ids() == [delivery["id"]] * 3
+    assert trickler.most_open_per_id == 1
+    arrived = [at for _, at in trickler.arrivals]
+    assert all(later - earlier >= 1.5 + 0.5 * 0.9 - 0.1 for earlier, later in itertools.pairwise(arrived))
+
+
+def test_a_tenants_slow_receiver_leaves_the_other_tenants_deliveries_on_time(settings, clips, receiver, hostile):
+    """Four deliveries to a trickling receiver, as many as the API's deliverer threads, and a deadline
+    long enough to hold them: the tenant gets its two, and another tenant's event goes out at once."""
+    settings = replace(settings, webhook_timeout_s=60.0)
+    trickler = hostile(trickling, every_s=0.3)
+    with serving(settings) as api, api.client(key=API_KEY) as slow, api.client(key=OTHER_KEY) as other:
+        for _ in range(4):
+            register_url(slow, trickler.url)
+        queued_then_deleted(slow, clips)
+        wait_until(lambda: trickler.most_open >= 2, 30, "the slow tenant's deliveries to start")
+        webhook = register(other, receiver)
+        queued_then_deleted(other, clips)
+        wait_until(lambda: receiver.received, 10, "the other tenant's event")  # a poll or two, not a minute
+        [delivery] = wait_until(lambda: finished(other, webhook["id"]), 15, "the other tenant's delivery")
+        assert trickler.most_open == 2  # the tenant's share (VIDFARM_WEBHOOK_TENANT_IN_FLIGHT), no more
+        trickler.close()  # its receiver hangs up: the held attempts end now, not in a minute
+    assert delivery["status"] == "delivered" and len(delivery["attempts"]) == 1
+    assert trickler.most_open_per_id == 1
+
+
+def test_a_receiver_answering_without_end_is_cut_off_at_the_response_cap(settings, clips, hostile):
+    settings = replace(settings, webhook_timeout_s=30.0, webhook_retry_delays_s=(0.2,))
+    endless = hostile(continuing_forever, every_s=0.0)
+    with serving(settings) as api, api.client() as http:
+        webhook = register_url(http, endless.url)
+        queued_then_deleted(http, clips)
+        [delivery] = wait_until(lambda: finished(http, webhook["id"]), 30, "the delivery to give up")
+    assert delivery["status"] == "failed" and len(delivery["attempts"]) == 2
+    for attempt in delivery["attempts"]:
+        assert "past 65536 bytes" in attempt["error"] and "VIDFARM_WEBHOOK_RESPONSE_MAX_BYTES" in attempt["error"]
+    assert endless.ids() == [delivery["id"]] * 2
+
+
 # -- SSRF ----------------------------------------------------------------------------------------
 
 
@@ -257,6 +426,14 @@ def test_a_deliverer_killed_mid_delivery_delivers_after_restart(settings, clips,
     ("https://192.168.0.10/hook", "private"),
     ("http://169.254.169.254/latest/meta-data/", "metadata"),
     ("http://0.0.0.0/hook", "unspecified"),
+    # IPv6 spellings of IPv4 addresses: IPv4-compatible, 6to4, NAT64 (well-known and local-use), Teredo.
+    ("http://[::127.0.0.1]/hook", "loopback"),
+    ("http://[2002:7f00:1::]/hook", "loopback"),
+    ("http://[64:ff9b::7f00:1]/hook", "loopback"),
+    ("http://[64:ff9b::a00:1]/hook", "private"),
+    ("http://[64:ff9b:1::a00:1]/hook", "private"),
+    ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook", "loopback"),
+    ("http://[::1.1.1.1]/hook", "reserved"),  # deprecated: nothing routes it, whatever it carries
 ])
 def test_private_addresses_are_refused_without_the_allow_flag(settings, url, kind):
     with serving(replace(settings, webhook_allow_private=False)) as api, api.client() as http:
@@ -270,15 +447,32 @@ def test_private_addresses_are_refused_without_the_allow_flag(settings, url, kin
                          ).status_code == 201
 
 
-def test_metadata_addresses_stay_refused_with_the_allow_flag(http):
-    refused = http.post("/v1/webhooks", json={"url": "http://169.254.169.254/", "events": ["video.ready"]})
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of it: what an IPv6-only cluster connects to
+    "http://[2002:a9fe:a9fe::]/",
+])
+def test_metadata_addresses_stay_refused_with_the_allow_flag(http, url):
+    refused = http.post("/v1/webhooks", json={"url": url, "events": ["video.ready"]})
     assert refused.status_code == 422 and "metadata" in refused.json()["error"]["message"]
 
 
-def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver):
+def test_a_refusal_does_not_name_the_address_a_host_resolves_to(settings):
+    """Naming it would let a tenant map the cluster's internal host names through the API."""
+    with serving(replace(settings, webhook_allow_private=False)) as api, api.client() as http:
+        refused = http.post("/v1/webhooks", json={"url": "http://localhost:9/hook", "events": ["video.ready"]})
+    assert refused.status_code == 422
+    message = refused.json()["error"]["message"]
+    assert "loopback" in message and "127.0.0.1" not in message and "::1" not in message, message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::127.0.0.1]", "[2002:7f00:1::]", "[64:ff9b::7f00:1]"])
+def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver, host):
     """Registered while allowed (as a name that resolved elsewhere then would be): a deliverer that
     does not allow private addresses refuses to send, and the history says why."""
     settings = replace(settings, webhook_deliver_in_api=False)
+    receiver.url = receiver.url.replace("127.0.0.1", host)
     with serving(settings) as api, api.client() as http:
         webhook = register(http, receiver)
         queued_then_deleted(http, clips)
@@ -288,6 +482,8 @@ def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver
     [attempt] = delivery["attempts"]
     assert delivery["status"] == "pending" and attempt["status_code"] is None
     assert "loopback" in attempt["error"] and "VIDFARM_WEBHOOK_ALLOW_PRIVATE" in attempt["error"]
+    if host == "localhost":
+        assert "127.0.0.1" not in attempt["error"] and "::1" not in attempt["error"]
     assert receiver.received == []
 
 

@@ -3,8 +3,12 @@
 Any number run at once (a thread pool in each API process, `vidfarm deliver` processes): each claims
 one due delivery at a time under a lease in the database, so two never send the same row together,
 and a deliverer killed mid-attempt leaves a lease that simply runs out; whoever claims next sends
-it again (receivers drop the repeat by its `webhook-id`). A failed attempt is retried after the next
-of `VIDFARM_WEBHOOK_RETRY_DELAYS_S`, with jitter so that a receiver coming back is not hit by every
+it again (receivers drop the repeat by its `webhook-id`). An attempt ends by its deadline
+(`VIDFARM_WEBHOOK_TIMEOUT_S`, for all of it), well inside its lease, so the lease never runs out
+under a live attempt and every attempt is recorded. A tenant has at most
+`VIDFARM_WEBHOOK_TENANT_IN_FLIGHT` deliveries in flight farm-wide, so one tenant's slow receiver
+holds that many threads, never every thread. A failed attempt is retried after the next of
+`VIDFARM_WEBHOOK_RETRY_DELAYS_S`, with jitter so that a receiver coming back is not hit by every
 retry at once; after the last the delivery gives up, its history kept. Why: docs/design.md,
 "Webhooks".
 """
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 THREADS = 4  # a receiver that times out holds one thread, not every tenant's deliveries
 IDLE_POLL_S = 1.0
 JITTER = 0.1  # each retry delay is stretched or shrunk by up to this fraction
+# A lease outlives its attempt's deadline by this much: rendering the event, writing the outcome, and
+# clocks of deliverers on different hosts that disagree a little.
+LEASE_MARGIN_S = 15.0
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -64,36 +71,49 @@ class Deliverer:
 
     @property
     def lease_s(self) -> float:
-        """Long enough for one attempt (resolve, connect, send, read the status) to finish first."""
-        return 3 * self.settings.webhook_timeout_s + 5.0
+        """Longer than any attempt: the attempt's deadline covers all of it (resolve, connect, send,
+        read the status), and the margin what happens around it."""
+        return self.settings.webhook_timeout_s + LEASE_MARGIN_S
 
     def step(self, owner: str) -> bool:
         """Claim one due delivery and attempt it; False when nothing was due."""
-        delivery = self.webhooks.claim(owner, self.lease_s)
+        delivery = self.webhooks.claim(owner, self.lease_s, self.settings.webhook_tenant_in_flight)
         if delivery is None:
             return False
         attempt = self.attempt(delivery)
         status, next_at = self.outcome(delivery, attempt)
         if not self.webhooks.record(delivery, attempt, status, next_at):
-            log.info("webhook delivery %s: outcome not recorded (lease lost or webhook deleted)", delivery["id"])
+            # Only a webhook deleted meanwhile, or a process stalled past its lease (paused, swapping).
+            log.warning("webhook delivery %s: outcome not recorded (lease lost or webhook deleted)", delivery["id"])
         elif status == GAVE_UP:
             log.warning("webhook delivery %s to %s gave up after %d attempts", delivery["id"], delivery["url"],
                         len(delivery["history"]) + 1)
         return True
 
     def attempt(self, delivery: Mapping[str, Any]) -> dict[str, Any]:
-        """POST the event once; what happened, as the delivery history shows it."""
+        """POST the event once, all of it within the deadline; what happened, as the delivery history
+        shows it."""
+        timeout_s = self.settings.webhook_timeout_s
         started, at = time.monotonic(), utcnow()
+        deadline = started + timeout_s
         status_code, error = None, None
         try:
-            target = netguard.resolve(delivery["url"], self.settings.webhook_allow_private)
-            status_code = netguard.post(target, *self.request(delivery), self.settings.webhook_timeout_s)
+            target = netguard.resolve(delivery["url"], self.settings.webhook_allow_private, timeout_s)
+            status_code = netguard.post(target, *self.request(delivery), deadline,
+                                        self.settings.webhook_response_max_bytes)
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}" + (" (redirects are not followed)" if 300 <= status_code < 400 else "")
         except netguard.AddressRefused as exc:
             error = str(exc)
-        except OSError as exc:  # refused, reset, timed out, TLS: the receiver's trouble, retried
+        except TimeoutError:  # the deadline, or a connect or read that would have passed it
+            error = f"timed out: no response within {timeout_s:g} s (VIDFARM_WEBHOOK_TIMEOUT_S)"
+        except netguard.ResponseTooLarge as exc:
+            error = f"{exc} (VIDFARM_WEBHOOK_RESPONSE_MAX_BYTES)"
+        except OSError as exc:  # refused, reset, TLS: the receiver's trouble, retried
             error = f"{type(exc).__name__}: {exc}"[:500]
+        except Exception:  # noqa: BLE001 - a bug of ours still counts as an attempt, or it would repeat unrecorded
+            log.exception("webhook delivery %s: attempt failed", delivery["id"])
+            error = "internal error in the deliverer (logged)"
         return {"at": at.isoformat(), "status_code": status_code, "error": error,
                 "duration_ms": round((time.monotonic() - started) * 1000)}
 

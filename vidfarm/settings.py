@@ -132,7 +132,14 @@ class Settings:
     webhook_allow_private: bool = False
     # Seconds before each retry of a failed delivery (jitter added); after the last, the delivery gives up.
     webhook_retry_delays_s: tuple[float, ...] = WEBHOOK_RETRY_DELAYS_S
-    webhook_timeout_s: float = 10.0  # connecting, and each read, of one delivery attempt
+    # One delivery attempt, all of it (resolve, connect, TLS, send, read the status): a receiver that
+    # trickles its answer cannot hold a deliverer thread longer. Its lease is this plus a margin.
+    webhook_timeout_s: float = 10.0
+    # Bytes of a receiver's response read at most (status line and headers; the body is never read).
+    webhook_response_max_bytes: int = 64 * 1024
+    # Deliveries of one tenant in flight at once, farm-wide: a tenant whose receiver is slow holds this
+    # many deliverer threads, and the other tenants' events go out on the rest.
+    webhook_tenant_in_flight: int = 2
     webhook_deliver_in_api: bool = True  # each API process also runs a deliverer (`vidfarm deliver` is another)
 
     @classmethod
@@ -179,6 +186,8 @@ class Settings:
             webhook_allow_private=_env_flag("VIDFARM_WEBHOOK_ALLOW_PRIVATE", False),
             webhook_retry_delays_s=_env_floats("VIDFARM_WEBHOOK_RETRY_DELAYS_S", WEBHOOK_RETRY_DELAYS_S),
             webhook_timeout_s=_env_float("VIDFARM_WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_response_max_bytes=_env_int("VIDFARM_WEBHOOK_RESPONSE_MAX_BYTES", 64 * 1024),
+            webhook_tenant_in_flight=_env_int("VIDFARM_WEBHOOK_TENANT_IN_FLIGHT", 2),
             webhook_deliver_in_api=_env_flag("VIDFARM_WEBHOOK_DELIVER_IN_API", True),
         )
 
@@ -216,6 +225,8 @@ class Settings:
             "VIDFARM_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
             "VIDFARM_WEBHOOK_RETRY_DELAYS_S": ",".join(str(d) for d in self.webhook_retry_delays_s),
             "VIDFARM_WEBHOOK_TIMEOUT_S": str(self.webhook_timeout_s),
+            "VIDFARM_WEBHOOK_RESPONSE_MAX_BYTES": str(self.webhook_response_max_bytes),
+            "VIDFARM_WEBHOOK_TENANT_IN_FLIGHT": str(self.webhook_tenant_in_flight),
             "VIDFARM_WEBHOOK_DELIVER_IN_API": "1" if self.webhook_deliver_in_api else "0",
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.

@@ -1,6 +1,6 @@
 """Webhooks in the catalog's database: a tenant's subscriptions, and the deliverer's side of the outbox
-(claim a due delivery under a lease, record each attempt). The tables and the outbox write itself:
-`vidfarm/outbox.py`.
+(claim a due delivery under a lease, no more than a tenant's share at once; record each attempt). The
+tables and the outbox write itself: `vidfarm/outbox.py`.
 """
 
 from __future__ import annotations
@@ -8,17 +8,22 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import aliased
 
 from vidfarm.catalog import _plain, utcnow
 from vidfarm.outbox import PENDING, Delivery, Webhook
 
-CLAIM_CANDIDATES = 5  # due rows an SQLite claim looks at: several deliverers racing still find one free
+CLAIM_CANDIDATES = 5  # due rows a claim looks at: several deliverers racing still find one free
+# Advisory lock keys of tenants' claims on PostgreSQL: this in the high 32 bits ("whk1"), a hash of
+# the tenant in the low ones.
+TENANT_LOCK_SPACE = 0x77686B31 << 32
 
 
 def new_secret() -> str:
@@ -89,24 +94,35 @@ class Webhooks:
 
     # -- the deliverer's side ---------------------------------------------------------------------
 
-    def claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
+    def claim(self, owner: str, lease_s: float, tenant_in_flight: int | None = None) -> dict[str, Any] | None:
         """One due delivery, leased to `owner` for `lease_s`, with its webhook's URL and secret; None
-        when nothing is due. A lease that ran out (its deliverer died) makes the row due again."""
+        when nothing is due. A lease that ran out (its deliverer died) makes the row due again. With
+        `tenant_in_flight`, a tenant that already has that many deliveries leased gets none more: its
+        due rows wait, and other tenants' go first."""
         now = utcnow()
         due = ((Delivery.status == PENDING) & (Delivery.next_attempt_at <= now)
                & or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
-        candidates = select(Delivery.id).where(due).order_by(Delivery.next_attempt_at)
-        if self.engine.dialect.name == "postgresql":
-            # Lock one due row, passing over those other deliverers hold this instant.
-            candidates = candidates.limit(1).with_for_update(skip_locked=True)
-        else:
-            # SQLite has no row locks: look at a few, and the compare-and-set below (on `due` again)
-            # decides which one is ours.
-            candidates = candidates.limit(CLAIM_CANDIDATES)
+        candidates = (select(Delivery.id, Webhook.tenant).join(Webhook, Webhook.id == Delivery.webhook_id)
+                      .where(due).order_by(Delivery.next_attempt_at).limit(CLAIM_CANDIDATES))
+        if tenant_in_flight is not None:
+            candidates = candidates.where(Webhook.tenant.not_in(_busy_tenants(now, tenant_in_flight)))
+        postgres = self.engine.dialect.name == "postgresql"
+        if postgres:
+            # Lock due rows, passing over those other deliverers hold this instant.
+            candidates = candidates.with_for_update(skip_locked=True, of=Delivery)
+        # SQLite has no row locks: the compare-and-set below (on `due` again) decides which row is ours.
         leased = {"lease_owner": owner, "lease_until": now + timedelta(seconds=lease_s)}
         with self.engine.begin() as conn:
-            for delivery_id in conn.execute(candidates).scalars().all():
-                if conn.execute(update(Delivery).where(Delivery.id == delivery_id, due).values(**leased)).rowcount:
+            for delivery_id, tenant in conn.execute(candidates).all():
+                cas = Delivery.id == delivery_id
+                if tenant_in_flight is not None:
+                    if postgres and not _lock_tenant(conn, tenant):
+                        continue  # another deliverer is claiming for this tenant right now
+                    # Counted again in the statement that leases: on SQLite it runs under the
+                    # database's one write lock, on PostgreSQL under the tenant's lock, after the
+                    # claims made before it committed; either way no race takes a tenant past its share.
+                    cas &= _in_flight(tenant, now) < tenant_in_flight
+                if conn.execute(update(Delivery).where(cas, due).values(**leased)).rowcount:
                     return self._claimed(conn, delivery_id)
         return None
 
@@ -128,3 +144,28 @@ class Webhooks:
             fields["next_attempt_at"] = next_attempt_at
         with self.engine.begin() as conn:
             return conn.execute(stmt.values(**fields)).rowcount > 0
+
+
+def _leased(delivery: Any, now: datetime) -> ColumnElement[bool]:
+    """An attempt in flight: a pending row whose lease has not run out."""
+    return (delivery.status == PENDING) & (delivery.lease_until >= now)
+
+
+def _busy_tenants(now: datetime, tenant_in_flight: int) -> Select[Any]:
+    """Tenants with `tenant_in_flight` or more deliveries in flight."""
+    return (select(Webhook.tenant).join(Delivery, Delivery.webhook_id == Webhook.id).where(_leased(Delivery, now))
+            .group_by(Webhook.tenant).having(func.count() >= tenant_in_flight))
+
+
+def _in_flight(tenant: str, now: datetime) -> Any:
+    """How many of `tenant`'s deliveries are in flight, as a subquery of the leasing UPDATE."""
+    leased, hook = aliased(Delivery), aliased(Webhook)
+    return (select(func.count()).select_from(leased).join(hook, hook.id == leased.webhook_id)
+            .where(hook.tenant == tenant, _leased(leased, now)).scalar_subquery())
+
+
+def _lock_tenant(conn: Connection, tenant: str) -> bool:
+    """The tenant's claim lock until this transaction ends, if no other claim holds it (waiting could
+    deadlock two claims that each hold one tenant and want the other's)."""
+    key = TENANT_LOCK_SPACE | zlib.crc32(tenant.encode())
+    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}).scalar_one())

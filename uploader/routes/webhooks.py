@@ -82,7 +82,7 @@ def create_webhook(body: WebhookIn, tenant: Tenant, farm: FarmDep) -> dict[str, 
         raise ApiError(422, "invalid_events", f"unknown events {', '.join(unknown)}; "
                                               f"choose from {', '.join(EVENT_TYPES)}")
     try:
-        netguard.resolve(body.url, farm.settings.webhook_allow_private)
+        netguard.resolve(body.url, farm.settings.webhook_allow_private, farm.settings.webhook_timeout_s)
     except netguard.AddressRefused as exc:
         raise ApiError(422, "invalid_url", str(exc)) from None
     if farm.webhooks.count(tenant) >= MAX_WEBHOOKS:
