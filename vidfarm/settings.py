@@ -134,6 +134,8 @@ class Settings:
     webhook_retry_delays_s: tuple[float, ...] = WEBHOOK_RETRY_DELAYS_S
     webhook_timeout_s: float = 10.0  # connecting, and each read, of one delivery attempt
     webhook_deliver_in_api: bool = True  # each API process also runs a deliverer (`vidfarm deliver` is another)
+    # Live event streams (SSE) one API key may hold open on one API process at once (429 beyond).
+    max_event_streams_per_tenant: int = 100
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -180,6 +182,7 @@ class Settings:
             webhook_retry_delays_s=_env_floats("VIDFARM_WEBHOOK_RETRY_DELAYS_S", WEBHOOK_RETRY_DELAYS_S),
             webhook_timeout_s=_env_float("VIDFARM_WEBHOOK_TIMEOUT_S", 10.0),
             webhook_deliver_in_api=_env_flag("VIDFARM_WEBHOOK_DELIVER_IN_API", True),
+            max_event_streams_per_tenant=_env_int("VIDFARM_MAX_EVENT_STREAMS_PER_TENANT", 100),
         )
 
     def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -217,6 +220,7 @@ class Settings:
             "VIDFARM_WEBHOOK_RETRY_DELAYS_S": ",".join(str(d) for d in self.webhook_retry_delays_s),
             "VIDFARM_WEBHOOK_TIMEOUT_S": str(self.webhook_timeout_s),
             "VIDFARM_WEBHOOK_DELIVER_IN_API": "1" if self.webhook_deliver_in_api else "0",
+            "VIDFARM_MAX_EVENT_STREAMS_PER_TENANT": str(self.max_event_streams_per_tenant),
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
