@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from uploader import errors, live, playback
 from uploader.auth import KeyRing
 from uploader.middleware import ApiMiddleware
+from uploader.public_url import PublicUrl
 from uploader.routes import ROUTERS
 from vidfarm.deliver import IDLE_POLL_S, Deliverer
 from vidfarm.farm import Farm
@@ -35,6 +36,8 @@ def create_app(farm: Farm) -> FastAPI:
     app.state.event_hub = live.EventHub(farm.settings.redis_url or "")
     app.state.stream_slots = live.StreamSlots(farm.settings.max_event_streams_per_tenant)
     app.add_middleware(ApiMiddleware)
+    if farm.settings.public_url:
+        app.add_middleware(PublicUrl, public_url=farm.settings.public_url)
     app.include_router(playback.router(farm))
     for router in ROUTERS:
         app.include_router(router)
