@@ -152,6 +152,7 @@ class EventHub:
 
     async def _run(self) -> None:
         while True:
+            await self._wanted()
             try:
                 await self._serve()
             except (RedisError, OSError) as exc:
@@ -160,6 +161,14 @@ class EventHub:
                 log.exception("live events: the hub failed; starting it again")
             self._mark_all(live=False)  # streams poll the catalog until the hub is back
             await asyncio.sleep(RECONNECT_S)
+
+    async def _wanted(self) -> None:
+        """Until some stream waits for events: a process nobody follows needs no connection (and
+        logs nothing while Redis is away)."""
+        assert self._changed is not None
+        while not self._subscriptions:
+            self._changed.clear()
+            await self._changed.wait()
 
     async def _serve(self) -> None:
         """One connection's life: returns or raises when it is lost."""
