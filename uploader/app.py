@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from uploader import errors, playback
+from uploader import errors, live, playback
 from uploader.auth import KeyRing
 from uploader.middleware import ApiMiddleware
+from uploader.public_url import PublicUrl
 from uploader.routes import ROUTERS
 from vidfarm.deliver import IDLE_POLL_S, Deliverer
 from vidfarm.farm import Farm
@@ -26,16 +27,37 @@ def create_app(farm: Farm) -> FastAPI:
         version="1",
         description="Upload videos, get 1080p/720p H.264 renditions from an autoscaling farm.",
         exception_handlers=errors.HANDLERS,
-        lifespan=_delivering(farm) if farm.settings.webhook_deliver_in_api else None,
+        lifespan=_lifespan(farm),
     )
     farm.open()
     app.state.farm = farm
     app.state.keys = KeyRing(farm.settings.api_keys)
+    # Every live stream of this process listens through one Redis connection (uploader/live.py).
+    app.state.event_hub = live.EventHub(farm.settings.redis_url or "")
+    app.state.stream_slots = live.StreamSlots(farm.settings.max_event_streams_per_tenant)
     app.add_middleware(ApiMiddleware)
+    if farm.settings.public_url:
+        app.add_middleware(PublicUrl, public_url=farm.settings.public_url)
     app.include_router(playback.router(farm))
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _lifespan(farm: Farm) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    delivering = _delivering(farm) if farm.settings.webhook_deliver_in_api else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if delivering is not None:
+                await stack.enter_async_context(delivering(app))
+            try:
+                yield
+            finally:
+                await app.state.event_hub.close()
+
+    return lifespan
 
 
 def _delivering(farm: Farm) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:

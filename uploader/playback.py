@@ -2,7 +2,9 @@
 
 Players fetch segments by relative URL and cannot add an `Authorization` header, so access rides in
 the path, as Cloudflare Stream does: a token naming the video, its tenant and an expiry, signed with
-HMAC-SHA256 under a server secret. Players run on our users' pages, another origin than the API, so
+HMAC-SHA256 under a server secret. Tokens sit on public pages, so the tenant is named by a keyed tag
+of its id, never by the id itself: the id is a plain hash of the tenant's API key, which a weak key
+would let anyone reverse offline. Players run on our users' pages, another origin than the API, so
 these routes answer CORS for any origin; the token, not the origin, is the access control.
 """
 
@@ -66,13 +68,28 @@ def _mac(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
 
 
+def tenant_tag(key: bytes, tenant: str) -> str:
+    """What a token says of the tenant: as long as the tenant id, computable only with the server's
+    secret (a separate domain from the token's MAC, so one is never the other)."""
+    return hmac.new(key, b"vidfarm-tenant\0" + tenant.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def names_tenant(key: bytes, named: str, tenant: str) -> bool:
+    """Whether a valid token's tenant field is `tenant`'s: its tag, or, in tokens signed before tags
+    (valid until they expire), the id itself."""
+    presented = named.encode()
+    return hmac.compare_digest(presented, tenant_tag(key, tenant).encode()) or hmac.compare_digest(presented,
+                                                                                                tenant.encode())
+
+
 def sign(key: bytes, video_id: str, tenant: str, expires: int) -> str:
-    payload = f"{video_id}.{tenant}.{expires}"
+    payload = f"{video_id}.{tenant_tag(key, tenant)}.{expires}"
     return f"{_b64(payload.encode())}.{_mac(key, payload)}"
 
 
 def verify(key: bytes, token: str, now: float) -> tuple[str, str, int]:
-    """(video id, tenant, expiry) of a valid token; TokenError otherwise."""
+    """(video id, tenant field, expiry) of a valid token; TokenError otherwise. Check the tenant field
+    with `names_tenant`."""
     try:
         encoded, mac = token.split(".", 1)
         payload = _unb64(encoded).decode()
@@ -114,7 +131,8 @@ def router(farm: Farm) -> APIRouter:
         except TokenError as exc:
             raise ApiError(403, "invalid_token", str(exc)) from exc
         video = farm.catalog.get(video_id) if is_video_id(video_id) else None
-        if video is None or video["tenant"] != tenant or video["status"] != READY or not video.get("has_stream"):
+        if (video is None or not names_tenant(key, tenant, video["tenant"]) or video["status"] != READY
+                or not video.get("has_stream")):
             raise ApiError(404, "not_found", "no such video to play")
         missing = f"the package has no {path!r}"
         try:

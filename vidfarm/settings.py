@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from vidfarm.storage import file_url_path
 
@@ -72,6 +73,19 @@ WEBHOOK_RETRY_DELAYS_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 
+def _public_url(raw: str) -> str:
+    """`VIDFARM_PUBLIC_URL` checked at start-up: every URL a client receives is built on it."""
+    url = raw.strip().rstrip("/")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment
+            or not url.isascii()):
+        raise ValueError(f"VIDFARM_PUBLIC_URL must be http(s)://host[:port][/path] (an IDN host in its "
+                         f"xn-- form), got {raw!r}")
+    return url
+
+
 def _storage_location(home: Path) -> tuple[str, Path]:
     """(object store URL or "", directory): `VIDFARM_STORAGE_URL` wins; `VIDFARM_STORAGE_DIR` is the
     older spelling of a file:// URL."""
@@ -126,8 +140,12 @@ class Settings:
     # One request writes to a resumable upload at a time, under a lease renewed as it streams; a
     # replica that dies mid-request holds the upload this long at most.
     tus_lease_s: float = 30.0
-    # Where clients reach the API: the links inside webhook payloads (nothing else knows it outside a request).
+    # Where clients reach the API (https://videos.example.com): every URL a client receives starts with
+    # it, whatever the request's Host header says, and so do the links inside webhook payloads.
     public_url: str = ""
+    # Where `vidfarm up` serves, for the links in webhook payloads when no public URL is set. Unlike the
+    # public URL it never overrides a request's own address (`localhost` and `127.0.0.1` both work).
+    local_url: str = ""
     # Webhooks: private, loopback and link-local receivers are refused unless this is set (local setups, tests).
     webhook_allow_private: bool = False
     # Seconds before each retry of a failed delivery (jitter added); after the last, the delivery gives up.
@@ -141,6 +159,8 @@ class Settings:
     # many deliverer threads, and the other tenants' events go out on the rest.
     webhook_tenant_in_flight: int = 2
     webhook_deliver_in_api: bool = True  # each API process also runs a deliverer (`vidfarm deliver` is another)
+    # Live event streams (SSE) one API key may hold open on one API process at once (429 beyond).
+    max_event_streams_per_tenant: int = 100
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -182,13 +202,15 @@ class Settings:
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
             tus_expiry_s=_env_float("VIDFARM_TUS_EXPIRY_S", 24 * 3600.0),
             tus_lease_s=_env_float("VIDFARM_TUS_LEASE_S", 30.0),
-            public_url=os.environ.get("VIDFARM_PUBLIC_URL", "").strip(),
+            public_url=_public_url(os.environ.get("VIDFARM_PUBLIC_URL", "")),
+            local_url=os.environ.get("VIDFARM_LOCAL_URL", "").strip(),
             webhook_allow_private=_env_flag("VIDFARM_WEBHOOK_ALLOW_PRIVATE", False),
             webhook_retry_delays_s=_env_floats("VIDFARM_WEBHOOK_RETRY_DELAYS_S", WEBHOOK_RETRY_DELAYS_S),
             webhook_timeout_s=_env_float("VIDFARM_WEBHOOK_TIMEOUT_S", 10.0),
             webhook_response_max_bytes=_env_int("VIDFARM_WEBHOOK_RESPONSE_MAX_BYTES", 64 * 1024),
             webhook_tenant_in_flight=_env_int("VIDFARM_WEBHOOK_TENANT_IN_FLIGHT", 2),
             webhook_deliver_in_api=_env_flag("VIDFARM_WEBHOOK_DELIVER_IN_API", True),
+            max_event_streams_per_tenant=_env_int("VIDFARM_MAX_EVENT_STREAMS_PER_TENANT", 100),
         )
 
     def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -222,12 +244,14 @@ class Settings:
             "VIDFARM_TUS_EXPIRY_S": str(self.tus_expiry_s),
             "VIDFARM_TUS_LEASE_S": str(self.tus_lease_s),
             "VIDFARM_PUBLIC_URL": self.public_url,
+            "VIDFARM_LOCAL_URL": self.local_url,
             "VIDFARM_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
             "VIDFARM_WEBHOOK_RETRY_DELAYS_S": ",".join(str(d) for d in self.webhook_retry_delays_s),
             "VIDFARM_WEBHOOK_TIMEOUT_S": str(self.webhook_timeout_s),
             "VIDFARM_WEBHOOK_RESPONSE_MAX_BYTES": str(self.webhook_response_max_bytes),
             "VIDFARM_WEBHOOK_TENANT_IN_FLIGHT": str(self.webhook_tenant_in_flight),
             "VIDFARM_WEBHOOK_DELIVER_IN_API": "1" if self.webhook_deliver_in_api else "0",
+            "VIDFARM_MAX_EVENT_STREAMS_PER_TENANT": str(self.max_event_streams_per_tenant),
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
@@ -260,7 +284,8 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or DEFAULT_PUBLIC_URL).rstrip("/")
+        """Where links made outside a request (webhook payloads) point."""
+        return (self.public_url or self.local_url or DEFAULT_PUBLIC_URL).rstrip("/")
 
     @property
     def local_key_file(self) -> Path:

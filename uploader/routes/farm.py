@@ -1,4 +1,9 @@
-"""`GET /v1/farm`: the queues, the workers and the autoscaler's view of its pools."""
+"""`GET /v1/farm`: the queues, the workers and the autoscaler's view of its pools.
+
+Every API key is a tenant, and the view is theirs: the numbers (queue depths, pools, which workers are
+busy) are the farm's and stay whole, but a worker names the video it transcodes only to the tenant
+that owns it; another tenant's video id says what they upload and when.
+"""
 
 from __future__ import annotations
 
@@ -18,18 +23,27 @@ router = APIRouter(tags=["farm"], responses=ERRORS)
 
 
 @router.get("/v1/farm", response_model=FarmOut)
-def farm_view(_tenant: Tenant, farm: FarmDep) -> dict[str, Any]:
-    return farm_snapshot(farm)
+def farm_view(tenant: Tenant, farm: FarmDep) -> dict[str, Any]:
+    return farm_snapshot(farm, tenant)
 
 
-def farm_snapshot(farm: Farm) -> dict[str, Any]:
+def farm_snapshot(farm: Farm, tenant: str) -> dict[str, Any]:
     workers = presence.all_workers(farm.redis)
+    busy_with = [w.video_id for w in workers if w.video_id]
+    own = farm.catalog.owned(tenant, busy_with) if busy_with else set()
     names = set(farm.settings.served_queues) | {q for w in workers for q in w.queues.split(",") if q}
     names |= {q.name for q in Queue.all(connection=farm.rq_redis)}
     queues = {name: queue_counts(farm.rq_redis, name) for name in sorted(names)}
     raw = farm.redis.get(presence.AUTOSCALER_STATUS_KEY)
     return {
         "queues": queues,
-        "workers": [w.to_api() for w in workers],
+        "workers": [_as_seen_by(w, own) for w in workers],
         "autoscaler": json.loads(raw) if raw else None,
     }
+
+
+def _as_seen_by(worker: presence.WorkerInfo, own: set[str]) -> dict[str, Any]:
+    shown = worker.to_api()
+    if shown["video_id"] not in own:
+        shown["video_id"] = None  # busy all the same: the state says so, not whose video it is
+    return shown

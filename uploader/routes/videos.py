@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from uploader import live
 from uploader.deps import FarmDep, OwnedVideo, Tenant
 from uploader.errors import ApiError
-from uploader.resources import ERRORS, VideoOut, VideoPage, video_resource
+from uploader.resources import ERRORS, ErrorBody, VideoOut, VideoPage, video_resource
 from uploader.serve import stored_response
 from vidfarm.jobs import stop_video
 from vidfarm.states import ACTIVE, VideoStatus
@@ -75,10 +75,17 @@ def download_poster(video: OwnedVideo, request: Request, farm: FarmDep) -> Respo
     return stored_response(farm, request, poster_key(video["id"]), "image/jpeg", missing=missing)
 
 
-@router.get("/{video_id}/events", response_class=StreamingResponse)
-async def video_events(video: OwnedVideo, request: Request, farm: FarmDep) -> StreamingResponse:
-    return StreamingResponse(live.event_stream(farm, video, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+@router.get("/{video_id}/events", response_class=StreamingResponse, responses={429: {"model": ErrorBody}})
+async def video_events(video: OwnedVideo, tenant: Tenant, request: Request, farm: FarmDep) -> StreamingResponse:
+    """Server-Sent Events until the video ends; each API key holds a bounded number open (429 beyond)."""
+    give_back = request.app.state.stream_slots.take(tenant)
+    feed = request.app.state.event_hub.subscribe(video["id"])
+
+    def release() -> None:
+        feed.close()
+        give_back()
+
+    return live.EventStreamResponse(live.event_stream(farm, video, feed, request), release)
 
 
 @router.delete("/{video_id}", status_code=204, response_class=Response)
