@@ -31,7 +31,7 @@ def create_app(farm: Farm) -> FastAPI:
     farm.open()
     app.state.farm = farm
     app.state.keys = KeyRing(farm.settings.api_keys)
-    app.add_middleware(ApiMiddleware)
+    app.add_middleware(ApiMiddleware, settings=farm.settings, keys=app.state.keys)
     app.include_router(playback.router(farm))
     for router in ROUTERS:
         app.include_router(router)

@@ -146,17 +146,17 @@ def api(host: str, port: int, fd: int | None) -> None:
     import uvicorn
 
     from uploader.app import create_app
+    from uploader.http11 import server_config
     from vidfarm.farm import Farm
 
     settings = load_settings()
     if not settings.api_keys:
         raise click.ClickException("no API keys: set VIDFARM_API_KEYS or VIDFARM_API_KEYS_FILE")
-    # h11, not httptools: only h11 bounds the header bytes it buffers (httptools takes 100 MB of
-    # headers and more); the app itself answers 431 above 32 KiB.
     with refusing_bad_storage():
         app = create_app(Farm(settings))
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11",
-                            timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
+    # h11 with bounds on header bytes and time (uploader/http11.py); the app answers 431 above 32 KiB.
+    config = server_config(app, settings.header_timeout_s, host=host, port=port, log_level="warning",
+                           timeout_graceful_shutdown=30)
     uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
 
