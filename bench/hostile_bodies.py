@@ -18,13 +18,13 @@ import argparse
 import contextlib
 import json
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from _common import ROOT, machine, table, temp_dir
+from api_cpu import unpack
 from upload_stream import API_KEY, RssSampler, baseline_rss, start_api
 
 from vidfarm.localredis import LocalRedis
@@ -120,9 +120,7 @@ def main() -> None:
         try:
             if args.baseline:
                 baseline = work / "baseline"
-                baseline.mkdir()
-                archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True, capture_output=True)
-                subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
+                unpack(args.baseline, baseline)
                 rows += measure(f"baseline {args.baseline}", baseline, work / "b", redis_server.url, size)
             rows += measure("this checkout", ROOT, work / "c", redis_server.url, size)
         finally:
