@@ -26,6 +26,7 @@ import pytest
 from tests.conftest import API_KEY, OTHER_KEY, ROOT, settings_env, wait_serving
 from vidfarm.localredis import free_port
 from vidfarm.settings import Settings
+from vidfarm.storage import parse_range
 
 MIB = 1024 * 1024
 HOSTILE_BYTES = 100 * MIB
@@ -236,6 +237,14 @@ def test_non_ascii_in_tokens_and_tus_headers_is_4xx_json(api_proc):
             response = http.get(f"/v1/play/{payload}.{mac}/x")
             assert response.status_code == 403, (mac, response.text)
             assert response.json()["error"]["code"] == "invalid_token"
+
+
+def test_ranges_take_ascii_digits_only():
+    """A Range in another script's digits is no range (the whole file is served, as HTTP allows)."""
+    assert parse_range("bytes=3-", 10) == (3, 9)
+    assert parse_range("bytes=-4", 10) == (6, 9)
+    for odd in ("bytes=\u0663-", "bytes=-\u0663", "bytes=\xb2-", "bytes=3-\n", "bytes=" + "1" * 21 + "-"):
+        assert parse_range(odd, 10) is None, odd
 
 
 # -- 8. slow clients, piled-up uploads -------------------------------------------------------------------
