@@ -260,6 +260,16 @@ def test_trickling_bodies_are_cut_off_by_the_rate_floor(settings, clips):
             start = request_head("POST", path, {**key, "Content-Type": content_type, "Content-Length": "60000"})
             status, error = parse_answer(trickle(server.port, start, b"xx", every_s=0.2, give_up_s=20))
             assert (status, error["error"]["code"]) == (408, "body_too_slow"), (path, error)
+        # A resumable upload cut off keeps what arrived: the client resumes from there.
+        upload = new_upload(server)
+        start = request_head("PATCH", upload, {**key, "Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                                                "Content-Type": "application/offset+octet-stream",
+                                                "Content-Length": "10"})
+        status, error = parse_answer(trickle(server.port, start, b"x", every_s=0.3, give_up_s=20))
+        assert (status, error["error"]["code"]) == (408, "body_too_slow")
+        with server.client() as http:
+            kept = http.head(upload, headers={"Tus-Resumable": "1.0.0"})
+        assert 0 < int(kept.headers["Upload-Offset"]) < 10
         # A client at a normal pace is not bothered by the floor.
         with server.client() as http, clips["small"].open("rb") as clip:
             response = http.post("/v1/videos", files={"file": ("small.mp4", clip, "video/mp4")})

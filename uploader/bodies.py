@@ -62,8 +62,9 @@ class RateFloor:
             self.got = 0
 
     def too_slow(self) -> ApiError:
+        # Connection: close, or the server would go on taking the trickle to drain the body.
         return ApiError(408, "body_too_slow", f"the request body arrived slower than {self.min_rate:g} bytes/s "
-                        f"over {self.window_s:g} s; it was abandoned")
+                        f"over {self.window_s:g} s; it was abandoned", {"Connection": "close"})
 
 
 def paced(receive: Receive, floor: RateFloor) -> Receive:

@@ -44,7 +44,7 @@ class ApiMiddleware:
             await send(message)
 
         # `vidfarm api` runs h11, which refuses more than 64 KiB of headers before the app sees them
-        # (see cli.api); below that, the app draws the line at 32 KiB with a clear JSON 431.
+        # (see uploader/http11.py); below that, the app draws the line at 32 KiB with a clear JSON 431.
         if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             answer = error_response(431, "headers_too_large", f"request headers exceed {MAX_HEADER_BYTES} bytes")
             await answer(scope, receive, send_with_headers)
