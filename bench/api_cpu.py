@@ -1,6 +1,6 @@
 """The API's CPU time per GiB uploaded: this checkout against an earlier revision, side by side.
 
-Two `vidfarm api` processes, one from this checkout and one from a `git worktree` of `--baseline`,
+Two `vidfarm api` processes, one from this checkout and one from a `git archive` of `--baseline`,
 each with its own private redis-server, SQLite catalog and storage directory, take the same streamed
 upload (a 1 s MP4 padded with zeros to the size: accepted, so probe, catalog row and enqueue run
 too) in alternation. CPU = user + system time of the API process and its children (ffprobe), read
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from pathlib import Path
 
 from _common import ROOT, empty_files, machine, make_clip, median, table, temp_dir, tree_cpu_s
 from upload_stream import MIB, start_api, upload_once
@@ -34,8 +35,7 @@ def main() -> None:
     size = args.size_mib * MIB
     with temp_dir("bench-api-cpu-") as work:
         baseline = work / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(baseline), args.baseline], cwd=ROOT,
-                       check=True)
+        unpack(args.baseline, baseline)
         head = make_clip(work / "head.mp4", 1, size="320x240").read_bytes()
         apis: dict[str, tuple] = {}
         try:
@@ -57,8 +57,15 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=30)
                 redis_server.stop()
-            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False)
     report(args, cpu)
+
+
+def unpack(revision: str, folder: Path) -> None:
+    """The revision's files in `folder`: a `git archive`, not a worktree, so the repository (which
+    other checkouts share) is left as it was."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
 
 
 def report(args: argparse.Namespace, cpu: dict[str, list[float]]) -> None:

@@ -209,7 +209,8 @@ def test_up_refuses_what_its_pool_would_not_serve(settings):
 def test_children_read_the_settings_they_were_given(settings, monkeypatch):
     changed = replace(settings, queues=("cpu",), ladder=("720p",), max_duration_s=12.5, stall_timeout_s=7.0,
                       upload_idle_timeout_s=3.0, job_timeout_factor=1.5, max_attempts=5, chunk_seconds=4.0,
-                      playback_secret="s3cret", playback_ttl_s=60)
+                      playback_secret="s3cret", playback_ttl_s=60, max_body_bytes=1000, body_min_rate_bytes_s=10,
+                      body_rate_window_s=2.5, header_timeout_s=4.0, max_open_uploads=7)
     env = changed.to_env({"VIDFARM_API_KEYS_FILE": "/nowhere", "PATH": "/bin"})
     assert "VIDFARM_API_KEYS_FILE" not in env and env["PATH"] == "/bin"  # the keys are in VIDFARM_API_KEYS
     monkeypatch.delenv("VIDFARM_API_KEYS_FILE", raising=False)

@@ -35,7 +35,7 @@ def create_app(farm: Farm) -> FastAPI:
     # Every live stream of this process listens through one Redis connection (uploader/live.py).
     app.state.event_hub = live.EventHub(farm.settings.redis_url or "")
     app.state.stream_slots = live.StreamSlots(farm.settings.max_event_streams_per_tenant)
-    app.add_middleware(ApiMiddleware)
+    app.add_middleware(ApiMiddleware, settings=farm.settings, keys=app.state.keys)
     if farm.settings.public_url:
         app.add_middleware(PublicUrl, public_url=farm.settings.public_url)
     app.include_router(playback.router(farm))

@@ -97,7 +97,8 @@ def verify(key: bytes, token: str, now: float) -> tuple[str, str, int]:
         expires = int(expires_text)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise TokenError("the playback token is malformed") from exc
-    if not hmac.compare_digest(mac, _mac(key, payload)):
+    # As bytes: compare_digest refuses str with non-ASCII characters, and a URL may carry any.
+    if not hmac.compare_digest(mac.encode(errors="replace"), _mac(key, payload).encode()):
         raise TokenError("the playback token is not valid")
     if expires <= now:
         raise TokenError("the playback token has expired")

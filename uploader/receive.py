@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from uploader.bodies import count_header
 from uploader.errors import ApiError
 from vidfarm.storage import PartialUpload, StorageUnavailable, UploadWriter
 
@@ -115,9 +116,10 @@ def check_declared_length(request: Request, allowed: int, limit: int) -> None:
     raw = request.headers.get("content-length")
     if raw is None:
         return
-    if not raw.isdigit():
+    declared = count_header(raw)
+    if declared is None:
         raise ApiError(400, "bad_request", "invalid Content-Length header")
-    if int(raw) > allowed:
+    if declared > allowed:
         raise too_large(limit)
 
 

@@ -344,6 +344,14 @@ class Catalog:
                 found.update(conn.execute(stmt).scalars())
         return found
 
+    def count(self, tenant: str, status: VideoStatus, *, updated_since: datetime | None = None) -> int:
+        """How many of a tenant's videos are in `status` (and were updated since then, if given)."""
+        stmt = select(func.count()).select_from(Video).where(Video.tenant == tenant, Video.status == status)
+        if updated_since is not None:
+            stmt = stmt.where(Video.updated_at > updated_since)
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
     def active(self, statuses: Sequence[VideoStatus] = ACTIVE) -> list[VideoRow]:
         return self._select_videos(select(*Video.__table__.columns).where(Video.status.in_(statuses)))
 

@@ -149,20 +149,20 @@ def api(host: str, port: int, fd: int | None, forwarded_allow_ips: str) -> None:
     import uvicorn
 
     from uploader.app import create_app
+    from uploader.http11 import server_config
     from vidfarm.farm import Farm
 
     settings = load_settings()
     if not settings.api_keys:
         raise click.ClickException("no API keys: set VIDFARM_API_KEYS or VIDFARM_API_KEYS_FILE")
-    # h11, not httptools: only h11 bounds the header bytes it buffers (httptools takes 100 MB of
-    # headers and more); the app itself answers 431 above 32 KiB.
     with refusing_bad_storage():
         app = create_app(Farm(settings))
+    # h11 with bounds on header bytes and time (uploader/http11.py); the app answers 431 above 32 KiB.
     # Behind a TLS ingress the API sees plain HTTP: only X-Forwarded-Proto from a trusted peer makes
     # the URLs it builds from the request (tus Location, resources) https://. Anyone else could forge it.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11",
-                            timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024,
-                            proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips)
+    config = server_config(app, settings.header_timeout_s, host=host, port=port, log_level="warning",
+                           timeout_graceful_shutdown=30, proxy_headers=True,
+                           forwarded_allow_ips=forwarded_allow_ips)
     uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
 

@@ -119,6 +119,16 @@ class Settings:
     max_duration_s: float = 6 * 3600.0
     max_pixels: int = 7680 * 4320
     upload_idle_timeout_s: float = 60.0  # an upload sending nothing this long is abandoned (408)
+    # Hostile clients (docs/design.md, "Limits"). A body that is not an upload (JSON) is at most this big.
+    max_body_bytes: int = 64 * 1024
+    # Every body must bring at least min_rate x window bytes in each window of waiting for it (the
+    # first window is the grace period); slower ones are cut off (408). 0 turns the floor off.
+    body_min_rate_bytes_s: int = 1024
+    body_rate_window_s: float = 30.0
+    # A client must finish sending a request's headers this long after its first byte (or connecting).
+    header_timeout_s: float = 20.0
+    # Unfinished resumable (tus) uploads one tenant may hold at once (429 above).
+    max_open_uploads: int = 100
     default_queue: str = "cpu"
     queues: tuple[str, ...] = ("cpu", "gpu")  # served by a pool, so an upload may ask for them (`queue`)
     ladder: tuple[str, ...] = ("1080p", "720p")
@@ -189,6 +199,11 @@ class Settings:
             max_duration_s=_env_float("VIDFARM_MAX_DURATION_S", 6 * 3600.0),
             max_pixels=_env_int("VIDFARM_MAX_PIXELS", 7680 * 4320),
             upload_idle_timeout_s=_env_float("VIDFARM_UPLOAD_IDLE_TIMEOUT_S", 60.0),
+            max_body_bytes=_env_int("VIDFARM_MAX_BODY_BYTES", 64 * 1024),
+            body_min_rate_bytes_s=_env_int("VIDFARM_BODY_MIN_RATE_BYTES_S", 1024),
+            body_rate_window_s=_env_float("VIDFARM_BODY_RATE_WINDOW_S", 30.0),
+            header_timeout_s=_env_float("VIDFARM_HEADER_TIMEOUT_S", 20.0),
+            max_open_uploads=_env_int("VIDFARM_MAX_OPEN_UPLOADS", 100),
             default_queue=os.environ.get("VIDFARM_DEFAULT_QUEUE", "cpu"),
             queues=tuple(q.strip() for q in os.environ.get("VIDFARM_QUEUES", "cpu,gpu").split(",") if q.strip()),
             ladder=ladder,
@@ -230,6 +245,11 @@ class Settings:
             "VIDFARM_MAX_DURATION_S": str(self.max_duration_s),
             "VIDFARM_MAX_PIXELS": str(self.max_pixels),
             "VIDFARM_UPLOAD_IDLE_TIMEOUT_S": str(self.upload_idle_timeout_s),
+            "VIDFARM_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "VIDFARM_BODY_MIN_RATE_BYTES_S": str(self.body_min_rate_bytes_s),
+            "VIDFARM_BODY_RATE_WINDOW_S": str(self.body_rate_window_s),
+            "VIDFARM_HEADER_TIMEOUT_S": str(self.header_timeout_s),
+            "VIDFARM_MAX_OPEN_UPLOADS": str(self.max_open_uploads),
             "VIDFARM_DEFAULT_QUEUE": self.default_queue,
             "VIDFARM_QUEUES": ",".join(self.queues),
             "VIDFARM_LADDER": ",".join(self.ladder),

@@ -184,13 +184,14 @@ class Reading:
     content_range: str | None = None
 
 
-BYTE_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits: `\d` takes any script's digits (int() reads "٣" as 3).
+BYTE_RANGE_RE = re.compile(r"bytes=([0-9]{0,20})-([0-9]{0,20})")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single-range header; None for no range or one we ignore (several
     ranges): the whole object is served then, as HTTP allows."""
-    match = BYTE_RANGE_RE.match(header or "")
+    match = BYTE_RANGE_RE.fullmatch(header or "")
     if not match or match.groups() == ("", ""):
         return None
     first, last = match.groups()

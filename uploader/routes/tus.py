@@ -9,9 +9,9 @@ An upload is a video in status `uploading` under the same id; its bytes live in 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from uploader.bodies import count_header
 from uploader.deps import FarmDep, OwnedVideo, Tenant
 from uploader.errors import ApiError
 from uploader.receive import body_chunks, too_large
@@ -42,6 +43,7 @@ OFFSET_TYPE = "application/offset+octet-stream"
 # What only the probe can say; the row of an unfinished upload needs a value in these columns.
 NOT_PROBED = {"duration_s": 0.0, "width": 0, "height": 0, "fps": 0.0, "video_codec": ""}
 UPLOADING = VideoStatus.UPLOADING
+_CREATING = threading.Lock()
 
 
 def _version(tus_resumable: Annotated[str | None, Header()] = None) -> None:
@@ -133,14 +135,29 @@ def _create(farm: Farm, tenant: str, length: int, meta: dict[str, str]) -> Video
         "requested": renditions_asked(meta.get("renditions"), settings.ladder),
         "queue": queue_asked(meta.get("queue"), settings), "has_poster": 0, "received_bytes": 0, **NOT_PROBED,
     }
-    farm.storage.start_resumable(video_id)  # before the row: an `uploading` row always has its bytes
-    return farm.catalog.create(id=video_id, **fields)
+    # One creation at a time in this process, so concurrent requests cannot all pass the count;
+    # replicas racing each other overshoot the cap by a few at most.
+    with _CREATING:
+        _check_open_uploads(farm, tenant)
+        farm.storage.start_resumable(video_id)  # before the row: an `uploading` row always has its bytes
+        return farm.catalog.create(id=video_id, **fields)
+
+
+def _check_open_uploads(farm: Farm, tenant: str) -> None:
+    """Each unfinished upload holds storage (and, on S3, a multipart upload) until it expires: a
+    tenant may keep only so many at once. Expired ones the reconciler has not swept yet do not count."""
+    settings = farm.settings
+    fresh_since = datetime.now(UTC) - timedelta(seconds=settings.tus_expiry_s)
+    if farm.catalog.count(tenant, UPLOADING, updated_since=fresh_since) >= settings.max_open_uploads:
+        raise ApiError(429, "too_many_uploads",
+                       f"at most {settings.max_open_uploads} unfinished resumable uploads per tenant "
+                       "(VIDFARM_MAX_OPEN_UPLOADS): finish or terminate one first", {"Retry-After": "60"})
 
 
 def _upload_length(raw: str | None, limit: int) -> int:
-    if raw is None or not raw.strip().isdigit():
+    length = None if raw is None else count_header(raw)
+    if length is None:
         raise ApiError(400, "bad_upload_length", "send Upload-Length: the size of the whole upload in bytes")
-    length = int(raw)
     if length > limit:
         raise too_large(limit)
     return length
@@ -153,7 +170,7 @@ def _metadata(raw: str | None) -> dict[str, str]:
         key, _, value = item.partition(" ")
         try:
             pairs[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, non-ASCII text, UnicodeDecodeError: all ValueErrors
             raise ApiError(400, "bad_metadata", f"Upload-Metadata {key!r}: the value is not base64 of UTF-8 text"
                            ) from None
     return pairs
@@ -278,7 +295,7 @@ def _checksum(raw: str | None) -> Checksum | None:
         raise ApiError(400, "unsupported_checksum", f"checksum algorithm {name!r} is not one of {', '.join(CHECKSUMS)}")
     try:
         return Checksum(CHECKSUMS[name.lower()], base64.b64decode(value.strip(), validate=True))
-    except binascii.Error:
+    except ValueError:  # binascii's, and non-ASCII text
         raise ApiError(400, "bad_checksum", "Upload-Checksum: the value is not base64") from None
 
 
@@ -295,9 +312,10 @@ def _resumable(video: VideoRow, settings: Settings) -> None:
 
 
 def _offset_header(raw: str | None) -> int:
-    if raw is None or not raw.strip().isdigit():
+    offset = None if raw is None else count_header(raw)
+    if offset is None:
         raise ApiError(400, "bad_upload_offset", "send Upload-Offset: where this body starts, in bytes")
-    return int(raw)
+    return offset
 
 
 def _at_offset(actual: int, claimed: int) -> None:
