@@ -36,7 +36,6 @@ POOL_ONLY_KEYS = {"deployment", "namespace"}
 # Short spellings people write by hand (`min: 0`, `max: 10`), accepted for the PoolConfig field names.
 ALIASES = {"min": "min_replicas", "max": "max_replicas"}
 INT_FIELDS = {"min_replicas", "max_replicas", "max_scale_up_step"}
-FLOAT_FIELDS = {"target_jobs_per_worker", "target_backlog_seconds", "scale_down_after_s"}
 NULLABLE_FIELDS = {"target_backlog_seconds", "max_scale_up_step"}
 
 

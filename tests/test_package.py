@@ -159,9 +159,18 @@ def test_playback_tokens_are_checked(http, farm, ready, settings):
         assert http.get(f"/v1/play/{token}/{path}").status_code == 404, path
 
 
-def test_other_tenants_do_not_see_playback_urls(api, ready):
+def test_other_tenants_do_not_see_playback_urls(api, http, ready):
+    # The owner sees them in its list too, so their absence below is the tenant check's doing.
+    owned = http.get("/v1/videos", params={"status": "ready"}).json()["items"]
+    assert [(v["id"], "/v1/play/" in v["playback"]["hls"]) for v in owned] == [(ready["id"], True)]
+    video = f"/v1/videos/{ready['id']}"
+    paths = (video, f"{video}/events", "/v1/videos", "/v1/videos?status=ready")
     with api.client(OTHER_KEY) as other:
-        assert other.get(f"/v1/videos/{ready['id']}").status_code == 404
+        answers = {path: other.get(path) for path in paths}
+    assert [a.status_code for a in answers.values()] == [404, 404, 200, 200]
+    assert answers["/v1/videos"].json()["items"] == answers["/v1/videos?status=ready"].json()["items"] == []
+    for path, answer in answers.items():
+        assert "/v1/play/" not in answer.text and "playback" not in answer.text, path
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

@@ -289,9 +289,16 @@ def test_ready_failed_and_deleted_each_deliver_their_event_once(http, worker, cl
 
 
 def test_only_the_events_asked_for_are_sent(http, clips, receiver):
-    webhook = register(http, receiver, events=["video.ready"])
-    queued_then_deleted(http, clips)
-    assert deliveries(http, webhook["id"]) == []  # written with the status change, or not at all
+    ready_only = register(http, receiver, events=["video.ready"])
+    deleted_only = register(http, receiver, events=["video.deleted"])  # the receiver checks this one's secret
+    video_id = queued_then_deleted(http, clips)
+
+    # Deliveries are written with the status change, in its transaction: both lists are final now.
+    asked = deliveries(http, deleted_only["id"])
+    assert [(d["event"], d["video_id"]) for d in asked] == [("video.deleted", video_id)]
+    assert deliveries(http, ready_only["id"]) == []
+    wait_until(lambda: finished(http, deleted_only["id"]), 30, "the delivery")
+    assert [e["type"] for e in receiver.events()] == ["video.deleted"] and receiver.forged == []
 
 
 # -- retries, giving up, a killed deliverer ------------------------------------------------------

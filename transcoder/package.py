@@ -8,7 +8,6 @@ segment sizes, codec strings from the real SPS. Pure functions of that data, apa
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,7 +23,6 @@ DASH_MANIFEST = "manifest.mpd"
 INIT_SEGMENT = "init.mp4"
 SEGMENTS_PER_CHUNK_GOPS = 3  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
 VIDEO_TIMESCALE = 90000
-SEGMENT_RE = re.compile(r"^seg_(\d{5})\.m4s$")
 
 
 @dataclass(frozen=True)

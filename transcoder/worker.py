@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 2.0
 # How long RQ's command-channel listener (a thread) blocks in one read. RQ uses 60 s. When a worker
 # stops, the listener may read the UNSUBSCRIBE reply before it is told to stop (likely on a busy
-# machine) and then waits the whole read out; since redis-py 8.2 stopping the thread waits for it,
-# so SIGTERM took up to a minute. A short read costs no Redis command: it polls the open socket.
+# machine) and then waits the whole read out; redis-py (8.2 and later) waits for the thread when it
+# stops it, so with RQ's read a SIGTERM can take a minute. A short read costs no Redis command: it
+# polls the open socket.
 COMMAND_CHANNEL_POLL_S = 1.0
 # How long an idle worker blocks waiting for a job before it looks at a stop request again (RQ's own
 # wait is minutes long, see request_stop). Each slice costs about 8 Redis commands (RQ marks the worker
@@ -188,8 +189,8 @@ def run_worker(
     pool: str | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    # Taking jobs would fail every one of them. Exiting is what shows: a pod that stayed up not ready
-    # kept a GPU node (do-not-disrupt) and looked like capacity, while a crash loop says why in its
+    # Taking jobs would fail every one of them. Exiting is what shows: a pod that stays up not ready
+    # keeps a GPU node (do-not-disrupt) and looks like capacity, while a crash loop says why in its
     # status and events, and is not ready, so the autoscaler removes it first.
     check_nvenc_if_required(encoder)
     chosen = dataclasses.replace(resolve_encoder(encoder), threads=ffmpeg_threads())

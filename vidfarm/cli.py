@@ -14,6 +14,7 @@ import click
 
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
+from vidfarm.terminal import api_call, print_video, wait_with_bar
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -250,19 +251,6 @@ def make_client(url: str, api_key: str | None):
     return Client(url, key)
 
 
-def _api_call(fn, *args, **kwargs):
-    import httpx
-
-    from vidfarm.client import ApiClientError
-
-    try:
-        return fn(*args, **kwargs)
-    except ApiClientError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the API: {exc}") from exc
-
-
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Wait for the transcode, with a progress bar.")
@@ -284,41 +272,13 @@ def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, re
     size = file.stat().st_size
     send = partial(client.upload_resumable, chunk_size=chunk_size) if size > resumable_above else client.upload
     with click.progressbar(length=size, label="upload   ", file=sys.stderr, show_pos=False, show_percent=True) as bar:
-        video = _api_call(send, file, bar.update, renditions, queue)
+        video = api_call(send, file, bar.update, renditions, queue)
     click.echo(video["id"])
     if wait:
         video = wait_with_bar(client, video["id"])
         print_video(video)
         if video["status"] != VideoStatus.READY:
             sys.exit(1)
-
-
-def wait_with_bar(client, video_id: str) -> dict:
-    with click.progressbar(length=100, label="transcode", file=sys.stderr, show_percent=True) as bar:
-        shown = {"value": 0}
-
-        def advance(video: dict) -> None:
-            target = int(video["progress"]) if video["status"] != VideoStatus.READY else 100
-            if target > shown["value"]:
-                bar.update(target - shown["value"])
-                shown["value"] = target
-
-        return _api_call(client.wait, video_id, advance)
-
-
-def print_video(video: dict) -> None:
-    click.echo(f"{video['id']}  {video['status']}  {video['progress']:.0f}%  attempts={video['attempts']}")
-    if video.get("error"):
-        click.echo(f"  error: {video['error']['code']}: {video['error']['message']}")
-    for rendition in video.get("renditions", []):
-        click.echo(f"  {rendition['name']:>6} {rendition['width']}x{rendition['height']} "
-                   f"{rendition['bitrate_kbps']} kb/s  {rendition['url']}")
-    if video.get("poster_url"):
-        click.echo(f"  poster {video['poster_url']}")
-    if video.get("playback"):
-        # Signed URLs a player opens as they are (no header): ffplay, VLC, hls.js, dash.js, Safari.
-        click.echo(f"  hls    {video['playback']['hls']}")
-        click.echo(f"  dash   {video['playback']['dash']}")
 
 
 @main.command()
@@ -328,9 +288,9 @@ def status(video_id: str | None, url: str, api_key: str | None) -> None:
     """Show a video, or the farm's queues and workers."""
     client = make_client(url, api_key)
     if video_id:
-        print_video(_api_call(client.video, video_id))
+        print_video(api_call(client.video, video_id))
         return
-    farm = _api_call(client.farm)
+    farm = api_call(client.farm)
     pools = (farm.get("autoscaler") or {}).get("pools") or {}
     for name, counts in farm["queues"].items():
         served_by = ", ".join(pool for pool, info in pools.items() if name in info["queues"]) or "none"
@@ -356,7 +316,7 @@ def top(interval: float, once: bool, url: str, api_key: str | None) -> None:
     """
     from vidfarm.top import run_top
 
-    _api_call(run_top, make_client(url, api_key), interval, once)
+    api_call(run_top, make_client(url, api_key), interval, once)
 
 
 @main.command(name="ls")
@@ -366,7 +326,7 @@ def top(interval: float, once: bool, url: str, api_key: str | None) -> None:
 def list_videos(status_filter: str | None, limit: int, url: str, api_key: str | None) -> None:
     """List videos, newest first."""
     client = make_client(url, api_key)
-    page = _api_call(client.videos, status_filter, limit)
+    page = api_call(client.videos, status_filter, limit)
     for video in page["items"]:
         click.echo(f"{video['id']}  {video['status']:<10} {video['progress']:>5.1f}%  "
                    f"{video['created_at'][:19]}  {video['source']['filename']}")

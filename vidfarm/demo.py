@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from vidfarm.client import Client
+from vidfarm.terminal import print_video, wait_with_bar
 
 SAMPLE_SECONDS = 6
 
@@ -28,8 +29,6 @@ def make_sample(path: Path, seconds: int = SAMPLE_SECONDS) -> Path:
 
 
 def run_demo(procs: Any, out: Path | None) -> dict:
-    from vidfarm.cli import print_video, wait_with_bar
-
     out = out or procs.settings.home / "demo"
     sample = make_sample(out / "sample-1080p.mp4")
     client = Client(f"http://{procs.options.host}:{procs.options.port}", procs.settings.api_keys[0])

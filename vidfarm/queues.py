@@ -7,8 +7,6 @@ import redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-STATES = ("queued", "running", "failed")
-
 
 def queue_counts(rq_redis: redis.Redis, name: str) -> dict[str, int]:
     return {
