@@ -26,6 +26,7 @@ from vidfarm import ownership, presence
 from vidfarm.catalog import utcnow
 from vidfarm.cli import main
 from vidfarm.farm import Farm
+from vidfarm.localredis import free_port
 from vidfarm.reconciler import Reconciler
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
@@ -94,12 +95,13 @@ def test_a_farm_with_a_fresh_catalog_refuses_another_catalogs_storage(farm_a, se
     message = str(refused.value)
     assert f"belongs to another catalog (id {mine}); this farm's catalog is {other}" in message
     assert Farm(b).unclaimed_storage().location() in message and "vidfarm storage adopt" in message
-    # The processes say it in one line and stop: a worker, and the CLI.
-    worker = subprocess.run([sys.executable, "-m", "vidfarm", "worker", "--encoder", "x264"], cwd=ROOT,
-                            env=settings_env(b), capture_output=True, text=True, timeout=60)
-    assert worker.returncode == 1, worker.stderr
-    assert f"Error: storage {farm.storage.location()} belongs to another catalog (id {mine})" in worker.stderr
-    assert "Traceback" not in worker.stderr
+    # The processes say it in one line and stop: a worker, the whole farm, the CLI.
+    for command in (["worker", "--encoder", "x264"], ["up", "--port", str(free_port())]):
+        ran = subprocess.run([sys.executable, "-m", "vidfarm", *command], cwd=ROOT, env=settings_env(b),
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 1, ran.stderr
+        assert f"Error: storage {farm.storage.location()} belongs to another catalog (id {mine})" in ran.stderr
+        assert "Traceback" not in ran.stderr
     orphans = cli(b, "storage", "orphans")
     assert orphans.exit_code == 1 and "belongs to another catalog" in orphans.output
     assert every_key(farm, ids) == kept
