@@ -46,9 +46,11 @@ ORPHANS_REPORT_EVERY_S = 3600.0
 
 
 class Reconciler:
-    def __init__(self, farm: Farm, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, farm: Farm, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.farm = farm
         self.clock = clock
+        self.wall = wall  # epoch seconds, against which stored media and rows are aged
         self._orphaned_since: dict[str, float] = {}
         self._next_orphan_report = clock()  # the first pass looks: a restart often follows a crash
 
@@ -68,7 +70,7 @@ class Reconciler:
             live |= {t["job_id"] for t in tasks}
             fixed += self._repair(video, tasks, working)
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
-        now, idle_s = time.time(), self.farm.settings.upload_idle_timeout_s
+        now, idle_s = self.wall(), self.farm.settings.upload_idle_timeout_s
         self._sweep(self.sweep_receiving, now - presence.abandoned_after_s(idle_s), "abandoned uploads")
         tus.sweep_expired(self.farm)
         if self.clock() >= self._next_orphan_report:
