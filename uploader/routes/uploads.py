@@ -77,12 +77,13 @@ async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[
         raise
     video_id = await run_in_threadpool(_record_intent, farm, tenant)
     try:
-        received, stored = await _store_body(request, farm, video_id)
-        video = await admit(farm, Upload(
-            video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
-            renditions=_form_or_query(request, received, "renditions"),
-            queue=_form_or_query(request, received, "queue"),
-        ), stored, was=VideoStatus.RECEIVING)
+        async with _announced(farm, video_id):  # until admitted: a long probe is no sign of death either
+            received, stored = await _store_body(request, farm, video_id)
+            video = await admit(farm, Upload(
+                video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
+                renditions=_form_or_query(request, received, "renditions"),
+                queue=_form_or_query(request, received, "queue"),
+            ), stored, was=VideoStatus.RECEIVING)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled request cleans up too
             await run_in_threadpool(withdrawn, farm, video_id)
@@ -155,9 +156,7 @@ async def _store_body(request: Request, farm: Farm, video_id: str) -> tuple[Rece
     settings = farm.settings
     writer = await run_in_threadpool(farm.storage.begin_upload, video_id)
     try:
-        async with _announced(farm, video_id):
-            received = await receive_upload(request, writer, settings.max_upload_bytes,
-                                            settings.upload_idle_timeout_s)
+        received = await receive_upload(request, writer, settings.max_upload_bytes, settings.upload_idle_timeout_s)
         return received, await run_in_threadpool(writer.complete)
     except BaseException:
         writer.abort()
@@ -166,9 +165,10 @@ async def _store_body(request: Request, farm: Farm, video_id: str) -> tuple[Rece
 
 @contextlib.asynccontextmanager
 async def _announced(farm: Farm, video_id: str) -> AsyncIterator[None]:
-    """While the body arrives, a key in Redis says that this API still receives it: on a slow link an
-    S3 part (8 MiB or more) can take longer to fill than the reconciler waits before it aborts a
-    multipart upload as abandoned. Redis being away only costs that protection."""
+    """Until the upload is admitted or refused, a key in Redis says that this API still receives it: on
+    a slow link an S3 part (8 MiB or more) can take longer to fill than the reconciler waits before it
+    removes a `receiving` upload as abandoned, and a long probe writes nothing either. Redis being
+    away only costs that protection."""
     every_s = farm.settings.upload_idle_timeout_s / 2
 
     async def beat_forever() -> None:
