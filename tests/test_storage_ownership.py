@@ -93,8 +93,9 @@ def test_a_farm_with_a_fresh_catalog_refuses_another_catalogs_storage(farm_a, se
     message = str(refused.value)
     assert f"belongs to another catalog (id {mine}); this farm's catalog is {other}" in message
     assert Farm(b).unclaimed_storage().location() in message and "vidfarm storage adopt" in message
-    # The processes say it in one line and stop: a worker, the whole farm, the CLI.
-    for command in (["worker", "--encoder", "x264"], ["up", "--port", str(free_port())]):
+    # The processes say it in one line and stop: the API, a worker, the whole farm, the CLI.
+    for command in (["api", "--port", str(free_port())], ["worker", "--encoder", "x264"],
+                    ["up", "--port", str(free_port())]):
         ran = subprocess.run([sys.executable, "-m", "vidfarm", *command], cwd=ROOT, env=settings_env(b),
                              capture_output=True, text=True, timeout=60)
         assert ran.returncode == 1, ran.stderr
