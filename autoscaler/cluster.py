@@ -53,6 +53,7 @@ def run_cluster_autoscaler(
     leader = LeaseElector(config.namespace, config.lease_name, identity, api_client=api_client,
                           on_lost=forget_leader_gauges)
     farm = Farm(settings)
+    farm.storage  # noqa: B018 - its reconciler sweeps it: a storage of another catalog stops it here
     controller = Controller(
         pools, FarmObserver(farm),
         resync_s=resync, leader=leader, on_status=lambda status: runtime.publish_status(farm, status),

@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for, wait_serving
 from vidfarm.localredis import free_port
-from vidfarm.storage import is_video_id
+from vidfarm.storage import MARKER_NAME, is_video_id
 from vidfarm.storage_file import FileStorage
 
 LIMIT_BYTES = 2_000_000
@@ -143,8 +143,10 @@ def assert_json_error(response: httpx.Response, status: int | None = None, code:
 
 
 def stored_files(settings) -> list[Path]:
+    """Every file in storage but the marker at its root that names its catalog (`vidfarm.ownership`)."""
     root = settings.storage_dir
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return [p for p in files if p != root / MARKER_NAME]
 
 
 def files_outside_storage(tmp_path: Path, settings) -> list[Path]:

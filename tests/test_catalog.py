@@ -279,3 +279,22 @@ def test_a_tenant_gets_no_more_than_its_share_of_deliveries_in_flight_even_racin
     following = claim("next")
     assert following is not None and tenant_of[following["webhook_id"]] == tenant_of[done["webhook_id"]]
     assert claim("next") is None
+
+def test_the_catalog_id_is_made_once_and_the_same_for_every_process(database_url, cache):
+    catalogs = [Catalog(database_url, cache=cache) for _ in range(4)]
+    catalogs[0].migrate()
+    with ThreadPoolExecutor(4) as pool:  # processes starting at once race to make it
+        ids = set(pool.map(Catalog.catalog_id, catalogs))
+    assert len(ids) == 1 and len(ids.pop()) == 32
+    assert Catalog(database_url).catalog_id() == catalogs[0].catalog_id()
+
+
+def test_uploads_still_receiving_are_listed_only_when_asked_for(catalog):
+    tenant = uuid.uuid4().hex  # the PostgreSQL database is shared by this module's tests
+    video = new_video(catalog, tenant)
+    receiving = new_video(catalog, tenant, status=VideoStatus.RECEIVING)
+    assert [v["id"] for v in catalog.list(tenant=tenant)[0]] == [video["id"]]
+    assert [v["id"] for v in catalog.list(tenant=tenant, status=VideoStatus.RECEIVING)[0]] == [receiving["id"]]
+    assert catalog.forget(video["id"], was=VideoStatus.RECEIVING) is False  # not receiving: kept
+    assert catalog.forget(receiving["id"], was=VideoStatus.RECEIVING) is True
+    assert catalog.get(receiving["id"]) is None and catalog.get(video["id"]) is not None

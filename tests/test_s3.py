@@ -95,10 +95,13 @@ def test_store_gone_during_an_upload_answers_503_and_keeps_nothing(http, farm, s
     assert "Retry-After" in answer.headers
     restart_moto.start()
     assert http.get("/v1/videos").json()["items"] == []  # nothing was accepted
-    # The abort could not reach the store; the reconciler's sweep (or the lifecycle rule) does it.
-    wait_until(lambda: farm.storage.sweep_uploads(time.time() + 1, keep=lambda _: False) >= 0
+    # The abort could not reach the store; the row, still `receiving`, lets the reconciler do it.
+    assert [v["status"] for v in http.get("/v1/videos", params={"status": "receiving"}).json()["items"]] == [
+        "receiving"]
+    wait_until(lambda: Reconciler(farm).sweep_receiving(time.time() + 1) >= 0
                and not multipart_uploads(restart_moto, settings), 10, "the multipart upload aborted")
-    assert objects(restart_moto, settings) == []
+    assert objects(restart_moto, settings) == ["media/.vidfarm-catalog"]  # the marker only
+    assert http.get("/v1/videos", params={"status": "receiving"}).json()["items"] == []
 
 
 def test_store_gone_during_a_resumable_upload_keeps_what_landed(http, farm, settings, restart_moto, tmp_path):
@@ -259,16 +262,21 @@ def test_proxy_mode_serves_ranges_through_the_api(settings, clips, start_worker)
         server.stop()
 
 
-def test_the_sweep_aborts_only_multipart_uploads_left_by_a_dead_api(farm, settings, moto_s3):
-    storage = farm.storage
+def test_the_sweep_aborts_only_multipart_uploads_its_catalog_says_were_abandoned(farm, settings, moto_s3):
+    from uploader.routes.uploads import _record_intent
+
     client, bucket = moto_s3.client(), bucket_of(settings)
-    key = f"media/{source_key('a' * 32)}"
-    started = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    client.upload_part(Bucket=bucket, Key=key, UploadId=started, PartNumber=1, Body=b"x" * 1024)
-    assert storage.sweep_uploads(time.time() - 3600, keep=lambda _: False) == 0  # still live
-    assert storage.sweep_uploads(time.time() + 1, keep=lambda _: True) == 0       # a resumable one
-    assert storage.sweep_uploads(time.time() + 1, keep=lambda _: False) == 1
-    assert multipart_uploads(moto_s3, settings) == []
+    recorded, unknown = _record_intent(farm, "t"), "a" * 32
+    for video_id in (recorded, unknown):
+        key = f"media/{source_key(video_id)}"
+        started = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        client.upload_part(Bucket=bucket, Key=key, UploadId=started, PartNumber=1, Body=b"x" * 1024)
+    reconciler = Reconciler(farm)
+    assert reconciler.sweep_receiving(time.time() - 3600) == 0  # still live
+    assert reconciler.sweep_receiving(time.time() + 1) == 1
+    # The one no row names is not ours to judge: kept, and reported.
+    assert [u["Key"] for u in multipart_uploads(moto_s3, settings)] == [f"media/{source_key(unknown)}"]
+    assert farm.catalog.get(recorded, cached=False) is None
 
 
 def test_a_slow_upload_is_not_swept_while_its_api_receives_it(api, http, farm, settings, moto_s3, clips):
@@ -290,7 +298,7 @@ def test_a_slow_upload_is_not_swept_while_its_api_receives_it(api, http, farm, s
     try:
         wait_until(lambda: multipart_uploads(moto_s3, settings), 10, "the upload to start")
         # Every part of it is older than this cutoff: only the announcement spares it.
-        assert Reconciler(farm).sweep_abandoned_uploads(time.time() + 1) == 0
+        assert Reconciler(farm).sweep_receiving(time.time() + 1) == 0
         assert len(multipart_uploads(moto_s3, settings)) == 1
     finally:
         resume.set()

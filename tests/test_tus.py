@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -37,7 +36,6 @@ from tests.conftest import (
     wait_serving,
     wait_until,
 )
-from vidfarm import tus
 from vidfarm.farm import Farm
 from vidfarm.reconciler import Reconciler
 from vidfarm.states import VideoStatus
@@ -356,8 +354,8 @@ def test_a_request_stalled_past_its_lease_is_taken_over_and_stores_nothing_more(
 def test_regular_idle_sweep_leaves_resumable_uploads_alone(http, farm):
     video_id = create(http, 100).headers["Vidfarm-Video-Id"]
     assert patch(http, f"/v1/uploads/{video_id}", 0, b"x" * 40).status_code == 204
-    # As the reconciler sweeps partial uploads its API abandoned, with a cutoff past everything.
-    farm.storage.sweep_uploads(time.time() + 60, keep=partial(tus.is_resumable, farm))
+    # As the reconciler sweeps regular uploads their API abandoned, with a cutoff past everything.
+    Reconciler(farm).sweep_receiving(time.time() + 60)
     assert farm.storage.resumable_offset(video_id) == 40
     assert video(http, video_id)["status"] == VideoStatus.UPLOADING
 

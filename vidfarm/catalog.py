@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
@@ -36,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vidfarm import outbox
@@ -99,6 +101,19 @@ class Video(Base):
     # Who may write to a resumable upload now (one request, on any API replica), and until when.
     lease_holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Meta(Base):
+    """Facts about the catalog itself, one row each: its `catalog_id`, which the storage it writes to
+    carries in a marker (`vidfarm.ownership`), so two catalogs never manage one storage."""
+
+    __tablename__ = "vidfarm_meta"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+CATALOG_ID = "catalog_id"
 
 
 # Task states. A task is one RQ job of a video's graph: a chunk of the picture, the audio, or the
@@ -254,6 +269,18 @@ class Catalog:
                 conn.execute(text(f'ALTER TABLE videos ADD COLUMN "{column.name}" {ddl}'))
                 log.info("catalog: added column videos.%s", column.name)
 
+    def catalog_id(self) -> str:
+        """This catalog's random id, made on first use (two processes racing both read the winner's)."""
+        if (found := self._meta(CATALOG_ID)) is not None:
+            return found
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            conn.execute(Meta.__table__.insert().values(name=CATALOG_ID, value=uuid.uuid4().hex))
+        return self._meta(CATALOG_ID)  # type: ignore[return-value]
+
+    def _meta(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Meta.value).where(Meta.name == name)).scalar()
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -310,12 +337,12 @@ class Catalog:
     def list(
         self, *, tenant: str | None, status: VideoStatus | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[VideoRow], str | None]:
-        """Newest first; the cursor names the last item of the previous page."""
+        """Newest first; the cursor names the last item of the previous page. Uploads still `receiving`
+        are left out unless asked for: their clients got no id yet, and most never become videos."""
         stmt = select(*Video.__table__.columns)
         if tenant is not None:
             stmt = stmt.where(Video.tenant == tenant)
-        if status:
-            stmt = stmt.where(Video.status == status)
+        stmt = stmt.where(Video.status == status if status else Video.status != VideoStatus.RECEIVING)
         if cursor:
             created, last_id = decode_cursor(cursor)
             stmt = stmt.where(
@@ -405,6 +432,15 @@ class Catalog:
                 conn.execute(Task.__table__.insert(), _task_rows(video_id, tasks, now))
         self._cache_drop(video_id)
         return self.get(video_id, cached=False)
+
+    def forget(self, video_id: str, *, was: VideoStatus) -> bool:
+        """Remove a row that is still `was` (an upload in `receiving` whose body was refused or
+        abandoned: nobody was given its id). Whether it was removed."""
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            removed = conn.execute(Video.__table__.delete().where(Video.id == video_id, Video.status == was))
+        self._cache_drop(video_id)
+        return removed.rowcount > 0
 
     def add_tasks(self, video_id: str, tasks: Sequence[dict[str, Any]]) -> None:
         """A plan for a video accepted before chunked encoding existed (an upgrade in place)."""

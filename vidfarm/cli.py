@@ -32,13 +32,17 @@ def setup_logging(verbose: bool = False) -> None:
 
 @contextlib.contextmanager
 def refusing_bad_storage() -> Iterator[None]:
-    """A missing bucket or wrong credentials: one line naming the bucket and the error, no traceback."""
+    """A missing bucket or wrong credentials, or a storage of another catalog: one line naming the
+    bucket (and the catalogs) and the error, no traceback."""
+    from vidfarm.ownership import ForeignStorage
     from vidfarm.storage import StorageUnavailable
 
     try:
         yield
     except StorageUnavailable as exc:
         raise click.ClickException(f"storage unusable: {exc}") from exc
+    except ForeignStorage as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def load_settings() -> Settings:
@@ -227,8 +231,57 @@ def autoscaler(config_path: str, dry_run: bool, metrics_port: int, resync: float
     """
     from autoscaler.cluster import run_cluster_autoscaler
 
-    run_cluster_autoscaler(load_settings(), config_path, dry_run=dry_run, metrics_port=metrics_port,
-                           resync_s=resync)
+    with refusing_bad_storage():
+        run_cluster_autoscaler(load_settings(), config_path, dry_run=dry_run, metrics_port=metrics_port,
+                               resync_s=resync)
+
+
+@main.group()
+def storage() -> None:
+    """Inspect or adopt the storage (VIDFARM_STORAGE_URL) this farm's catalog manages."""
+
+
+@storage.command()
+def orphans() -> None:
+    """List the video ids in storage that the catalog has no row for, one a line.
+
+    The farm never removes them itself: they may be another farm's, or a restored backup's. Remove
+    one deliberately with your storage's own tools (its folder or prefix `videos/<id>/`).
+    """
+    from vidfarm import ownership
+    from vidfarm.farm import Farm
+
+    farm = Farm(load_settings())
+    with refusing_bad_storage():
+        found = ownership.orphans(farm.storage, farm.catalog)
+    for video_id in found:
+        click.echo(video_id)
+    click.echo(f"{len(found)} orphaned video id(s) in {farm.storage.location()}", err=True)
+
+
+@storage.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def adopt(yes: bool) -> None:
+    """Make the storage belong to this farm's catalog, whichever catalog it belonged to.
+
+    For a storage moved to a new catalog on purpose (a restored database, a migration). Media the
+    catalog does not know stays where it is and is reported as orphaned, never removed.
+    """
+    from vidfarm import ownership
+    from vidfarm.farm import Farm
+
+    farm = Farm(load_settings())
+    with refusing_bad_storage():
+        store = farm.unclaimed_storage()
+        mine, previous = farm.catalog.catalog_id(), ownership.owner(store)
+        if previous == mine:
+            click.echo(f"storage {store.location()} already belongs to catalog {mine}")
+            return
+        if not yes:
+            click.confirm(f"storage {store.location()} belongs to catalog {previous or '(none)'}; make it "
+                          f"catalog {mine}'s?", abort=True)
+        ownership.adopt(store, farm.catalog)
+    click.echo(f"storage {store.location()} now belongs to catalog {mine} (was {previous or 'unmarked'})")
 
 
 # -- talking to a running farm ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from functools import cached_property
 
 import redis
 
+from vidfarm import ownership
 from vidfarm.catalog import Catalog
 from vidfarm.redisconn import connect
 from vidfarm.settings import Settings
@@ -30,7 +31,14 @@ class Farm:
 
     @cached_property
     def storage(self) -> Storage:
-        """Checked once: a missing bucket or wrong credentials stop the process at start-up."""
+        """Checked once: a missing bucket or wrong credentials, or a storage that belongs to another
+        catalog (`vidfarm.ownership`), stop the process at start-up."""
+        storage = self.unclaimed_storage()
+        ownership.claim(storage, self.catalog)
+        return storage
+
+    def unclaimed_storage(self) -> Storage:
+        """The storage, checked but not claimed: only for `vidfarm storage adopt`."""
         settings = self.settings
         storage = open_storage(settings.storage_location, settings.scratch, max_upload_bytes=settings.max_upload_bytes,
                                s3_checksums=settings.s3_checksums)

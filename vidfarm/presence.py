@@ -74,6 +74,10 @@ def upload_beat(conn: redis.Redis, video_id: str, upload_idle_timeout_s: float) 
     conn.set(UPLOAD_PREFIX + video_id, "1", ex=round(abandoned_after_s(upload_idle_timeout_s)))
 
 
+def upload_done(conn: redis.Redis, video_id: str) -> None:
+    conn.delete(UPLOAD_PREFIX + video_id)
+
+
 def upload_alive(conn: redis.Redis, video_id: str) -> bool:
     return bool(conn.exists(UPLOAD_PREFIX + video_id))
 

@@ -11,7 +11,6 @@ the task's job id, so a reconciler racing a worker (or another reconciler) never
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +19,8 @@ from typing import Any
 
 from rq.job import Job, JobStatus
 
-from vidfarm import events, metrics, presence, tus
-from vidfarm.catalog import FAILED, FINALIZE, IN_BATCH, TASK_DONE, TASK_QUEUED, TASK_RUNNING
+from vidfarm import events, metrics, ownership, presence, tus
+from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
 from vidfarm.farm import Farm
 from vidfarm.jobs import (
     enqueue_graph,
@@ -32,6 +31,7 @@ from vidfarm.jobs import (
     stop_failed_video,
     total_frames,
 )
+from vidfarm.states import VideoStatus
 from vidfarm.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,18 @@ QUEUED_GRACE_S = 10.0
 DEAD_JOB_STATES = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
 WAITING_JOB_STATES = {JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED}
 # Stored media without a catalog row is looked for this often: it takes a listing of every video's
-# folder (one request per 1,000 on S3), and it only happens when an API died at one moment.
-UNRECORDED_SWEEP_EVERY_S = 3600.0
-# ...and removed once nothing under it was written for this long: longer than the probe and the
-# catalog write that follow a stored upload could take, however slow the store.
-UNRECORDED_GRACE_S = 3600.0
+# folder (one request per 1,000 on S3). It is only reported, never removed (`vidfarm.ownership`).
+ORPHANS_REPORT_EVERY_S = 3600.0
 
 
 class Reconciler:
-    def __init__(self, farm: Farm, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, farm: Farm, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.farm = farm
         self.clock = clock
+        self.wall = wall  # epoch seconds, against which stored media and rows are aged
         self._orphaned_since: dict[str, float] = {}
-        self._next_unrecorded_sweep = clock()  # the first pass looks: a restart often follows a crash
+        self._next_orphan_report = clock()  # the first pass looks: a restart often follows a crash
 
     def step(self) -> int:
         """One pass; returns how many tasks were re-queued or videos failed."""
@@ -71,12 +70,12 @@ class Reconciler:
             live |= {t["job_id"] for t in tasks}
             fixed += self._repair(video, tasks, working)
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
-        now, idle_s = time.time(), self.farm.settings.upload_idle_timeout_s
-        self._sweep(self.sweep_abandoned_uploads, now - presence.abandoned_after_s(idle_s), "abandoned partial uploads")
+        now, idle_s = self.wall(), self.farm.settings.upload_idle_timeout_s
+        self._sweep(self.sweep_receiving, now - presence.abandoned_after_s(idle_s), "abandoned uploads")
         tus.sweep_expired(self.farm)
-        if self.clock() >= self._next_unrecorded_sweep:
-            self._next_unrecorded_sweep = self.clock() + UNRECORDED_SWEEP_EVERY_S
-            self._sweep(self.sweep_unrecorded, now - UNRECORDED_GRACE_S, "uploads stored, never recorded as videos")
+        if self.clock() >= self._next_orphan_report:
+            self._next_orphan_report = self.clock() + ORPHANS_REPORT_EVERY_S
+            self._sweep(lambda _: self.report_orphans(), now, "orphaned media")
         return fixed
 
     def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
@@ -152,30 +151,38 @@ class Reconciler:
         if swept:
             log.info("removed %d %s", swept, what)
 
-    def sweep_abandoned_uploads(self, older_than: float) -> int:
-        """Partial uploads nobody wrote to since `older_than`: their API process died mid-upload. A
-        live regular upload says so in Redis (on a slow link an S3 part takes long to fill), or the
-        API gives up on it itself. A resumable upload waits for its client far longer: its expiry is
-        `tus.sweep_expired`'s."""
-
-        def live(video_id: str) -> bool:
-            return presence.upload_alive(self.farm.redis, video_id) or tus.is_resumable(self.farm, video_id)
-
-        return self.farm.storage.sweep_uploads(older_than, keep=live)
-
-    def sweep_unrecorded(self, older_than: float) -> int:
-        """Remove what is stored for ids the catalog has no row for, untouched since `older_than`:
-        an API died after a POST's body was stored and before the video was recorded. Its client got
-        no 201 and holds no id, so nothing accepted is lost; without this the bytes stayed forever."""
-        storage, swept = self.farm.storage, 0
-        stored = storage.stored_videos()
-        while batch := list(itertools.islice(stored, IN_BATCH)):
-            for video_id in set(batch) - self.farm.catalog.known(batch):
-                written = storage.last_written(video_id)
-                if written is not None and written < older_than:
-                    storage.delete_video(video_id)
-                    swept += 1
+    def sweep_receiving(self, older_than: float) -> int:
+        """Uploads whose row says they are still `receiving` but nobody received them since
+        `older_than`: their API died mid-body (or could not remove a refused one). Their media goes, then
+        the row (its client got no 201 and holds no id). The only media the farm removes on its own,
+        besides expired resumable uploads: what a row of this catalog says is an upload in flight.
+        A live upload says so in Redis (on a slow link an S3 part takes long to fill)."""
+        swept, storage = 0, self.farm.storage
+        for video in self.farm.catalog.active((VideoStatus.RECEIVING,)):
+            if _epoch_s(video["updated_at"]) >= older_than:
+                continue
+            if presence.upload_alive(self.farm.redis, video["id"]):
+                continue
+            written = storage.last_written(video["id"])
+            if written is not None and written >= older_than:
+                continue
+            storage.delete_video(video["id"])
+            if self.farm.catalog.forget(video["id"], was=VideoStatus.RECEIVING):
+                log.info("video %s: upload abandoned by its API; its partial media removed", video["id"])
+                metrics.UPLOADS.labels("abandoned").inc()
+                swept += 1
         return swept
+
+    def report_orphans(self) -> int:
+        """Count (log and gauge) the media whose id this catalog has no row for: never removed here.
+        An API that died after storing a body and before recording it leaves none any more (the row
+        comes first); what is left is another farm's, a restored backup's, or an operator's to judge."""
+        found = ownership.orphans(self.farm.storage, self.farm.catalog)
+        metrics.STORAGE_ORPHANS.set(len(found))
+        if found:
+            log.warning("storage %s holds %d video id(s) this catalog does not know (e.g. %s); they are kept: "
+                        "see `vidfarm storage orphans`", self.farm.storage.location(), len(found), found[0])
+        return 0
 
     def _fail(self, video: dict[str, Any], task: dict[str, Any]) -> int:
         message = f"the worker was lost during each of {task['attempts']} attempts at {task['name']}"
@@ -254,8 +261,12 @@ class Reconciler:
             log.debug("could not delete superseded job %s: %s", job_id, exc)
 
 
-def _age_s(iso: str) -> float:
+def _epoch_s(iso: str) -> float:
     stamp = datetime.fromisoformat(iso)
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - stamp).total_seconds()
+    return stamp.timestamp()
+
+
+def _age_s(iso: str) -> float:
+    return time.time() - _epoch_s(iso)

@@ -13,6 +13,9 @@ from enum import StrEnum
 class VideoStatus(StrEnum):
     """Where a video is in its life, as the catalog records it and the API shows it."""
 
+    # A regular upload (POST) whose body is still arriving. The row records the intent before the first
+    # byte is stored, so everything in storage has a row saying whose it is; its client has no id yet.
+    RECEIVING = "receiving"
     UPLOADING = "uploading"  # a resumable (tus) upload still receiving bytes: not yet work for anyone
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -21,8 +24,9 @@ class VideoStatus(StrEnum):
     CANCELED = "canceled"
 
 
-# A tuple, not a set: the catalog's compare-and-set reads a tuple as "one of". `uploading` is in
-# neither: the reconciler must not plan or re-queue a video whose source has not fully arrived.
+# A tuple, not a set: the catalog's compare-and-set reads a tuple as "one of". `receiving` and
+# `uploading` are in neither: the reconciler must not plan or re-queue a video whose source has not
+# fully arrived.
 ACTIVE = (VideoStatus.QUEUED, VideoStatus.PROCESSING)
 TERMINAL = frozenset({VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED})
 

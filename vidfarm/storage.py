@@ -34,6 +34,8 @@ STREAM_DIR = "stream"
 WORK_DIR = "work"
 UPLOAD_DIR = "upload"
 SOURCE_NAME = "source"
+# At the storage root: the id of the catalog this storage belongs to (`vidfarm.ownership`).
+MARKER_NAME = ".vidfarm-catalog"
 POSTER_NAME = "poster.jpg"
 # Stored with each object, so a presigned GET answers with the type a player expects.
 CONTENT_TYPES = {
@@ -281,17 +283,29 @@ class Storage(ABC):
         """Everything under the video's prefix, unfinished uploads included."""
 
     @abstractmethod
-    def sweep_uploads(self, older_than: float, keep: Callable[[str], bool]) -> int:
-        """Drop partial uploads untouched since `older_than` (epoch seconds): their API died.
-        `keep(video_id)` spares the ones that wait for their client (resumable uploads)."""
-
-    @abstractmethod
     def stored_videos(self) -> Iterator[str]:
         """The ids of the videos that have anything stored under their prefix."""
 
     @abstractmethod
+    def partial_uploads(self) -> Iterator[str]:
+        """The ids of the unfinished uploads (partial files, multipart uploads) in storage."""
+
+    @abstractmethod
     def last_written(self, video_id: str) -> float | None:
-        """When anything under the video's prefix was last written (epoch seconds); None if nothing is."""
+        """When anything of the video was last written (epoch seconds), its unfinished upload
+        included; None if nothing is stored."""
+
+    @abstractmethod
+    def location(self) -> str:
+        """The storage as an operator names it (`file:///path`, `s3://bucket/prefix`), for messages."""
+
+    @abstractmethod
+    def read_marker(self) -> str | None:
+        """The text of the ownership marker at the storage root; None if there is none."""
+
+    @abstractmethod
+    def write_marker(self, text: str) -> None:
+        """Write the ownership marker whole (a reader sees the old text or the new, never half)."""
 
     @abstractmethod
     def stored(self, key: str) -> StoredFile | None:

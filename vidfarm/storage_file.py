@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vidfarm.storage import (
+    MARKER_NAME,
     Reading,
     SourceHandle,
     Storage,
@@ -206,24 +207,33 @@ class FileStorage(Storage):
         shutil.rmtree(self.video_dir(video_id), ignore_errors=True)
         self.incoming_path(video_id).unlink(missing_ok=True)
 
-    def sweep_uploads(self, older_than: float, keep: Callable[[str], bool]) -> int:
-        swept = 0
-        for part in self.incoming.glob("*.part"):
-            with contextlib.suppress(FileNotFoundError):
-                if part.stat().st_mtime < older_than and not keep(part.stem):
-                    part.unlink()
-                    swept += 1
-        return swept
-
     def stored_videos(self) -> Iterator[str]:
         return (folder.name for folder in self.videos.iterdir() if is_video_id(folder.name))
 
+    def partial_uploads(self) -> Iterator[str]:
+        return (part.stem for part in self.incoming.glob("*.part") if is_video_id(part.stem))
+
     def last_written(self, video_id: str) -> float | None:
         folder, times = self.video_dir(video_id), []
-        for path in (folder, *folder.rglob("*")):
+        for path in (folder, *folder.rglob("*"), self.incoming_path(video_id)):
             with contextlib.suppress(FileNotFoundError):  # a DELETE may be removing it right now
                 times.append(path.stat().st_mtime)
         return max(times, default=None)
+
+    def location(self) -> str:
+        return self.root.as_uri()
+
+    def read_marker(self) -> str | None:
+        try:
+            return (self.root / MARKER_NAME).read_text()
+        except FileNotFoundError:
+            return None
+
+    def write_marker(self, text: str) -> None:
+        final = self.root / MARKER_NAME
+        temp = temp_name(final, uuid.uuid4().hex[:8])
+        temp.write_text(text)
+        os.replace(temp, final)
 
     def stored(self, key: str) -> StoredFile | None:
         path = self.path(key)

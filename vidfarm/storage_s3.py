@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from vidfarm.storage import (
     BYTE_RANGE_RE,
     CONTENT_TYPES,
+    MARKER_NAME,
     WORK_FILE_RE,
     RangeNotSatisfiable,
     Reading,
@@ -262,10 +263,30 @@ class S3Storage(Storage):
                 if is_video_id(video_id):
                     yield video_id
 
+    def partial_uploads(self) -> Iterator[str]:
+        for upload in self._multipart_uploads("videos/"):
+            video_id = upload["Key"].removeprefix(self._key("videos/")).split("/", 1)[0]
+            if is_video_id(video_id):
+                yield video_id
+
     def last_written(self, video_id: str) -> float | None:
+        """Objects by their LastModified, a multipart upload by its start and its newest part."""
         times = [o["LastModified"].timestamp() for page in self._listed(video_prefix(video_id))
                  for o in page.get("Contents", [])]
+        for upload in self._multipart_uploads(video_prefix(video_id)):
+            times += [upload["Initiated"].timestamp(), self._last_part(upload)]
         return max(times, default=None)
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.rstrip('/')}".rstrip("/")
+
+    def read_marker(self) -> str | None:
+        answer = self.call_or_none("read the catalog marker", self.client.get_object, Bucket=self.bucket,
+                                   Key=self._key(MARKER_NAME))
+        return answer["Body"].read().decode() if answer is not None else None
+
+    def write_marker(self, text: str) -> None:
+        self.put(MARKER_NAME, text.encode())
 
     def _delete_prefix(self, prefix: str) -> None:
         try:
@@ -292,18 +313,6 @@ class S3Storage(Storage):
             pass  # NoSuchUpload: completed or aborted meanwhile
         except BotoCoreError as exc:
             raise StorageUnavailable(f"bucket {self.bucket}: abort upload: {exc}") from exc
-
-    def sweep_uploads(self, older_than: float, keep: Callable[[str], bool]) -> int:
-        """Multipart uploads whose newest part is older than the cutoff: their API process died (a
-        live upload adds a part at least every few seconds, or the API gives up on it itself)."""
-        swept = 0
-        for upload in self._multipart_uploads("videos/"):
-            video_id = upload["Key"].removeprefix(self._key("videos/")).split("/", 1)[0]
-            if (upload["Initiated"].timestamp() < older_than and self._last_part(upload) < older_than
-                    and not keep(video_id)):
-                self._abort(upload["Key"], upload["UploadId"])
-                swept += 1
-        return swept
 
     def listed_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
         pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)

@@ -29,7 +29,7 @@ from uploader.errors import ApiError
 from uploader.receive import body_chunks, too_large
 from uploader.receive import room as _room
 from uploader.resources import ERRORS
-from uploader.routes.uploads import Upload, admit, printable, queue_asked, rejected, renditions_asked
+from uploader.routes.uploads import NOT_PROBED, Upload, admit, printable, queue_asked, rejected, renditions_asked
 from vidfarm import tus
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
@@ -40,8 +40,6 @@ from vidfarm.storage import SourceHandle, new_video_id
 EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUMS: dict[str, Callable[[], Any]] = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 OFFSET_TYPE = "application/offset+octet-stream"
-# What only the probe can say; the row of an unfinished upload needs a value in these columns.
-NOT_PROBED = {"duration_s": 0.0, "width": 0, "height": 0, "fps": 0.0, "video_codec": ""}
 UPLOADING = VideoStatus.UPLOADING
 _CREATING = threading.Lock()
 
@@ -139,8 +137,15 @@ def _create(farm: Farm, tenant: str, length: int, meta: dict[str, str]) -> Video
     # replicas racing each other overshoot the cap by a few at most.
     with _CREATING:
         _check_open_uploads(farm, tenant)
-        farm.storage.start_resumable(video_id)  # before the row: an `uploading` row always has its bytes
-        return farm.catalog.create(id=video_id, **fields)
+        # The row before the bytes: whatever is stored has a row saying whose it is. Nobody holds the id
+        # before this returns, so nobody sees the row without its (empty) upload.
+        video = farm.catalog.create(id=video_id, **fields)
+        try:
+            farm.storage.start_resumable(video_id)
+        except BaseException:
+            farm.catalog.forget(video_id, was=UPLOADING)
+            raise
+        return video
 
 
 def _check_open_uploads(farm: Farm, tenant: str) -> None:

@@ -17,6 +17,7 @@ import anyio
 import redis
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import SQLAlchemyError
 
 from uploader.deps import FarmDep, Tenant
 from uploader.errors import ApiError
@@ -68,21 +69,41 @@ _UPLOAD_BODY_DOC = {
 @router.post("/v1/videos", status_code=201, response_model=VideoOut, openapi_extra=_UPLOAD_BODY_DOC)
 async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[str, Any]:
     started = time.perf_counter()
-    video_id = new_video_id()
     settings = farm.settings
     try:
-        received, stored = await _store_body(request, farm, video_id)
-        video = await admit(farm, Upload(
-            video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
-            renditions=_form_or_query(request, received, "renditions"),
-            queue=_form_or_query(request, received, "queue"),
-        ), stored)
+        check_upload_headers(request, settings.max_upload_bytes)  # before anything is recorded or stored
+    except ApiError:
+        metrics.UPLOADS.labels("rejected").inc()
+        raise
+    video_id = await run_in_threadpool(_record_intent, farm, tenant)
+    try:
+        async with _announced(farm, video_id):  # until admitted: a long probe is no sign of death either
+            received, stored = await _store_body(request, farm, video_id)
+            video = await admit(farm, Upload(
+                video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
+                renditions=_form_or_query(request, received, "renditions"),
+                queue=_form_or_query(request, received, "queue"),
+            ), stored, was=VideoStatus.RECEIVING)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled request cleans up too
-            await run_in_threadpool(rejected, farm.storage, video_id)
+            await run_in_threadpool(withdrawn, farm, video_id)
         raise
     metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
     return video_resource(video, str(request.base_url), settings)
+
+
+# What only the probe can say; the row of an upload still arriving needs a value in these columns.
+NOT_PROBED = {"duration_s": 0.0, "width": 0, "height": 0, "fps": 0.0, "video_codec": ""}
+
+
+def _record_intent(farm: Farm, tenant: str) -> str:
+    """The row (`receiving`) before the first byte is stored: whatever lands in storage then has a row
+    saying whose it is, and the reconciler removes it only on that row's word (docs/design.md)."""
+    video_id = new_video_id()
+    farm.catalog.create(id=video_id, tenant=tenant, status=VideoStatus.RECEIVING, progress=0.0, attempts=0,
+                        filename="upload", size_bytes=0, queue=farm.settings.default_queue, has_poster=0,
+                        **NOT_PROBED)
+    return video_id
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,7 @@ class Upload:
 async def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoStatus | None = None) -> VideoRow:
     """The one way an upload becomes a video, for `POST /v1/videos` and a tus upload's last PATCH alike:
     check what was asked, probe the file, move it into its video folder, record the video as queued with
-    its task graph (filling in the `was` row a resumable upload created), queue it.
+    its task graph (filling in the `was` row: `receiving` for a POST, `uploading` for tus), queue it.
 
     Raises ApiError (422 for a file that is not a video we accept); the caller removes what is left."""
     settings, storage = farm.settings, farm.storage
@@ -133,12 +154,9 @@ async def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoS
 async def _store_body(request: Request, farm: Farm, video_id: str) -> tuple[Received, SourceHandle]:
     """The body into storage (a file, or an S3 multipart upload), stored whole before it is probed."""
     settings = farm.settings
-    check_upload_headers(request, settings.max_upload_bytes)
     writer = await run_in_threadpool(farm.storage.begin_upload, video_id)
     try:
-        async with _announced(farm, video_id):
-            received = await receive_upload(request, writer, settings.max_upload_bytes,
-                                            settings.upload_idle_timeout_s)
+        received = await receive_upload(request, writer, settings.max_upload_bytes, settings.upload_idle_timeout_s)
         return received, await run_in_threadpool(writer.complete)
     except BaseException:
         writer.abort()
@@ -147,9 +165,10 @@ async def _store_body(request: Request, farm: Farm, video_id: str) -> tuple[Rece
 
 @contextlib.asynccontextmanager
 async def _announced(farm: Farm, video_id: str) -> AsyncIterator[None]:
-    """While the body arrives, a key in Redis says that this API still receives it: on a slow link an
-    S3 part (8 MiB or more) can take longer to fill than the reconciler waits before it aborts a
-    multipart upload as abandoned. Redis being away only costs that protection."""
+    """Until the upload is admitted or refused, a key in Redis says that this API still receives it: on
+    a slow link an S3 part (8 MiB or more) can take longer to fill than the reconciler waits before it
+    removes a `receiving` upload as abandoned, and a long probe writes nothing either. Redis being
+    away only costs that protection."""
     every_s = farm.settings.upload_idle_timeout_s / 2
 
     async def beat_forever() -> None:
@@ -165,6 +184,8 @@ async def _announced(farm: Farm, video_id: str) -> AsyncIterator[None]:
         yield
     finally:
         beating.cancel()
+        with contextlib.suppress(redis.RedisError):  # nobody receives it any more: its row decides
+            await run_in_threadpool(presence.upload_done, farm.redis, video_id)
 
 
 def _form_or_query(request: Request, received: Received, name: str) -> str | None:
@@ -208,15 +229,39 @@ def printable(filename: str) -> str:
     return cleaned or "upload"
 
 
+def withdrawn(farm: Farm, video_id: str) -> None:
+    """A POST that did not become a video (refused, cut off, the store failing): its media goes, then
+    its `receiving` row, which nobody was given the id of. A row that moved on (admitted just before a
+    cancel) is a video now and keeps its media. What cannot be removed now keeps its row, and the
+    reconciler removes both once the upload is idle past its timeout."""
+    try:
+        video = farm.catalog.get(video_id, cached=False)
+    except SQLAlchemyError as exc:
+        log.warning("upload %s not withdrawn now (the catalog failed: %s); the reconciler will", video_id, exc)
+        return
+    if video is None or video["status"] != VideoStatus.RECEIVING:
+        return
+    metrics.UPLOADS.labels("rejected").inc()
+    if _remove_media(farm.storage, video_id):
+        with contextlib.suppress(SQLAlchemyError):
+            farm.catalog.forget(video_id, was=VideoStatus.RECEIVING)
+
+
 def rejected(storage: Storage, video_id: str) -> None:
     """Count the rejection; nothing is left behind for it."""
     metrics.UPLOADS.labels("rejected").inc()
+    _remove_media(storage, video_id)
+
+
+def _remove_media(storage: Storage, video_id: str) -> bool:
     try:
         storage.delete_video(video_id)
+        return True
     except OSError as exc:  # a read-only disk: nothing could have been written there either
         log.warning("could not remove rejected upload %s: %s", video_id, exc.strerror)
     except StorageUnavailable as exc:  # the store is down: its lifecycle rule and the reconciler clean up
         log.warning("could not remove rejected upload %s: %s", video_id, exc)
+    return False
 
 
 def _enqueue_or_defer(farm: Farm, video: VideoRow) -> None:
