@@ -173,7 +173,7 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
     from vidfarm.farm import Farm
 
     with refusing_bad_storage():
-        run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
+        run_worker(Farm(load_settings(), role="worker"), list(queues), encoder=encoder, name=name, pool=pool,
                    metrics_port=metrics_port)
 
 
