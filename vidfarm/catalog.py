@@ -465,11 +465,11 @@ class Catalog:
         self._cache_drop(video_id)
         with self.engine.begin() as conn:
             conn.execute(task)
-            if self.in_progress_transaction is not None:
-                self.in_progress_transaction()
             all_done = int(conn.execute(done).scalar_one())
             conn.execute(update(Video).where(Video.id == video_id, Video.status == VideoStatus.PROCESSING)
                          .values(progress=progress(all_done), updated_at=now))
+            if self.in_progress_transaction is not None:
+                self.in_progress_transaction()
         self._cache_drop(video_id)
         return all_done
 

@@ -145,25 +145,25 @@ class Reconciler:
         """Why a queued task's job will never run, or None while it shows a sign of life (or was
         queued too recently to tell)."""
         job_id = task["job_id"]
-        if _age_s(task["updated_at"]) < QUEUED_GRACE_S:
-            return None
         if job_id in waiting or job_id in working:
             self._silent_since.pop(job_id, None)
+            return None
+        silent_since = self._silent_since.setdefault(job_id, self.clock())
+        if _age_s(task["updated_at"]) < QUEUED_GRACE_S:
             return None
         status = self._job_status(job_id)
         if status is None or status in DEAD_JOB_STATES:
             return "its job is missing from Redis"
         if status == JobStatus.DEFERRED:
+            self._silent_since.pop(job_id, None)
             # Finalize waits on the others. Once the catalog says they are all done it waits on jobs
             # that were replaced, which RQ would never release.
             if any(t["status"] != TASK_DONE for t in tasks if t["kind"] != FINALIZE and t["name"] != task["name"]):
-                self._silent_since.pop(job_id, None)
                 return None
             return "its job can no longer start"
         # RQ still says queued (or started), yet it is in no list and no live worker has it: a worker
         # popped it and froze or died. A live one reports it within moments of the pop.
-        first_seen = self._silent_since.setdefault(job_id, self.clock())
-        if self.clock() - first_seen < self.farm.settings.lost_job_grace_s:
+        if self.clock() - silent_since < self.farm.settings.lost_job_grace_s:
             return None
         grace_s = self.farm.settings.lost_job_grace_s
         return f"its job ({status.value}) was in no queue and on no live worker for {grace_s:g} s"
