@@ -196,6 +196,9 @@ def _video_row(raw: Mapping[str, Any]) -> VideoRow:
     return row  # type: ignore[return-value]
 
 
+SQLITE_NO_LIMIT_S = 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class SessionBounds:
     """Time limits on a process's database sessions, so that no session can hold up the others for
@@ -215,8 +218,9 @@ class SessionBounds:
 
 def make_engine(url: str, bounds: SessionBounds = SessionBounds()) -> Engine:
     if url.startswith("sqlite"):
-        busy_ms = round(bounds.lock_timeout_s * 1000)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": bounds.lock_timeout_s})
+        busy_s = bounds.lock_timeout_s or SQLITE_NO_LIMIT_S  # SQLite's zero would mean not waiting at all
+        busy_ms = round(busy_s * 1000)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_s})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
