@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -134,6 +135,25 @@ def test_an_idle_worker_frozen_with_the_next_job_does_not_hold_the_video(clip, h
 
 
 # -- a worker frozen inside a catalog transaction ---------------------------------------------------
+
+
+def test_a_write_meeting_a_sqlite_lock_held_by_a_frozen_process_answers_503_without_hanging(clip, http, farm):
+    video_id = upload(http, clip).json()["id"]
+    # Another process holds SQLite's write lock and does not let go (frozen inside its transaction).
+    holder = sqlite3.connect(farm.settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        answer = http.delete(f"/v1/videos/{video_id}")
+        waited = time.monotonic() - started
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        assert waited < farm.settings.db_lock_timeout_s + 10
+        assert http.get(f"/v1/videos/{video_id}").status_code == 200  # reads go on meanwhile
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert http.delete(f"/v1/videos/{video_id}").status_code == 204
 
 
 def pg_admin_url() -> str:
