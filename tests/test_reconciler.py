@@ -4,16 +4,19 @@ video it fails, what it leaves alone. Its clock is injected, so "a heartbeat TTL
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+import redis
 from rq import Queue
 from sqlalchemy import event
 
 from tests.conftest import BACKENDS, FakeClock
 from vidfarm import presence
-from vidfarm.catalog import TASK_QUEUED, TASK_RUNNING, VideoRow, utcnow
+from vidfarm.catalog import FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING, VideoRow, utcnow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, plan_tasks
 from vidfarm.reconciler import QUEUED_GRACE_S, Reconciler
@@ -62,9 +65,9 @@ def queued_job_ids(farm: Farm) -> list[str]:
     return Queue("cpu", connection=farm.rq_redis).job_ids
 
 
-def worker_reports(farm: Farm, video: VideoRow, name: str = WORKER) -> None:
+def worker_reports(farm: Farm, video: VideoRow, name: str = WORKER, job_id: str | None = None) -> None:
     info = presence.WorkerInfo(name=name, pid=1, host="h", queues="cpu", encoder="x264", state=WorkerState.BUSY,
-                               video_id=video["id"], job_id=chunk(farm, video)["job_id"])
+                               video_id=video["id"], job_id=job_id or chunk(farm, video)["job_id"])
     presence.beat(farm.redis, info, farm.settings.worker_heartbeat_ttl_s)
 
 
@@ -92,6 +95,114 @@ def test_a_queued_task_whose_job_waits_in_redis_is_left_alone(farm, reconciler):
     waiting = queued_job_ids(farm)
     assert reconciler.step() == 0
     assert queued_job_ids(farm) == waiting == [chunk(farm, video)["job_id"]]
+
+
+def popped(farm: Farm, job_id: str) -> None:
+    """What a worker that froze or died right after its pop leaves: the job in no queue's list, its
+    hash still `queued`."""
+    assert farm.rq_redis.lrem(Queue("cpu", connection=farm.rq_redis).key, 0, job_id) == 1
+
+
+def test_a_queued_job_in_no_list_and_on_no_worker_runs_again_after_the_grace(farm, reconciler, clock):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    before = chunk(farm, video)
+    popped(farm, before["job_id"])
+    grace = farm.settings.lost_job_grace_s
+    assert reconciler.step() == 0  # first seen without a sign of life: the clock starts
+    clock.now += grace - 0.5
+    assert reconciler.step() == 0
+    assert chunk(farm, video)["job_id"] == before["job_id"]
+    clock.now += 0.5
+    assert reconciler.step() == 1
+    after = chunk(farm, video)
+    assert (after["status"], after["attempts"]) == (TASK_QUEUED, 0) and after["job_id"] != before["job_id"]
+    assert queued_job_ids(farm) == [after["job_id"]]
+
+
+def test_a_queued_job_a_live_worker_started_is_left_alone(farm, reconciler, clock):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    before = chunk(farm, video)
+    popped(farm, before["job_id"])  # popped, not claimed yet: the catalog still says queued
+    for _ in range(3):
+        worker_reports(farm, video)
+        assert reconciler.step() == 0
+        clock.now += farm.settings.lost_job_grace_s
+    assert chunk(farm, video)["job_id"] == before["job_id"]
+
+
+def test_a_sign_of_life_restarts_the_grace(farm, reconciler, clock):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    job_id = chunk(farm, video)["job_id"]
+    popped(farm, job_id)
+    grace = farm.settings.lost_job_grace_s
+    assert reconciler.step() == 0
+    clock.now += grace - 1
+    worker_reports(farm, video)  # a slow worker reports it after all, then goes silent
+    assert reconciler.step() == 0
+    presence.remove(farm.redis, WORKER)
+    clock.now += 1
+    assert reconciler.step() == 0  # silent for 0 s, not for the grace
+    clock.now += grace
+    assert reconciler.step() == 1
+
+
+def test_finalize_waiting_on_unfinished_tasks_is_left_alone_and_popped_finalize_runs_again(farm, reconciler, clock):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    grace = farm.settings.lost_job_grace_s
+    for _ in range(2):  # deferred on its chunk, queued: alive however long the chunk takes
+        assert reconciler.step() == 0
+        clock.now += 2 * grace
+    finalize = farm.catalog.task(video["id"], FINALIZE)
+    # The chunk is done and RQ released finalize into the queue, where a worker popped it and froze.
+    farm.catalog.update_task(video["id"], CHUNK, status=TASK_DONE, updated_at=utcnow() - timedelta(seconds=60))
+    popped(farm, chunk(farm, video)["job_id"])  # it ran
+    job = Queue("cpu", connection=farm.rq_redis).fetch_job(finalize["job_id"])
+    farm.rq_redis.hset(job.key, "status", "queued")
+    assert reconciler.step() == 0
+    clock.now += grace
+    assert reconciler.step() == 1
+    after = farm.catalog.task(video["id"], FINALIZE)
+    assert after["status"] == TASK_QUEUED and after["job_id"] != finalize["job_id"]
+    assert queued_job_ids(farm) == [after["job_id"]]
+
+
+def test_a_pass_reads_each_queue_once_however_many_tasks_are_queued(farm, reconciler, redis_server):
+    for _ in range(20):
+        add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    monitor = redis.Redis.from_url(redis_server.url)
+    before = command_calls(monitor)
+    reconciler.step()
+    after = command_calls(monitor)
+    assert after.get("lrange", 0) - before.get("lrange", 0) == 1
+    assert after.get("lpos", 0) == before.get("lpos", 0)
+
+
+def command_calls(conn: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in conn.info("commandstats").items()}
+
+
+# -- a locked catalog -------------------------------------------------------------------------------
+
+
+def test_a_pass_that_meets_a_locked_catalog_survives_and_the_next_one_repairs(settings, clock):
+    settings = replace(settings, db_lock_timeout_s=0.5)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    farm = Farm(settings)
+    reconciler = Reconciler(farm, clock=clock)
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5, enqueued=False)
+    # Another process holds SQLite's write lock (a worker frozen inside its progress transaction).
+    holder = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        assert reconciler.step() == 0
+        assert time.monotonic() - started < 10
+        assert chunk(farm, video)["status"] == TASK_QUEUED and queued_job_ids(farm) == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert reconciler.step() == 1
+    assert queued_job_ids(farm) == [chunk(farm, video)["job_id"]]
 
 
 # -- running ----------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ _FARM: Farm | None = None
 def current_farm() -> Farm:
     global _FARM
     if _FARM is None:
-        _FARM = Farm(Settings.from_env())
+        _FARM = Farm(Settings.from_env(), role="worker")
     return _FARM
 
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -40,6 +41,10 @@ COMMAND_CHANNEL_POLL_S = 1.0
 # wait is minutes long, see request_stop). Each slice costs about 8 Redis commands (RQ marks the worker
 # idle and renews its key): 0.8 per second per idle worker at 10 s.
 DEQUEUE_SLICE_S = 10
+# Test hook: "1" freezes this worker (SIGSTOP to itself, every thread) inside its first progress
+# transaction, with that chunk's task and video rows locked: the fault the catalog's session bounds
+# are for (tests/test_faults.py, bench/liveness.py).
+FREEZE_IN_PROGRESS_ENV = "VIDFARM_TEST_FREEZE_IN_PROGRESS_TX"
 # ffmpeg threads per decoder/encoder/filter graph. In Kubernetes the pod's CPU limit in whole cores,
 # through the downward API (resourceFieldRef limits.cpu); unset, ffmpeg sizes them from the machine.
 FFMPEG_THREADS_ENV = "VIDFARM_FFMPEG_THREADS"
@@ -99,6 +104,19 @@ def check_nvenc_if_required(encoder: str) -> None:
     error = nvenc_error()
     if error is not None:
         raise EncoderUnusable(NVENC_UNUSABLE % error)
+
+
+def freeze_once_in_progress_transaction(farm: Farm) -> None:
+    frozen = threading.Event()
+
+    def freeze() -> None:
+        if not frozen.is_set():
+            frozen.set()
+            log.warning("worker: freezing inside a progress transaction (%s)", FREEZE_IN_PROGRESS_ENV)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    farm.catalog.in_progress_transaction = freeze
+
 
 
 class FarmWorker(SimpleWorker):
@@ -202,6 +220,8 @@ def run_worker(
     for result in TERMINAL:
         metrics.TRANSCODES.labels(chosen.name, result)  # present at zero from the start
     farm.catalog  # noqa: B018 - migrate and connect before taking the first job
+    if os.environ.get(FREEZE_IN_PROGRESS_ENV) == "1":
+        freeze_once_in_progress_transaction(farm)
     farm.storage  # noqa: B018 - a missing bucket or wrong credentials stop the worker here
     # Last: an open metrics port is what the readiness probe reads as "ready to take jobs".
     metrics_url = ""

@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -210,21 +211,44 @@ def _video_row(raw: Mapping[str, Any]) -> VideoRow:
     return row  # type: ignore[return-value]
 
 
-def make_engine(url: str) -> Engine:
+SQLITE_NO_LIMIT_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class SessionBounds:
+    """Time limits on a process's database sessions, so that no session can hold up the others for
+    ever (a worker frozen inside a transaction keeps its row locks until its session ends). Zero is
+    no limit. On SQLite, `lock_timeout_s` is the busy timeout: how long a writer waits for the lock."""
+
+    lock_timeout_s: float = 30.0
+    statement_timeout_s: float = 0.0
+    idle_in_transaction_s: float = 0.0
+
+    def postgres_options(self) -> str:
+        """libpq `options`: set at connect, on the server, for every session of the pool."""
+        limits = {"lock_timeout": self.lock_timeout_s, "statement_timeout": self.statement_timeout_s,
+                  "idle_in_transaction_session_timeout": self.idle_in_transaction_s}
+        return " ".join(f"-c {name}={round(seconds * 1000)}" for name, seconds in limits.items())
+
+
+def make_engine(url: str, bounds: SessionBounds = SessionBounds()) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        busy_s = bounds.lock_timeout_s or SQLITE_NO_LIMIT_S  # SQLite's zero would mean not waiting at all
+        busy_ms = round(busy_s * 1000)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_s})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL lets the API read while a worker writes progress; the busy timeout absorbs
-            # the short write locks several processes take.
+            # the short write locks several processes take, and bounds the wait on a stuck one.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         connect_args={"options": bounds.postgres_options()})
 
 
 def encode_cursor(created_at: str, video_id: str) -> str:
@@ -242,9 +266,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class Catalog:
-    def __init__(self, database_url: str, cache: redis.Redis | None = None) -> None:
-        self.engine = make_engine(database_url)
+    def __init__(self, database_url: str, cache: redis.Redis | None = None,
+                 bounds: SessionBounds = SessionBounds()) -> None:
+        self.engine = make_engine(database_url, bounds)
         self.cache = cache
+        # Test hook: runs inside the progress transaction, with its row locks held (see worker.py).
+        self.in_progress_transaction: Callable[[], None] | None = None
 
     # -- schema -----------------------------------------------------------------------------------
 
@@ -257,6 +284,9 @@ class Catalog:
         """
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
+                # Other pods wait for the migrating one however long it takes: no session bounds here.
+                conn.execute(text("SET LOCAL lock_timeout = 0"))
+                conn.execute(text("SET LOCAL statement_timeout = 0"))
                 # Any fixed bigint, the same in every vidfarm process ("vidfarm1").
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x76696466_61726D31})
             Base.metadata.create_all(conn)
@@ -496,6 +526,8 @@ class Catalog:
             all_done = int(conn.execute(done).scalar_one())
             conn.execute(update(Video).where(Video.id == video_id, Video.status == VideoStatus.PROCESSING)
                          .values(progress=progress(all_done), updated_at=now))
+            if self.in_progress_transaction is not None:
+                self.in_progress_transaction()
         self._cache_drop(video_id)
         return all_done
 

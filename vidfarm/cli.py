@@ -185,8 +185,8 @@ def worker(queues, encoder, name, pool, metrics_port) -> None:
 
     try:
         with refusing_bad_storage():
-            run_worker(Farm(load_settings()), list(queues), encoder=encoder, name=name, pool=pool,
-                       metrics_port=metrics_port)
+            run_worker(Farm(load_settings(), role="worker"), list(queues), encoder=encoder, name=name,
+                       pool=pool, metrics_port=metrics_port)
     except EncoderUnusable as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -4,20 +4,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import redis
 
 from vidfarm import ownership
-from vidfarm.catalog import Catalog
+from vidfarm.catalog import Catalog, SessionBounds
 from vidfarm.redisconn import connect
 from vidfarm.settings import Settings
 from vidfarm.storage import Storage, open_storage
 from vidfarm.webhooks import Webhooks
 
+# Workers write the catalog; everything else (API, reconciler, autoscaler, deliverer) is the control plane.
+Role = Literal["control", "worker"]
+# A worker's own writes (progress, claims) may wait their turn this long: giving up early would only
+# drop progress or fail an attempt that is fine.
+WORKER_LOCK_WAIT_S = 30.0
+
+
+def session_bounds(settings: Settings, role: Role) -> SessionBounds:
+    """The control plane waits a bounded time for any lock and statement, so a worker frozen inside a
+    transaction cannot stall repairs or requests; the database ends a worker's session left idle
+    inside a transaction, which releases the rows it held."""
+    if role == "worker":
+        return SessionBounds(lock_timeout_s=WORKER_LOCK_WAIT_S,
+                             idle_in_transaction_s=settings.db_worker_idle_in_transaction_s)
+    return SessionBounds(lock_timeout_s=settings.db_lock_timeout_s,
+                         statement_timeout_s=settings.db_statement_timeout_s)
+
 
 @dataclass
 class Farm:
     settings: Settings
+    role: Role = "control"
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -47,7 +66,8 @@ class Farm:
 
     @cached_property
     def catalog(self) -> Catalog:
-        catalog = Catalog(self.settings.database_url, cache=self.redis)
+        catalog = Catalog(self.settings.database_url, cache=self.redis,
+                          bounds=session_bounds(self.settings, self.role))
         catalog.migrate()
         return catalog
 

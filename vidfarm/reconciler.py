@@ -1,7 +1,11 @@
 """The reconciler: makes Redis agree with the catalog again after anything went wrong.
 
-The catalog is the truth, task by task. A task that is `queued` but whose job is not in Redis (Redis
-was wiped, or the enqueue failed) is queued again. A task that is `running` but whose worker is gone,
+The catalog is the truth, task by task, and a task that is not done is judged by a positive sign of
+life, never by an absence alone. A `queued` task lives while its job waits in its queue's list, or a
+live worker reports that it started it, or it is deferred on tasks that are not all done; with none of
+these for `lost_job_grace_s` (a worker that popped it and then froze or died: the job is in no list and
+started nowhere, though RQ still says `queued`), or at once when its job is gone from Redis or dead
+(Redis was wiped, the enqueue failed), it is queued again. A task that is `running` but whose worker is gone,
 or is no longer working on it (killed worker, node loss, OOM, a crash of the job), runs again, up to
 `max_attempts`, after which the video fails with a reason; only that task runs again, the others
 keep what they finished. Finalize runs once every other task is done: RQ's dependency normally
@@ -17,7 +21,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from rq import Queue
 from rq.job import Job, JobStatus
+from sqlalchemy.exc import OperationalError
 
 from vidfarm import events, metrics, ownership, presence, tus
 from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
@@ -52,6 +58,7 @@ class Reconciler:
         self.clock = clock
         self.wall = wall  # epoch seconds, against which stored media and rows are aged
         self._orphaned_since: dict[str, float] = {}
+        self._silent_since: dict[str, float] = {}  # queued jobs with no sign of life, since when
         self._next_orphan_report = clock()  # the first pass looks: a restart often follows a crash
 
     def step(self) -> int:
@@ -62,14 +69,19 @@ class Reconciler:
         # One query for every active video's tasks: a pass costs the catalog the same however many
         # videos are in the farm (one query per video made the reconciler its biggest reader).
         tasks_of = self.farm.catalog.tasks_of([video["id"] for video in videos])
+        waiting = self._waiting_jobs(videos, tasks_of)
         for video in videos:
             tasks = tasks_of[video["id"]]
-            if not tasks:
-                fixed += self._plan(video)
-                continue
             live |= {t["job_id"] for t in tasks}
-            fixed += self._repair(video, tasks, working)
+            try:
+                fixed += self._repair(video, tasks, working, waiting) if tasks else self._plan(video)
+            except OperationalError as exc:
+                # A row another session holds (a worker frozen inside its transaction) times out
+                # (lock_timeout; SQLite's busy timeout): this video waits for the next pass, the
+                # others are repaired now.
+                log.warning("video %s not reconciled this pass: %s", video["id"], type(exc.orig).__name__)
         self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in live}
+        self._silent_since = {k: v for k, v in self._silent_since.items() if k in live}
         now, idle_s = self.wall(), self.farm.settings.upload_idle_timeout_s
         self._sweep(self.sweep_receiving, now - presence.abandoned_after_s(idle_s), "abandoned uploads")
         tus.sweep_expired(self.farm)
@@ -78,13 +90,14 @@ class Reconciler:
             self._sweep(lambda _: self.report_orphans(), now, "orphaned media")
         return fixed
 
-    def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
+    def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any],
+                waiting: set[str]) -> int:
         fixed = 0
         for task in tasks:
             if task["kind"] == FINALIZE:
                 continue
-            if task["status"] == TASK_QUEUED and self._job_lost(task):
-                fixed += self._requeue(video, task, "its job is missing from Redis")
+            if task["status"] == TASK_QUEUED and (why := self._job_lost(task, tasks, working, waiting)):
+                fixed += self._requeue(video, task, why)
             elif task["status"] == TASK_RUNNING and self._worker_lost(task, working):
                 if task["attempts"] >= self.farm.settings.max_attempts:
                     return fixed + self._fail(video, task)
@@ -92,9 +105,10 @@ class Reconciler:
                 fixed += self._requeue(video, task, f"worker {task['worker']} stopped working on it")
         if fixed:  # a re-queued task re-queues finalize too (a new job id): read what it is now
             tasks = self.farm.catalog.tasks(video["id"])
-        return fixed + self._repair_finalize(video, tasks, working)
+        return fixed + self._repair_finalize(video, tasks, working, waiting)
 
-    def _repair_finalize(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any]) -> int:
+    def _repair_finalize(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any],
+                         waiting: set[str]) -> int:
         finalize = next(t for t in tasks if t["kind"] == FINALIZE)
         if finalize["status"] == TASK_RUNNING:
             if not self._worker_lost(finalize, working):
@@ -102,9 +116,9 @@ class Reconciler:
             if finalize["attempts"] >= self.farm.settings.max_attempts:
                 return self._fail(video, finalize)
             return self._requeue(video, finalize, f"worker {finalize['worker']} stopped working on it")
-        if finalize["status"] != TASK_QUEUED or not self._finalize_stuck(finalize, tasks):
+        if finalize["status"] != TASK_QUEUED or not (why := self._job_lost(finalize, tasks, working, waiting)):
             return 0
-        return self._requeue(video, finalize, "its job can no longer start")
+        return self._requeue(video, finalize, why)
 
     # -- detection --------------------------------------------------------------------------------
 
@@ -112,22 +126,46 @@ class Reconciler:
         job = Job.fetch_many([job_id], connection=self.farm.rq_redis)[0]
         return None if job is None else job.get_status(refresh=False)
 
-    def _job_lost(self, task: dict[str, Any]) -> bool:
-        if _age_s(task["updated_at"]) < QUEUED_GRACE_S:
-            return False
-        status = self._job_status(task["job_id"])
-        return status is None or status in DEAD_JOB_STATES
+    def _waiting_jobs(self, videos: list[dict[str, Any]], tasks_of: dict[str, list[dict[str, Any]]]) -> set[str]:
+        """The job ids waiting in the lists of the queues that have queued tasks: one LRANGE per
+        queue and pass (an LPOS per task would cost Redis a command per queued task, and each one
+        scans the list anyway)."""
+        queues = {video["queue"] for video in videos
+                  if any(t["status"] == TASK_QUEUED for t in tasks_of[video["id"]])}
+        if not queues:
+            return set()
+        pipe = self.farm.rq_redis.pipeline(transaction=False)
+        for name in sorted(queues):
+            pipe.lrange(Queue(name, connection=self.farm.rq_redis).key, 0, -1)
+        return {job_id.decode() for ids in pipe.execute() for job_id in ids}
 
-    def _finalize_stuck(self, finalize: dict[str, Any], tasks: list[dict[str, Any]]) -> bool:
-        """Finalize cannot start by itself when its job is gone, or when it waits on jobs that were
-        replaced (RQ would never release it) although the catalog says every other task is done."""
-        if _age_s(finalize["updated_at"]) < QUEUED_GRACE_S:
-            return False
-        status = self._job_status(finalize["job_id"])
+    def _job_lost(self, task: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any],
+                  waiting: set[str]) -> str | None:
+        """Why a queued task's job will never run, or None while it shows a sign of life (or was
+        queued too recently to tell)."""
+        job_id = task["job_id"]
+        if job_id in waiting or job_id in working:
+            self._silent_since.pop(job_id, None)
+            return None
+        silent_since = self._silent_since.setdefault(job_id, self.clock())
+        if _age_s(task["updated_at"]) < QUEUED_GRACE_S:
+            return None
+        status = self._job_status(job_id)
         if status is None or status in DEAD_JOB_STATES:
-            return True
-        others_done = all(t["status"] == TASK_DONE for t in tasks if t["kind"] != FINALIZE)
-        return status == JobStatus.DEFERRED and others_done
+            return "its job is missing from Redis"
+        if status == JobStatus.DEFERRED:
+            self._silent_since.pop(job_id, None)
+            # Finalize waits on the others. Once the catalog says they are all done it waits on jobs
+            # that were replaced, which RQ would never release.
+            if any(t["status"] != TASK_DONE for t in tasks if t["kind"] != FINALIZE and t["name"] != task["name"]):
+                return None
+            return "its job can no longer start"
+        # RQ still says queued (or started), yet it is in no list and no live worker has it: a worker
+        # popped it and froze or died. A live one reports it within moments of the pop.
+        if self.clock() - silent_since < self.farm.settings.lost_job_grace_s:
+            return None
+        grace_s = self.farm.settings.lost_job_grace_s
+        return f"its job ({status.value}) was in no queue and on no live worker for {grace_s:g} s"
 
     def _worker_lost(self, task: dict[str, Any], working: dict[str, presence.WorkerInfo]) -> bool:
         """Lost once no live worker has reported this attempt for a full heartbeat TTL (a Redis wipe
@@ -232,7 +270,7 @@ class Reconciler:
 
     def _unfinished_jobs(self, video_id: str) -> list[str]:
         """Jobs finalize must wait for: those of unfinished tasks that RQ still knows (a running task
-        whose job hash was wiped cannot be waited on; `_finalize_stuck` catches that case)."""
+        whose job hash was wiped cannot be waited on; `_job_lost` catches that case)."""
         ids = [t["job_id"] for t in self.farm.catalog.tasks(video_id)
                if t["kind"] != FINALIZE and t["status"] != TASK_DONE]
         jobs = Job.fetch_many(ids, connection=self.farm.rq_redis) if ids else []

@@ -140,6 +140,16 @@ class Settings:
     stall_timeout_s: float = 300.0
     # A worker whose heartbeat key is gone for this long is dead; its job runs again.
     worker_heartbeat_ttl_s: int = 10
+    # A queued task whose job is in no queue's list and on no live worker this long was popped by a
+    # worker that froze or died before it reported the job (a live one does within moments): it runs again.
+    lost_job_grace_s: float = 15.0
+    # PostgreSQL bounds. The control plane (API, reconciler) waits this long for a row lock, then gives
+    # up (the API answers 503, the reconciler retries next pass); on SQLite it is the busy timeout.
+    db_lock_timeout_s: float = 5.0
+    db_statement_timeout_s: float = 30.0  # the control plane's longest statement
+    # A worker's session left idle inside a transaction this long (the worker froze mid-write) is ended
+    # by PostgreSQL, which releases its row locks; the worker's own transactions last milliseconds.
+    db_worker_idle_in_transaction_s: float = 15.0
     # Long videos are split into chunks of about this many seconds (whole GOPs), encoded in parallel.
     chunk_seconds: float = 60.0
     # Playback URLs carry a token signed with this secret, valid this long.
@@ -212,6 +222,10 @@ class Settings:
             job_timeout_factor=_env_float("VIDFARM_JOB_TIMEOUT_FACTOR", 3.0),
             stall_timeout_s=_env_float("VIDFARM_STALL_TIMEOUT_S", 300.0),
             worker_heartbeat_ttl_s=_env_int("VIDFARM_WORKER_HEARTBEAT_TTL_S", 10),
+            lost_job_grace_s=_env_float("VIDFARM_LOST_JOB_GRACE_S", 15.0),
+            db_lock_timeout_s=_env_float("VIDFARM_DB_LOCK_TIMEOUT_S", 5.0),
+            db_statement_timeout_s=_env_float("VIDFARM_DB_STATEMENT_TIMEOUT_S", 30.0),
+            db_worker_idle_in_transaction_s=_env_float("VIDFARM_DB_WORKER_IDLE_IN_TRANSACTION_S", 15.0),
             chunk_seconds=_env_float("VIDFARM_CHUNK_SECONDS", 60.0),
             playback_secret=_playback_secret(home),
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
@@ -258,6 +272,10 @@ class Settings:
             "VIDFARM_JOB_TIMEOUT_FACTOR": str(self.job_timeout_factor),
             "VIDFARM_STALL_TIMEOUT_S": str(self.stall_timeout_s),
             "VIDFARM_WORKER_HEARTBEAT_TTL_S": str(self.worker_heartbeat_ttl_s),
+            "VIDFARM_LOST_JOB_GRACE_S": str(self.lost_job_grace_s),
+            "VIDFARM_DB_LOCK_TIMEOUT_S": str(self.db_lock_timeout_s),
+            "VIDFARM_DB_STATEMENT_TIMEOUT_S": str(self.db_statement_timeout_s),
+            "VIDFARM_DB_WORKER_IDLE_IN_TRANSACTION_S": str(self.db_worker_idle_in_transaction_s),
             "VIDFARM_CHUNK_SECONDS": str(self.chunk_seconds),
             "VIDFARM_PLAYBACK_SECRET": self.playback_secret,
             "VIDFARM_PLAYBACK_TTL_S": str(self.playback_ttl_s),
