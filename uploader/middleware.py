@@ -39,7 +39,7 @@ class ApiMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                add_headers(scope["path"], MutableHeaders(scope=message))
+                add_headers(app_path(scope), MutableHeaders(scope=message))
                 observe(scope, message["status"], started)
             await send(message)
 
@@ -82,10 +82,17 @@ class ApiMiddleware:
 
 def is_upload(scope: Scope) -> bool:
     """The routes that stream a body of up to `max_upload_bytes` to storage."""
-    method, path = scope["method"], scope["path"]
+    method, path = scope["method"], app_path(scope)
     if method == "POST":
         return path in ("/v1/videos", TUS_PREFIX)
     return method == "PATCH" and path.startswith(TUS_PREFIX + "/")
+
+
+def app_path(scope: Scope) -> str:
+    """The path the routes see: behind a public URL with a path prefix (uploader/public_url.py) the
+    scope's path carries the prefix as its `root_path`, which routing strips."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
 
 
 def add_headers(path: str, headers: MutableHeaders) -> None:
