@@ -27,7 +27,8 @@ from vidfarm.catalog import CHUNK
 from vidfarm.settings import Settings
 
 BROWSER_DIR = ROOT / "tests" / "browser"
-NODE_MODULES = BROWSER_DIR / "node_modules"
+# Resolved: a checkout may link node_modules to a shared install, and served paths are checked against it.
+NODE_MODULES = (BROWSER_DIR / "node_modules").resolve()
 # Only the players are served from node_modules, not whatever else npm installed.
 VENDORED = ("hls.js/dist/", "dashjs/dist/")
 # 7 s at 25 fps in 2 s chunks (one GOP each): several chunks stitched, two segments per rung (6 s + 1 s),
@@ -84,10 +85,10 @@ def page_url() -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def play(page_url: str, scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def play(page_url: str, scenarios: list[dict[str, Any]], timeout_s: float = 180) -> list[dict[str, Any]]:
     """Every scenario in one browser, each in a fresh page; what each page saw."""
     done = subprocess.run(["node", str(BROWSER_DIR / "play.mjs"), page_url], input=json.dumps(scenarios),
-                          capture_output=True, text=True, cwd=BROWSER_DIR, timeout=180,
+                          capture_output=True, text=True, cwd=BROWSER_DIR, timeout=timeout_s,
                           env={**os.environ, "CHROMIUM": CHROMIUM})
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
