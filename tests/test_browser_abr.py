@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import NEEDS_BROWSER, make_clip, upload, wait_for
 from tests.test_browser_playback import describe, page_url, play  # noqa: F401 (page_url: a fixture)
+from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 from vidfarm.settings import Settings
 
 # 11 s of 1080p25: two segments per rung (6 s + 5 s). testsrc2 moves enough that its 720p needs well over
@@ -31,7 +32,7 @@ pytestmark = NEEDS_BROWSER
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The default ladder (1080p, 720p downloads) and stream rungs (480p, 360p); 6 s chunks."""
-    return replace(settings, chunk_seconds=6.0)
+    return replace(settings, chunk_seconds=6.0, stream_rungs=DEFAULT_STREAM_RUNGS)
 
 
 def variant_bandwidths(http, hls: str) -> dict[str, int]:

@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import BACKENDS, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip, upload, wait_for
 from uploader import playback
 from vidfarm.catalog import CHUNK
+from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 from vidfarm.settings import Settings
 
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -54,8 +55,8 @@ pytestmark = NEEDS_BROWSER
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Two rungs and small chunks (the worker process gets them through Settings.to_env)."""
-    return replace(settings, ladder=LADDER, chunk_seconds=CHUNK_SECONDS)
+    """Two downloads, the default stream rungs, small chunks (the worker gets them through Settings.to_env)."""
+    return replace(settings, ladder=LADDER, stream_rungs=DEFAULT_STREAM_RUNGS, chunk_seconds=CHUNK_SECONDS)
 
 
 class PageHandler(SimpleHTTPRequestHandler):

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import BACKENDS, OTHER_KEY, assert_no_scratch_left, ffprobe, upload, wait_for
 from uploader.playback import sign, signing_key
+from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 DOWNLOADS = ("720p", "360p")
@@ -22,7 +23,7 @@ DOWNLOADS = ("720p", "360p")
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=DOWNLOADS)
+    return replace(settings, chunk_seconds=2.0, ladder=DOWNLOADS, stream_rungs=DEFAULT_STREAM_RUNGS)
 
 
 @pytest.fixture(scope="module")

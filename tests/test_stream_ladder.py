@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ffprobe, make_clip, upload, wait_for
+from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 # 7 s at 25 fps in 2 s chunks: chunk joins and two segments per rung (6 s + 1 s) for the 1080p
@@ -25,7 +26,7 @@ DOWNLOADS = {"1080p": {"1080p", "720p"}, "720p": {"720p"}, "360p": {"360p"}}
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0)  # the default ladder and stream rungs
+    return replace(settings, chunk_seconds=2.0, stream_rungs=DEFAULT_STREAM_RUNGS)  # the default ladder too
 
 
 def attributes(line: str) -> dict[str, str]:
