@@ -95,6 +95,10 @@ def report(args: argparse.Namespace, plans: dict[str, list[OutputPlan]],
                      median(m[1].wall_s for m in results[label])])
     print(table(["ladder", "outputs", "encode CPU s", "vs base", "whole graph CPU s", "vs base", "wall s"], rows))
     default = median(m[1].cpu_s for m in results[SIDES[1][0]]) / base_total
+    if min(int(part) for part in args.size.split("x")) < 1080:
+        # Below 1080p the base is the 720p download alone: the extra rungs weigh more, by design.
+        print(f"\ndefault ladder over the downloads alone: {default - 1:+.1%} (the target is for 1080p sources)")
+        return
     verdict = "met" if default <= TARGET else "MISSED"
     print(f"\ntarget: default ladder <= +{TARGET - 1:.0%} CPU over 1080p+720p: {verdict} ({default - 1:+.1%})")
 
