@@ -170,3 +170,15 @@ def test_stream_rungs_default_and_none_survive_the_trip_to_a_worker(monkeypatch,
         for name, passed in settings.to_env({}).items():
             monkeypatch.setenv(name, passed)
         assert Settings.from_env().stream_rungs == expected
+
+
+def test_a_stream_rung_some_chunk_did_not_encode_is_left_out_not_the_video():
+    from transcoder.job import encoded_by_every_chunk
+
+    plans = plan_outputs(source(1920, 1080), LADDER, STREAMED)
+    everything = {"frames": 60, "rungs": ["1080p", "720p", "480p", "360p"]}
+    before_stream_rungs = {"frames": 60}  # a chunk result written before results named their rungs
+    other_config = {"frames": 60, "rungs": ["1080p", "720p", "360p"]}
+    assert encoded_by_every_chunk(plans, [everything, everything]) == plans
+    assert [p.name for p in encoded_by_every_chunk(plans, [everything, other_config])] == ["1080p", "720p", "360p"]
+    assert [p.name for p in encoded_by_every_chunk(plans, [before_stream_rungs, everything])] == ["1080p", "720p"]

@@ -362,7 +362,7 @@ class ChunkAttempt(TaskAttempt):
         self.check_frames(video, task, frames, fps)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
-        return {"frames": frames}
+        return {"frames": frames, "rungs": [plan.name for plan in plans]}
 
     def check_frames(self, video: dict[str, Any], task: dict[str, Any], frames: int, fps: Fraction) -> None:
         """A chunk in the middle must hold exactly its planned frames; the last one must reach about
@@ -395,6 +395,14 @@ class ChunkAttempt(TaskAttempt):
             self._last_event = now
             events.publish(self.farm.redis, self.video_id, "progress",
                            progress=percent(self._others_done + frames, total))
+
+
+def encoded_by_every_chunk(plans: list[OutputPlan], chunk_results: list[dict[str, Any]]) -> list[OutputPlan]:
+    """The plans finalize can stitch: every download, and the stream-only rungs that every chunk
+    encoded. Workers that disagree about VIDFARM_STREAM_RUNGS (a rolling change, or chunks encoded
+    before stream rungs existed, whose results name no rungs) cost the stream a rung, not the video.
+    A missing download still fails: that file was promised."""
+    return [p for p in plans if p.download or all(p.name in r.get("rungs", ()) for r in chunk_results)]
 
 
 def percent(done: int, total: int) -> float:
@@ -449,7 +457,7 @@ class FinalizeAttempt(TaskAttempt):
         chunks = sorted((t for t in self.siblings if t["kind"] == CHUNK), key=lambda t: t["start_frame"])
         audio = next((t for t in self.siblings if t["kind"] == AUDIO), None)
         audio_path = self.kept_file(audio, "audio.m4a") if audio else None
-        plans = self.plans(video)
+        plans = encoded_by_every_chunk(self.plans(video), [t["result"] for t in chunks])
         frames = sum(t["result"]["frames"] for t in chunks)
         renditions = []
         for plan in plans:
