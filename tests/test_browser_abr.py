@@ -70,13 +70,17 @@ def test_hls_fits_a_slow_network_and_climbs_on_a_fast_one(http, worker, page_url
     slow, fast = play(page_url, [scenario(hls, SLOW_KBPS), scenario(hls, None)], timeout_s=240)
     (tmp_path / "results.json").write_text(json.dumps([slow, fast], indent=1))
 
-    why = describe(slow) + f"\nstalls: {slow['stalls']}\nswitches: {slow['switches']}\nsegments: {video_segments(slow)}"
+    why = describe(slow) + (f"\nstartup: {slow['startupMs']} ms\nstalls: {slow['stalls']}\n"
+                            f"switches: {slow['switches']}\nsegments: {video_segments(slow)}")
     assert slow["ended"] and not slow["timedOut"], why
     assert abs(slow["currentTime"] - video["source"]["duration_s"]) <= 0.1, why
     assert [e for e in slow["playerErrors"] if e["fatal"]] == [], why
     # It ended on a rung whose bandwidth fits the link, and never waited longer than a segment lasts.
     assert f"{slow['endHeight']}p" in fitting, why
     assert all(stall["ms"] < SEGMENT_S * 1000 for stall in slow["stalls"]), why
+    # And it started on such a rung: the first picture within two segments' time (starting on the
+    # first variant of a highest-first master, 1080p, took about 30 s here).
+    assert slow["startupMs"] < 2 * SEGMENT_S * 1000, why
 
     why = describe(fast) + f"\nswitches: {fast['switches']}\nsegments: {video_segments(fast)}"
     assert fast["ended"], why

@@ -33,9 +33,12 @@ window.play = function play(scenario) {
   // Stalls once playback has begun: from each `waiting` to the next `playing`, in wall-clock ms, and
   // the height shown at the end (the rung that played it).
   result.stalls = [];
+  result.startupMs = null;  // from play() to the first picture moving
+  const asked = performance.now();
   let began = false;
   let waitingSince = null;
   video.addEventListener("playing", () => {
+    if (result.startupMs === null) result.startupMs = performance.now() - asked;
     if (waitingSince !== null) result.stalls.push({at: video.currentTime, ms: performance.now() - waitingSince});
     began = true;
     waitingSince = null;
