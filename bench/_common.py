@@ -39,6 +39,7 @@ from vidfarm.jobs import chunk_name
 from vidfarm.localredis import free_port
 from vidfarm.presence import PREFIX
 from vidfarm.probe import SourceInfo, probe
+from vidfarm.rungs import stream_only
 from vidfarm.settings import Settings
 from vidfarm.states import TERMINAL
 
@@ -123,7 +124,8 @@ def graph_commands(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], 
         listing = folder / f"{plan.name}.txt"
         listing.write_text(concat_list([part / f"{plan.name}.mp4" for part in parts]))
         renditions[plan.name] = folder / f"{plan.name}.mp4"
-        stitch.append(["ffmpeg", *stitch_args(listing, audio, renditions[plan.name])])
+        sound = audio if plan.download else None  # a stream-only rung is stitched for its segments only
+        stitch.append(["ffmpeg", *stitch_args(listing, sound, renditions[plan.name])])
         package.append(_segment_command(renditions[plan.name], "v:0", folder / "stream" / plan.name, plans[0]))
     if audio is not None:
         package.append(_segment_command(audio, "a:0", folder / "stream" / "audio", plans[0]))
@@ -144,9 +146,16 @@ def source_info(path: Path) -> SourceInfo:
     return probe(path, max_duration_s=1e9, max_pixels=1 << 40)
 
 
-def ladder_plans(info: SourceInfo, rungs: Sequence[str] | None = None) -> list[OutputPlan]:
-    """The renditions a worker plans for this source; the farm's default ladder unless `rungs`."""
-    return plan_outputs(info, rungs_named(list(rungs) if rungs else Settings.from_env().ladder))
+def ladder_plans(info: SourceInfo, rungs: Sequence[str] | None = None,
+                 stream_rungs: Sequence[str] | None = None) -> list[OutputPlan]:
+    """The outputs a worker plans for this source: the farm's ladder and stream-only rungs, unless
+    `rungs` (downloads) names them; then `stream_rungs` (none unless given) are the stream-only ones."""
+    settings = Settings.from_env()
+    if rungs:
+        downloads, streamed = list(rungs), list(stream_rungs or ())
+    else:
+        downloads, streamed = list(settings.ladder), list(stream_only(settings.ladder, settings.stream_rungs))
+    return plan_outputs(info, rungs_named(downloads), rungs_named(streamed))
 
 
 # -- measuring ----------------------------------------------------------------------------------

@@ -186,6 +186,9 @@ def settings(tmp_path, redis_server, backend, request, monkeypatch) -> Iterator[
         scratch_dir=tmp_path / "scratch",
         api_keys=(API_KEY, OTHER_KEY),
         api_keys_file=None,
+        # No stream-only rungs unless a test asks (vidfarm.rungs.DEFAULT_STREAM_RUNGS): they add a
+        # quarter to every 1080p encode and four fifths to every 720p one; most tests are about other things.
+        stream_rungs=(),
     )
     if backend == "file":
         yield base

@@ -24,17 +24,22 @@ import pytest
 from tests.conftest import BACKENDS, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip, upload, wait_for
 from uploader import playback
 from vidfarm.catalog import CHUNK
+from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 from vidfarm.settings import Settings
 
 BROWSER_DIR = ROOT / "tests" / "browser"
-NODE_MODULES = BROWSER_DIR / "node_modules"
+# Resolved: a checkout may link node_modules to a shared install, and served paths are checked against it.
+NODE_MODULES = (BROWSER_DIR / "node_modules").resolve()
 # Only the players are served from node_modules, not whatever else npm installed.
 VENDORED = ("hls.js/dist/", "dashjs/dist/")
 # 7 s at 25 fps in 2 s chunks (one GOP each): several chunks stitched, two segments per rung (6 s + 1 s),
 # so chunk joins, a SegmentTimeline with two entries and a short last segment are all exercised.
 CLIP = ("testsrc2=size=1280x720:rate=25:duration=7", True, [])
 LADDER = ("720p", "360p")
-HEIGHTS = sorted(int(rung.removesuffix("p")) for rung in LADDER)  # a landscape clip: height = rung
+# The stream also carries 480p (a default stream-only rung) between the two downloads: every level
+# below is played, forced, in both players.
+STREAMED = ("720p", "480p", "360p")
+HEIGHTS = sorted(int(rung.removesuffix("p")) for rung in STREAMED)  # a landscape clip: height = rung
 CHUNK_SECONDS = 2.0
 RATE = 4  # playbackRate: 7 s of video in under 2 s per playback
 PLAY_TIMEOUT_MS = 20_000
@@ -50,8 +55,8 @@ pytestmark = NEEDS_BROWSER
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Two rungs and small chunks (the worker process gets them through Settings.to_env)."""
-    return replace(settings, ladder=LADDER, chunk_seconds=CHUNK_SECONDS)
+    """Two downloads, the default stream rungs, small chunks (the worker gets them through Settings.to_env)."""
+    return replace(settings, ladder=LADDER, stream_rungs=DEFAULT_STREAM_RUNGS, chunk_seconds=CHUNK_SECONDS)
 
 
 class PageHandler(SimpleHTTPRequestHandler):
@@ -84,10 +89,10 @@ def page_url() -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def play(page_url: str, scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def play(page_url: str, scenarios: list[dict[str, Any]], timeout_s: float = 180) -> list[dict[str, Any]]:
     """Every scenario in one browser, each in a fresh page; what each page saw."""
     done = subprocess.run(["node", str(BROWSER_DIR / "play.mjs"), page_url], input=json.dumps(scenarios),
-                          capture_output=True, text=True, cwd=BROWSER_DIR, timeout=180,
+                          capture_output=True, text=True, cwd=BROWSER_DIR, timeout=timeout_s,
                           env={**os.environ, "CHROMIUM": CHROMIUM})
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
@@ -157,7 +162,7 @@ def test_hls_and_dash_play_to_the_end_at_every_level(farm, http, worker, page_ur
     expired = playback.sign(key, video["id"], row["tenant"], int(time.time()) - 60)
     expired_prefix = hls.rsplit("/", 2)[0] + "/" + expired
 
-    rungs = len(LADDER)
+    rungs = len(STREAMED)
     scenarios = [
         scenario("hls", hls), scenario("dash", dash),
         *(scenario("hls", hls, level) for level in range(rungs)),

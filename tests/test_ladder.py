@@ -10,6 +10,7 @@ from transcoder.command import X264, chunk_args
 from transcoder.ladder import plan_outputs, rungs_named
 from vidfarm.chunks import ChunkWindow, output_fps
 from vidfarm.probe import SourceInfo
+from vidfarm.settings import Settings
 
 LADDER = rungs_named(["1080p", "720p"])
 
@@ -92,3 +93,92 @@ def test_nvenc_outputs_keep_the_same_keyframe_grid_and_caps(tmp_path):
     assert args.count("expr:eq(mod(n,60),0)") == 2 and args.count("-forced-idr") == 2
     assert args[args.index("-maxrate"):args.index("-maxrate") + 2] == ["-maxrate", "6000k"]
     assert "-sc_threshold" not in args  # an x264 option; NVENC turns scene cuts off with -no-scenecut
+
+
+# -- the streaming ladder: stream-only rungs below the downloads --------------------------------------
+
+STREAMED = rungs_named(["480p", "360p"])
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "downloads", "streamed"),
+    [
+        (1920, 1080, ["1080p", "720p"], ["480p", "360p"]),
+        (3840, 2160, ["1080p", "720p"], ["480p", "360p"]),
+        (1080, 1920, ["1080p", "720p"], ["480p", "360p"]),  # portrait: named by the short side
+        (1280, 720, ["720p"], ["480p", "360p"]),
+        (640, 360, ["360p"], []),  # the source's own size, no second 360p
+        (853, 481, ["480p"], ["360p"]),
+        (704, 400, ["400p"], ["360p"]),  # below every download rung: its own size, then what fits under
+        (320, 240, ["240p"], []),
+    ],
+)
+def test_stream_only_rungs_sit_below_the_downloads_and_never_above_the_source(width, height, downloads, streamed):
+    plans = plan_outputs(source(width, height), LADDER, STREAMED)
+    assert [p.name for p in plans if p.download] == downloads
+    assert [p.name for p in plans if not p.download] == streamed
+    assert [p.width * p.height for p in plans] == sorted((p.width * p.height for p in plans), reverse=True)
+    assert all(min(p.width, p.height) <= min(width, height) for p in plans)
+
+
+def test_stream_rungs_get_apples_caps_and_the_same_keyframe_grid(tmp_path):
+    plans = plan_outputs(source(1920, 1080), LADDER, rungs_named(["480p", "360p", "240p"]))
+    assert [(p.name, p.width, p.height, p.maxrate_kbps) for p in plans] == [
+        ("1080p", 1920, 1080, 6000), ("720p", 1280, 720, 3000), ("480p", 854, 480, 1500),
+        ("360p", 640, 360, 730), ("240p", 426, 240, 145),
+    ]
+    args = chunk_args(tmp_path / "in", [(p, tmp_path / p.name) for p in plans], window=WHOLE, frames=None,
+                      encoder=X264)
+    assert args.count("-i") == 1 and "split=5" in args[args.index("-filter_complex") + 1]
+    assert args.count("expr:eq(mod(n,60),0)") == 5
+
+
+def test_an_upload_asking_for_one_download_still_streams_the_lower_rungs():
+    plans = plan_outputs(source(1920, 1080), rungs_named(["720p"]), STREAMED)
+    assert [(p.name, p.download) for p in plans] == [("720p", True), ("480p", False), ("360p", False)]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VIDFARM_STREAM_RUNGS": "480p,144p"}, "VIDFARM_STREAM_RUNGS: unknown rung '144p'; known rungs: 2160p"),
+        ({"VIDFARM_STREAM_RUNGS": "480,360p"}, "VIDFARM_STREAM_RUNGS: unknown rung '480'"),
+        ({"VIDFARM_STREAM_RUNGS": "360p,360p"}, "VIDFARM_STREAM_RUNGS names 360p more than once"),
+        ({"VIDFARM_STREAM_RUNGS": ","}, "VIDFARM_STREAM_RUNGS must list rungs from 2160p"),
+        ({"VIDFARM_LADDER": "1080p,4k"}, "VIDFARM_LADDER: unknown rung '4k'"),
+        ({"VIDFARM_LADDER": "none"}, "VIDFARM_LADDER: unknown rung 'none'"),
+    ],
+)
+def test_rung_settings_are_checked_when_a_process_starts(monkeypatch, tmp_path, env, message):
+    monkeypatch.setenv("VIDFARM_HOME", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as raised:
+        Settings.from_env()
+    assert str(raised.value).startswith(message)
+
+
+def test_stream_rungs_default_and_none_survive_the_trip_to_a_worker(monkeypatch, tmp_path):
+    monkeypatch.setenv("VIDFARM_HOME", str(tmp_path))
+    monkeypatch.delenv("VIDFARM_STREAM_RUNGS", raising=False)
+    settings = Settings.from_env()
+    assert (settings.ladder, settings.stream_rungs) == (("1080p", "720p"), ("480p", "360p"))
+    for value, expected in (("none", ()), (" 360p , 240p ", ("360p", "240p"))):
+        monkeypatch.setenv("VIDFARM_STREAM_RUNGS", value)
+        settings = Settings.from_env()
+        assert settings.stream_rungs == expected
+        for name, passed in settings.to_env({}).items():
+            monkeypatch.setenv(name, passed)
+        assert Settings.from_env().stream_rungs == expected
+
+
+def test_a_stream_rung_some_chunk_did_not_encode_is_left_out_not_the_video():
+    from transcoder.job import encoded_by_every_chunk
+
+    plans = plan_outputs(source(1920, 1080), LADDER, STREAMED)
+    everything = {"frames": 60, "rungs": ["1080p", "720p", "480p", "360p"]}
+    before_stream_rungs = {"frames": 60}  # a chunk result written before results named their rungs
+    other_config = {"frames": 60, "rungs": ["1080p", "720p", "360p"]}
+    assert encoded_by_every_chunk(plans, [everything, everything]) == plans
+    assert [p.name for p in encoded_by_every_chunk(plans, [everything, other_config])] == ["1080p", "720p", "360p"]
+    assert [p.name for p in encoded_by_every_chunk(plans, [before_stream_rungs, everything])] == ["1080p", "720p"]

@@ -15,13 +15,15 @@ import pytest
 
 from tests.conftest import BACKENDS, OTHER_KEY, assert_no_scratch_left, ffprobe, upload, wait_for
 from uploader.playback import sign, signing_key
+from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+DOWNLOADS = ("720p", "360p")
 
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=("720p", "360p"))
+    return replace(settings, chunk_seconds=2.0, ladder=DOWNLOADS, stream_rungs=DEFAULT_STREAM_RUNGS)
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +70,21 @@ def test_hls_master_and_media_playlists_match_the_segments(http, ready, tmp_path
     audio = attributes(next(line for line in lines if line.startswith("#EXT-X-MEDIA:")))
     variants = [(attributes(line), lines[i + 1]) for i, line in enumerate(lines)
                 if line.startswith("#EXT-X-STREAM-INF")]
-    assert [v["RESOLUTION"] for v, _ in variants] == ["1280x720", "640x360"]
+    # 480p: a stream-only rung (the default VIDFARM_STREAM_RUNGS) between the two downloads.
+    # Listed from where players start (the best variant within 1 Mb/s), then highest first.
+    assert sorted(v["RESOLUTION"] for v, _ in variants) == ["1280x720", "640x360", "854x480"]
+    start = [v for v, _ in variants if int(v["BANDWIDTH"]) <= 1_000_000][0]
+    assert variants[0][0] == start
 
     audio_sizes = segment_sizes(http, base, audio["URI"])
     for variant, uri in variants:
         rung = uri.split("/")[0]
         rendition = tmp_path / f"{rung}.mp4"
-        rendition.write_bytes(http.get(f"/v1/videos/{ready['id']}/renditions/{rung}").content)
+        if rung in DOWNLOADS:
+            rendition.write_bytes(http.get(f"/v1/videos/{ready['id']}/renditions/{rung}").content)
+        else:  # stream-only: no MP4 to download, its first segment says the same
+            first = [http.get(f"{base}/{rung}/{name}").content for name in ("init.mp4", "seg_00000.m4s")]
+            rendition.write_bytes(b"".join(first))
         stream = ffprobe(rendition, "-select_streams", "v:0", "-show_streams")["streams"][0]
         assert variant["CODECS"] == f"avc1.6400{stream['level']:02x},mp4a.40.2"
         assert variant["FRAME-RATE"] == "29.970" and variant["AUDIO"] == audio["GROUP-ID"]
@@ -117,7 +127,7 @@ def audio_durations(http, base: str, playlist_uri: str) -> list[float]:
 def test_ffprobe_opens_the_master_playlist_and_every_variant(ready):
     info = probe_url(ready["playback"]["hls"], "-show_streams")
     kinds = sorted((s["codec_type"], s.get("height")) for s in info["streams"])
-    assert kinds == [("audio", None), ("video", 360), ("video", 720)]
+    assert kinds == [("audio", None), ("video", 360), ("video", 480), ("video", 720)]
 
 
 def test_dash_manifest_describes_the_same_segments(http, ready):
@@ -127,7 +137,8 @@ def test_dash_manifest_describes_the_same_segments(http, ready):
     assert root.get("type") == "static"
     video_set, audio_set = root.findall("d:Period/d:AdaptationSet", MPD_NS)
     reps = {r.get("id"): r for r in video_set.findall("d:Representation", MPD_NS)}
-    assert set(reps) == {"720p", "360p"} and (reps["720p"].get("width"), reps["720p"].get("height")) == ("1280", "720")
+    assert set(reps) == {"720p", "480p", "360p"}
+    assert (reps["720p"].get("width"), reps["720p"].get("height")) == ("1280", "720")
     base = ready["playback"]["dash"].rsplit("/", 1)[0]
     for rung, rep in reps.items():
         template = rep.find("d:SegmentTemplate", MPD_NS)

@@ -60,6 +60,7 @@ from vidfarm.chunks import ChunkSpan, chunk_window
 from vidfarm.farm import Farm
 from vidfarm.jobs import stop_failed_video
 from vidfarm.probe import SourceInfo
+from vidfarm.rungs import stream_only
 from vidfarm.settings import Settings
 from vidfarm.storage import STORAGE_ERRNOS, StorageUnavailable
 
@@ -317,8 +318,12 @@ class TaskAttempt:
         return self.storage.source_location(self.video_id)
 
     def plans(self, video: dict[str, Any]) -> list[OutputPlan]:
-        names = video["requested"] or list(self.farm.settings.ladder)
-        return plan_outputs(source_from_row(video), rungs_named(names))
+        """Every output of the video: the downloads asked for (or the configured ladder) and the
+        stream-only rungs below them. Chunks and finalize must agree, so both come from here."""
+        settings = self.farm.settings
+        names = video["requested"] or list(settings.ladder)
+        streamed = rungs_named(stream_only(settings.ladder, settings.stream_rungs))
+        return plan_outputs(source_from_row(video), rungs_named(names), streamed)
 
     def observe_wait(self, queue: str) -> None:
         job = get_current_job()
@@ -357,7 +362,7 @@ class ChunkAttempt(TaskAttempt):
         self.check_frames(video, task, frames, fps)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
-        return {"frames": frames}
+        return {"frames": frames, "rungs": [plan.name for plan in plans]}
 
     def check_frames(self, video: dict[str, Any], task: dict[str, Any], frames: int, fps: Fraction) -> None:
         """A chunk in the middle must hold exactly its planned frames; the last one must reach about
@@ -390,6 +395,14 @@ class ChunkAttempt(TaskAttempt):
             self._last_event = now
             events.publish(self.farm.redis, self.video_id, "progress",
                            progress=percent(self._others_done + frames, total))
+
+
+def encoded_by_every_chunk(plans: list[OutputPlan], chunk_results: list[dict[str, Any]]) -> list[OutputPlan]:
+    """The plans finalize can stitch: every download, and the stream-only rungs that every chunk
+    encoded. Workers that disagree about VIDFARM_STREAM_RUNGS (a rolling change, or chunks encoded
+    before stream rungs existed, whose results name no rungs) cost the stream a rung, not the video.
+    A missing download still fails: that file was promised."""
+    return [p for p in plans if p.download or all(p.name in r.get("rungs", ()) for r in chunk_results)]
 
 
 def percent(done: int, total: int) -> float:
@@ -444,15 +457,18 @@ class FinalizeAttempt(TaskAttempt):
         chunks = sorted((t for t in self.siblings if t["kind"] == CHUNK), key=lambda t: t["start_frame"])
         audio = next((t for t in self.siblings if t["kind"] == AUDIO), None)
         audio_path = self.kept_file(audio, "audio.m4a") if audio else None
-        plans = self.plans(video)
+        plans = encoded_by_every_chunk(self.plans(video), [t["result"] for t in chunks])
         frames = sum(t["result"]["frames"] for t in chunks)
         renditions = []
         for plan in plans:
             parts = [self.kept_file(t, f"{plan.name}.mp4") for t in chunks]
             listing = self.folder / f"{plan.name}.txt"
             listing.write_text(concat_list(parts))
-            self.ffmpeg(stitch_args(listing, audio_path, self.folder / f"{plan.name}.mp4"))
-            renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"]))
+            # A stream-only rung is stitched only to be cut into segments: its picture is all they take.
+            sound = audio_path if plan.download else None
+            self.ffmpeg(stitch_args(listing, sound, self.folder / f"{plan.name}.mp4"))
+            if plan.download:
+                renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"]))
         stream = self.package(plans, audio_path)
         poster = self.make_poster(video)
         self.publish(plans, stream, poster)
@@ -507,7 +523,7 @@ class FinalizeAttempt(TaskAttempt):
     def publish(self, plans: list[OutputPlan], stream: Path, poster: Path | None) -> None:
         """Renames (or uploads) into place. Nothing is served before the catalog says `ready`, so a
         crash halfway only leaves files that the next attempt replaces."""
-        renditions = {plan.name: self.folder / f"{plan.name}.mp4" for plan in plans}
+        renditions = {plan.name: self.folder / f"{plan.name}.mp4" for plan in plans if plan.download}
         self.storage.publish(self.video_id, renditions, poster, stream)
         # What is left (downloaded chunks, stitch lists) goes before the catalog says ready. Local
         # only: finalize keeps nothing in the store under its attempt.

@@ -1,38 +1,22 @@
 """Encoding profiles as data, apart from command building (as PeerTube keeps them).
 
-A rung is named by the short side of the displayed picture, so a portrait phone video gets the same
-rungs as a landscape one. Bitrate caps follow Apple's HLS authoring ladder and PeerTube's targets.
+The rungs themselves (names, short sides, bit-rate caps) are in vidfarm.rungs; here they become the
+outputs of one video: sizes, frame rate, caps, and which outputs are MP4 downloads and which are
+only streamed (HLS/DASH rungs below the downloads, for slow networks).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from vidfarm.chunks import gop_frames, output_fps
 from vidfarm.probe import SourceInfo
+from vidfarm.rungs import RUNGS, Rung
 
-
-@dataclass(frozen=True)
-class Rung:
-    name: str
-    short_side: int
-    maxrate_kbps: int   # cap at 30 fps; higher frame rates get HIGH_FPS_BOOST more
-
-
-RUNGS: dict[str, Rung] = {
-    r.name: r
-    for r in (
-        Rung("2160p", 2160, 16000),
-        Rung("1440p", 1440, 9000),
-        Rung("1080p", 1080, 6000),
-        Rung("720p", 720, 3000),
-        Rung("480p", 480, 1500),
-        Rung("360p", 360, 800),
-    )
-}
+__all__ = ["RUNGS", "OutputPlan", "Rung", "plan_outputs", "poster_size", "rungs_named"]
 
 HIGH_FPS_BOOST = 1.5
 POSTER_SHORT_SIDE = 720
@@ -48,6 +32,8 @@ class OutputPlan:
     height: int
     fps: Fraction
     maxrate_kbps: int
+    # False: a stream-only rung, in the HLS/DASH package but not published as an MP4 download.
+    download: bool = True
 
     @property
     def bufsize_kbps(self) -> int:
@@ -86,24 +72,41 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return _fit_level(*size)
 
 
-def plan_outputs(source: SourceInfo, rungs: Sequence[Rung]) -> list[OutputPlan]:
-    """Rungs above the source are skipped (never upscale); a source below every rung gets one
-    rendition at its own size."""
+def plan_outputs(source: SourceInfo, rungs: Sequence[Rung], stream_rungs: Sequence[Rung] = ()) -> list[OutputPlan]:
+    """The downloads (`rungs`) and, below the best of them, the stream-only rungs, highest first.
+
+    Rungs above the source are skipped (never upscale). A source below every download rung gets one
+    download at its own size, and the stream-only rungs below that. A stream-only rung never sits
+    above the best download: the stream's top rung is always a file users can also download."""
     fps = output_fps(source.fps)
     boost = HIGH_FPS_BOOST if fps > 30 else 1.0
     short = min(source.width, source.height)
-    plans = [
-        OutputPlan(r.name, *scaled_size(source.width, source.height, r.short_side), fps,
-                   round(r.maxrate_kbps * boost))
-        for r in sorted(rungs, key=lambda r: -r.short_side)
-        if r.short_side <= short
+    downloads = [_plan(source, r, fps, boost) for r in _highest_first(rungs) if r.short_side <= short]
+    if not downloads:
+        downloads = [_own_size(source, fps, boost)]
+    top = min(downloads[0].width, downloads[0].height)
+    names = {plan.name for plan in downloads}
+    streamed = [
+        replace(_plan(source, r, fps, boost), download=False)
+        for r in _highest_first(stream_rungs) if r.short_side < top and r.name not in names
     ]
-    if plans:
-        return plans
+    return sorted(downloads + streamed, key=lambda p: -p.width * p.height)
+
+
+def _highest_first(rungs: Sequence[Rung]) -> list[Rung]:
+    return sorted(rungs, key=lambda r: -r.short_side)
+
+
+def _plan(source: SourceInfo, rung: Rung, fps: Fraction, boost: float) -> OutputPlan:
+    width, height = scaled_size(source.width, source.height, rung.short_side)
+    return OutputPlan(rung.name, width, height, fps, round(rung.maxrate_kbps * boost))
+
+
+def _own_size(source: SourceInfo, fps: Fraction, boost: float) -> OutputPlan:
     width, height = _fit_level(_even_floor(source.width), _even_floor(source.height))
     # Scale the 720p cap by picture area so small sources get a proportionate budget.
     maxrate = max(MIN_MAXRATE_KBPS, round(RUNGS["720p"].maxrate_kbps * boost * width * height / (1280 * 720)))
-    return [OutputPlan(f"{min(width, height)}p", width, height, fps, maxrate)]
+    return OutputPlan(f"{min(width, height)}p", width, height, fps, maxrate)
 
 
 def poster_size(source: SourceInfo) -> tuple[int, int]:

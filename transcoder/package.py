@@ -23,6 +23,8 @@ DASH_MANIFEST = "manifest.mpd"
 INIT_SEGMENT = "init.mp4"
 SEGMENTS_PER_CHUNK_GOPS = 3  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
 VIDEO_TIMESCALE = 90000
+# Where playback starts (the first variant listed): about what a phone on a slow mobile network gets.
+START_BANDWIDTH_BPS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,19 @@ def media_playlist(track: Track) -> str:
     return "\n".join(lines) + "\n"
 
 
+def start_order(videos: Sequence[Track], audio: Track | None) -> list[Track]:
+    """The variant players start with first (they take the first one listed: hls.js, Safari), then
+    the others highest first. The start is the best variant whose peak fits START_BANDWIDTH_BPS, so a
+    phone on a slow network plays within a segment instead of waiting for a 1080p one; a fast network
+    climbs after the first segment."""
+    ordered = sorted(videos, key=lambda t: -t.height * t.width)
+    sound = audio.peak_bps if audio else 0
+    start = next((t for t in ordered if t.peak_bps + sound <= START_BANDWIDTH_BPS), ordered[-1])
+    return [start, *(t for t in ordered if t is not start)]
+
+
 def master_playlist(videos: Sequence[Track], audio: Track | None) -> str:
-    """Variants highest first; BANDWIDTH is the peak segment bit rate of picture plus sound,
+    """Variants in start_order; BANDWIDTH is the peak segment bit rate of picture plus sound,
     AVERAGE-BANDWIDTH the mean over the whole video, both measured on the segments."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if audio is not None:
@@ -114,7 +127,7 @@ def master_playlist(videos: Sequence[Track], audio: Track | None) -> str:
             f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="audio",DEFAULT=YES,AUTOSELECT=YES,'
             f'CHANNELS="2",URI="{audio.folder}/{MEDIA_PLAYLIST}"'
         )
-    for video in sorted(videos, key=lambda t: -t.height * t.width):
+    for video in start_order(videos, audio):
         peak = video.peak_bps + (audio.peak_bps if audio else 0)
         average = video.average_bps + (audio.average_bps if audio else 0)
         codecs = f"{video.codecs},{audio.codecs}" if audio else video.codecs

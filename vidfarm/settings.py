@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from vidfarm.rungs import DEFAULT_LADDER, DEFAULT_STREAM_RUNGS, NO_RUNGS, parse_rungs
 from vidfarm.storage import file_url_path
 
 GIB = 1024**3
@@ -51,6 +52,11 @@ def _env_floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
         return tuple(float(part) for part in raw.split(",") if part.strip())
     except ValueError as exc:
         raise ValueError(f"{name} must be comma-separated numbers, got {raw!r}") from exc
+
+
+def _env_rungs(name: str, default: tuple[str, ...], *, allow_none: bool) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    return default if raw.strip() == "" else parse_rungs(name, raw, allow_none=allow_none)
 
 
 def _read_keys_file(path: Path) -> tuple[str, ...]:
@@ -131,7 +137,10 @@ class Settings:
     max_open_uploads: int = 100
     default_queue: str = "cpu"
     queues: tuple[str, ...] = ("cpu", "gpu")  # served by a pool, so an upload may ask for them (`queue`)
-    ladder: tuple[str, ...] = ("1080p", "720p")
+    ladder: tuple[str, ...] = DEFAULT_LADDER  # the MP4 downloads (an upload may ask for some of them)
+    # Streamed (HLS/DASH) below the downloads but not offered as MP4s: a slow network has a rung to
+    # switch down to. Never above the source, like every rung.
+    stream_rungs: tuple[str, ...] = DEFAULT_STREAM_RUNGS
     max_attempts: int = 3
     # Job timeout = base + factor * source duration: RQ's 180 s default kills any real transcode.
     job_timeout_base_s: int = 300
@@ -191,9 +200,8 @@ class Settings:
         keys = tuple(k.strip() for k in os.environ.get("VIDFARM_API_KEYS", "").split(",") if k.strip())
         if keys_file:
             keys += _read_keys_file(Path(keys_file))
-        ladder = tuple(
-            r.strip() for r in os.environ.get("VIDFARM_LADDER", "1080p,720p").split(",") if r.strip()
-        )
+        ladder = _env_rungs("VIDFARM_LADDER", DEFAULT_LADDER, allow_none=False)
+        stream_rungs = _env_rungs("VIDFARM_STREAM_RUNGS", DEFAULT_STREAM_RUNGS, allow_none=True)
         return cls(
             home=home,
             redis_url=os.environ.get("REDIS_URL") or None,
@@ -217,6 +225,7 @@ class Settings:
             default_queue=os.environ.get("VIDFARM_DEFAULT_QUEUE", "cpu"),
             queues=tuple(q.strip() for q in os.environ.get("VIDFARM_QUEUES", "cpu,gpu").split(",") if q.strip()),
             ladder=ladder,
+            stream_rungs=stream_rungs,
             max_attempts=_env_int("VIDFARM_MAX_ATTEMPTS", 3),
             job_timeout_base_s=_env_int("VIDFARM_JOB_TIMEOUT_BASE_S", 300),
             job_timeout_factor=_env_float("VIDFARM_JOB_TIMEOUT_FACTOR", 3.0),
@@ -267,6 +276,7 @@ class Settings:
             "VIDFARM_DEFAULT_QUEUE": self.default_queue,
             "VIDFARM_QUEUES": ",".join(self.queues),
             "VIDFARM_LADDER": ",".join(self.ladder),
+            "VIDFARM_STREAM_RUNGS": ",".join(self.stream_rungs) or NO_RUNGS,
             "VIDFARM_MAX_ATTEMPTS": str(self.max_attempts),
             "VIDFARM_JOB_TIMEOUT_BASE_S": str(self.job_timeout_base_s),
             "VIDFARM_JOB_TIMEOUT_FACTOR": str(self.job_timeout_factor),

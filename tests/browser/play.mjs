@@ -5,6 +5,7 @@
 // PAGE_URL is player.html on the test's static server (another origin than the API). Each result
 // is what window.play() reported plus every HTTP response the page saw (URL, status, CORS header),
 // so the test can check which rung's segments were fetched and that an expired token got a 403.
+// A scenario with `throttleKbps` plays on a network throttled to that many kbit/s.
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -38,6 +39,16 @@ try {
     page.on("pageerror", (e) => console_.push("pageerror: " + e.message));
     const started = Date.now();
     await page.goto(pageUrl);
+    if (scenario.throttleKbps) {
+      // A slow network as the DevTools protocol emulates it, from here on: the page and its players
+      // are loaded already (as from a cache); the manifests and segments share the throughput.
+      const cdp = await context.newCDPSession(page);
+      await cdp.send("Network.enable");
+      await cdp.send("Network.emulateNetworkConditions", {
+        offline: false, latency: scenario.latencyMs ?? 40,
+        downloadThroughput: scenario.throttleKbps * 1000 / 8, uploadThroughput: scenario.throttleKbps * 1000 / 8,
+      });
+    }
     const outcome = await page.evaluate((s) => window.play(s), scenario);
     results.push({...scenario, ...outcome, responses, console: console_, seconds: (Date.now() - started) / 1000});
     await page.close();

@@ -30,6 +30,20 @@ window.play = function play(scenario) {
   };
   const seenHeights = new Set();
   video.addEventListener("resize", () => seenHeights.add(video.videoHeight));
+  // Stalls once playback has begun: from each `waiting` to the next `playing`, in wall-clock ms, and
+  // the height shown at the end (the rung that played it).
+  result.stalls = [];
+  result.startupMs = null;  // from play() to the first picture moving
+  const asked = performance.now();
+  let began = false;
+  let waitingSince = null;
+  video.addEventListener("playing", () => {
+    if (result.startupMs === null) result.startupMs = performance.now() - asked;
+    if (waitingSince !== null) result.stalls.push({at: video.currentTime, ms: performance.now() - waitingSince});
+    began = true;
+    waitingSince = null;
+  });
+  video.addEventListener("waiting", () => { if (began && waitingSince === null) waitingSince = performance.now(); });
   video.addEventListener("error", () => {
     const e = video.error;
     result.mediaErrors.push({code: e && e.code, message: e && e.message});
@@ -59,6 +73,8 @@ window.play = function play(scenario) {
         }
       });
       result.heights = [...seenHeights].filter((h) => h > 0).sort((a, b) => a - b);
+      result.endHeight = video.videoHeight;
+      if (waitingSince !== null) result.stalls.push({at: video.currentTime, ms: performance.now() - waitingSince});
       result.finish = why;
       resolve(result);
     };
@@ -93,6 +109,10 @@ function playHls(video, scenario, result) {
         hls.currentLevel = scenario.level;
         result.forcedHeight = data.levels[scenario.level].height;
       }
+    });
+    result.switches = [];
+    hls.on(Hls.Events.LEVEL_SWITCHED, (_event, data) => {
+      result.switches.push({height: hls.levels[data.level].height, at: video.currentTime});
     });
     hls.on(Hls.Events.ERROR, (_event, data) => {
       result.playerErrors.push({
