@@ -139,12 +139,16 @@ def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queues
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--fd", default=None, type=click.IntRange(0), hidden=True,
               help="Serve on this inherited listening socket instead (how `vidfarm up` runs the API).")
-def api(host: str, port: int, fd: int | None) -> None:
+@click.option("--ready-fd", default=None, type=click.IntRange(0), hidden=True,
+              help="Write one byte to this inherited pipe once serving (how `vidfarm up` tells a failed "
+                   "start from a crash).")
+def api(host: str, port: int, fd: int | None, ready_fd: int | None) -> None:
     """Run the HTTP API (one process of a cluster deployment)."""
     import socket
 
     import uvicorn
 
+    from uploader.announce import AnnouncingServer
     from uploader.app import create_app
     from vidfarm.farm import Farm
 
@@ -157,7 +161,8 @@ def api(host: str, port: int, fd: int | None) -> None:
         app = create_app(Farm(settings))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", http="h11",
                             timeout_graceful_shutdown=30, h11_max_incomplete_event_size=64 * 1024)
-    uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
+    server = uvicorn.Server(config) if ready_fd is None else AnnouncingServer(config, ready_fd)
+    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
 
 @main.command()
