@@ -189,7 +189,8 @@ class FarmProcesses:
         self.supervised: list[Supervised] = []
         self.backend: LocalProcesses | None = None
         self._supervisor: threading.Thread | None = None
-        self.api_serving: int | None = None  # the pipe on which the first API says it serves
+        # The pipe on which the first API says it serves; set once: every later start is a restart.
+        self.api_serving: int | None = None
         self.metrics_port = free_port()
         self.stop = threading.Event()  # the farm is stopping: no new work, workers drain
         self.halt = threading.Event()  # workers are gone: stop restarting the API and Redis
