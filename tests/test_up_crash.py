@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,7 +42,7 @@ HEARTBEAT_TTL_S = 2
 class Up:
     """`vidfarm up` on its own home with its own redis-server, its log kept for assertions."""
 
-    def __init__(self, settings: Settings, tmp_path: Path, *flags: str) -> None:
+    def __init__(self, settings: Settings, tmp_path: Path, *flags: str, wait: bool = True) -> None:
         self.port = free_port()
         self.log_path = tmp_path / f"up-{self.port}.log"
         with self.log_path.open("wb") as log:
@@ -49,7 +50,8 @@ class Up:
                 [sys.executable, "-m", "vidfarm", "up", "--port", str(self.port), "--resync", "0.5", *flags],
                 env=settings_env(settings), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.http = self.client()
-        wait_until(self.ready, 30, "vidfarm up to be ready")
+        if wait:
+            wait_until(self.ready, 30, "vidfarm up to be ready")
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, self.log()
@@ -94,8 +96,8 @@ def own_settings(settings) -> Settings:
 def start_up(own_settings, tmp_path) -> Iterator:
     started: list[Up] = []
 
-    def _start(*flags: str) -> Up:
-        up = Up(own_settings, tmp_path, *flags)
+    def _start(*flags: str, wait: bool = True) -> Up:
+        up = Up(own_settings, tmp_path, *flags, wait=wait)
         started.append(up)
         return up
 
@@ -153,6 +155,35 @@ def test_killed_api_is_back_within_5_s_and_takes_uploads(start_up, clips):
         assert time.monotonic() - killed_at < 5
         assert up.child("vidfarm api") != api
         assert wait_for(fresh, accepted.json()["id"])["status"] == "ready"
+    assert "the API exited unexpectedly (signal SIGKILL)" in up.log()
+
+
+def test_an_api_killed_after_serving_before_up_saw_it_ready_is_restarted_and_waiting_uploads_served(
+        start_up, clips):
+    # `up` frozen from the API's start until the API has answered a client and died: what a
+    # CPU-starved `up`, slow to see the API ready, lives through. That is a crash, not a failed start.
+    up = start_up("--max-workers", "1", wait=False)
+
+    def started_api() -> int | None:
+        with contextlib.suppress(AssertionError):
+            return up.child("vidfarm api")
+        return None
+
+    api = wait_until(started_api, 30, "the API process to start")
+    os.kill(up.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(up.ready, 30, "the API to answer")
+        os.kill(api, signal.SIGKILL)
+        wait_until(lambda: process_gone(api), 5, "the API process to be gone")
+        with ThreadPoolExecutor(1) as pool, up.client() as fresh:
+            waiting = pool.submit(upload, fresh, clips["small"])
+            time.sleep(0.5)  # most likely connected by now, waiting in the backlog: nobody accepts
+            os.kill(up.proc.pid, signal.SIGCONT)
+            accepted = waiting.result()
+            assert accepted.status_code == 201, accepted.text
+            assert wait_for(fresh, accepted.json()["id"])["status"] == "ready"
+    finally:
+        os.kill(up.proc.pid, signal.SIGCONT)
     assert "the API exited unexpectedly (signal SIGKILL)" in up.log()
 
 

@@ -147,12 +147,16 @@ def demo(host, port, min_workers, max_workers, scale_down_after, encoder, queues
 @click.option("--forwarded-allow-ips", envvar="FORWARDED_ALLOW_IPS", default="127.0.0.1", show_default=True,
               help="Peers (comma-separated addresses or CIDR ranges, '*' for any) whose X-Forwarded-Proto "
                    "and X-Forwarded-For are believed: your ingress or gateway. Env: FORWARDED_ALLOW_IPS.")
-def api(host: str, port: int, fd: int | None, forwarded_allow_ips: str) -> None:
+@click.option("--ready-fd", default=None, type=click.IntRange(0), hidden=True,
+              help="Write one byte to this inherited pipe once serving (how `vidfarm up` tells a failed "
+                   "start from a crash).")
+def api(host: str, port: int, fd: int | None, forwarded_allow_ips: str, ready_fd: int | None) -> None:
     """Run the HTTP API (one process of a cluster deployment)."""
     import socket
 
     import uvicorn
 
+    from uploader.announce import AnnouncingServer
     from uploader.app import create_app
     from uploader.http11 import server_config
     from vidfarm.farm import Farm
@@ -168,7 +172,8 @@ def api(host: str, port: int, fd: int | None, forwarded_allow_ips: str) -> None:
     config = server_config(app, settings.header_timeout_s, host=host, port=port, log_level="warning",
                            timeout_graceful_shutdown=30, proxy_headers=True,
                            forwarded_allow_ips=forwarded_allow_ips)
-    uvicorn.Server(config).run(sockets=None if fd is None else [socket.socket(fileno=fd)])
+    server = uvicorn.Server(config) if ready_fd is None else AnnouncingServer(config, ready_fd)
+    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
 
 
 @main.command()

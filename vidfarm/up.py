@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -188,6 +189,8 @@ class FarmProcesses:
         self.supervised: list[Supervised] = []
         self.backend: LocalProcesses | None = None
         self._supervisor: threading.Thread | None = None
+        # The pipe on which the first API says it serves; set once: every later start is a restart.
+        self.api_serving: int | None = None
         self.metrics_port = free_port()
         self.stop = threading.Event()  # the farm is stopping: no new work, workers drain
         self.halt = threading.Event()  # workers are gone: stop restarting the API and Redis
@@ -213,9 +216,17 @@ class FarmProcesses:
         return functools.partial(self.spawner.popen, env=self.settings.to_env(os.environ))
 
     def _start_api(self) -> subprocess.Popen:
+        """An API process on `up`'s socket. The first one also gets a pipe on which it says that it
+        serves (see wait_api_serving); a restarted one need not: the farm is up, any exit is a crash."""
         fd = self.api_sock.fileno()
-        return self.popen([sys.executable, "-m", "vidfarm", "api", "--fd", str(fd)], pass_fds=(fd,),
-                          start_new_session=True)
+        cmd = [sys.executable, "-m", "vidfarm", "api", "--fd", str(fd)]
+        if self.api_serving is not None:
+            return self.popen(cmd, pass_fds=(fd,), start_new_session=True)
+        self.api_serving, said = os.pipe()
+        try:
+            return self.popen([*cmd, "--ready-fd", str(said)], pass_fds=(fd, said), start_new_session=True)
+        finally:
+            os.close(said)  # the API holds the only write end: its exit is our end of file
 
     def supervise(self) -> None:
         """Restart the API and Redis whenever they exit, until the farm has drained its workers."""
@@ -260,15 +271,29 @@ class FarmProcesses:
         self.write_targets()
         return controller
 
+    def wait_api_serving(self, timeout_s: float = 30.0) -> None:
+        """Until the first API says it serves. An exit before that is a failed start (a bad setting):
+        `up` stops, naming the exit. An exit after it is a crash, which the supervisor restarts:
+        clients may have been answered already, and the connections waiting in the backlog must be
+        served, not reset by `up` closing the port. (`up` used to judge by its own /readyz poll, and
+        when it was slow to see the 200 another client had seen, it took an API killed in between
+        for a failed start and stopped the farm.)"""
+        api = self.supervised[-1].proc
+        readable, _, _ = select.select([self.api_serving], [], [], timeout_s)
+        said = os.read(self.api_serving, 1) if readable else None
+        os.close(self.api_serving)
+        if said is None:
+            raise UpError(f"the API did not start serving within {timeout_s:g} s")
+        if not said:  # end of file without a byte: the API exited before it served
+            raise UpError(f"the API exited with {describe_exit(api.wait())} while starting")
+
     def wait_api_ready(self, timeout_s: float = 30.0) -> None:
+        """Until the API answers /readyz (the API serves: an exit now is the supervisor's to restart)."""
         import httpx
 
-        api = self.supervised[-1].proc
         deadline = time.monotonic() + timeout_s
         url = f"http://{self.options.host}:{self.options.port}/readyz"
         while time.monotonic() < deadline:
-            if api.poll() is not None:
-                raise UpError(f"the API exited with {describe_exit(api.returncode)} while starting")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url, timeout=2).status_code == 200:
                     return
@@ -345,8 +370,9 @@ def _run(procs: FarmProcesses, after_start: Callable[[FarmProcesses], None] | No
     options = procs.options
     farm = procs.start()
     procs.run_controller(farm)
+    procs.wait_api_serving()
+    procs.supervise()  # from here on, an exit of the API or of Redis is a crash to restart
     procs.wait_api_ready()
-    procs.supervise()
     if procs.show_key:
         log.info("API on http://%s:%d  API key: %s (kept in %s)", options.host, options.port,
                  procs.settings.api_keys[0], procs.settings.local_key_file)
