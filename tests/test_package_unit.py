@@ -125,22 +125,23 @@ def test_audio_media_playlist():
 # -- HLS master playlist -----------------------------------------------------------------------------
 
 
-def test_master_playlist_lists_rungs_highest_first_with_measured_bandwidth():
-    # BANDWIDTH: the peak segment bit rate of picture plus sound (here the 720p's second segment,
-    # 2,000,000 B in 6.006 s, and the audio's short last one); AVERAGE-BANDWIDTH: all bytes over all
-    # seconds, picture plus sound.
-    assert master_playlist([SD, HD], AUDIO).splitlines() == [
+def test_master_playlist_starts_where_a_slow_network_plays_then_lists_highest_first():
+    # Players start on the first variant listed: the best one whose peak fits 1 Mb/s (the 360p here),
+    # then the rest highest first. BANDWIDTH: the peak segment bit rate of picture plus sound (the
+    # 720p's second segment, 2,000,000 B in 6.006 s, and the audio's short last one);
+    # AVERAGE-BANDWIDTH: all bytes over all seconds, picture plus sound.
+    assert master_playlist([HD, SD], AUDIO).splitlines() == [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
         "#EXT-X-INDEPENDENT-SEGMENTS",
         '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="audio",DEFAULT=YES,AUTOSELECT=YES,CHANNELS="2",'
         'URI="audio/index.m3u8"',
-        '#EXT-X-STREAM-INF:BANDWIDTH=2795652,AVERAGE-BANDWIDTH=2372701,CODECS="avc1.64001f,mp4a.40.2",'
-        'RESOLUTION=1280x720,FRAME-RATE=29.970,AUDIO="aac"',
-        "720p/index.m3u8",
         '#EXT-X-STREAM-INF:BANDWIDTH=850930,AVERAGE-BANDWIDTH=737414,CODECS="avc1.64001e,mp4a.40.2",'
         'RESOLUTION=640x360,FRAME-RATE=29.970,AUDIO="aac"',
         "360p/index.m3u8",
+        '#EXT-X-STREAM-INF:BANDWIDTH=2795652,AVERAGE-BANDWIDTH=2372701,CODECS="avc1.64001f,mp4a.40.2",'
+        'RESOLUTION=1280x720,FRAME-RATE=29.970,AUDIO="aac"',
+        "720p/index.m3u8",
     ]
 
 
