@@ -15,11 +15,13 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 
 from transcoder import job as job_module
@@ -41,6 +43,8 @@ COMMAND_CHANNEL_POLL_S = 1.0
 # wait is minutes long, see request_stop). Each slice costs about 8 Redis commands (RQ marks the worker
 # idle and renews its key): 0.8 per second per idle worker at 10 s.
 DEQUEUE_SLICE_S = 10
+# While Redis is away, a worker that lost its loop asks again this often.
+REDIS_RETRY_S = 1.0
 # Test hook: "1" freezes this worker (SIGSTOP to itself, every thread) inside its first progress
 # transaction, with that chunk's task and video rows locked: the fault the catalog's session bounds
 # are for (tests/test_faults.py, bench/liveness.py).
@@ -232,12 +236,43 @@ def run_worker(
         name=name, pid=os.getpid(), host=os.environ.get("HOSTNAME", socket.gethostname()),
         queues=",".join(queues), encoder=chosen.name, pool=pool or queues[0], metrics_url=metrics_url,
     )
-    worker = FarmWorker([Queue(q, connection=farm.rq_redis) for q in queues], farm=farm, info=info,
-                        maintenance_interval=60)
     log.info("worker %s: pool %s, queues %s, encoder %s, ffmpeg threads %s", name, info.pool, ",".join(queues),
              chosen.name, chosen.threads or "auto")
-    worker.start_heartbeat()
-    try:
-        worker.work(logging_level="WARNING", with_scheduler=False)
-    finally:
-        worker.stop_heartbeat()
+    work_through_redis_outages(lambda: FarmWorker([Queue(q, connection=farm.rq_redis) for q in queues], farm=farm,
+                                                  info=info, maintenance_interval=60))
+
+
+def work_through_redis_outages(make_worker: Callable[[], FarmWorker]) -> None:
+    """Run RQ's loop until it stops as asked. RQ survives a Redis outage only while it waits for a
+    job; one that comes while it records a finished job ends `work()` with the error, and a worker
+    that exits then leaves the queue without a consumer (a pool at its maximum starts no other). So
+    the worker waits for Redis and works again, under the same name."""
+    while True:
+        worker = make_worker()
+        worker.start_heartbeat()
+        try:
+            worker.work(logging_level="WARNING", with_scheduler=False)
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if worker._stop_requested:
+                return
+            log.warning("worker %s: Redis went away (%s); taking jobs again once it answers", worker.name, exc)
+        finally:
+            worker.stop_heartbeat()
+        try:
+            wait_for_redis(worker)
+        except StopRequested:  # RQ's signal handler, still installed: asked to stop while Redis was away
+            return
+
+
+def wait_for_redis(worker: FarmWorker) -> None:
+    """Until Redis answers; then mark the worker's last RQ registration dead (it could not say so
+    itself), so registering again under its name is allowed."""
+    while True:
+        try:
+            worker.connection.ping()
+            break
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(REDIS_RETRY_S)
+    with contextlib.suppress(redis.RedisError):
+        worker.register_death()
