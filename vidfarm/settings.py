@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from vidfarm.chunks import DEFAULT_CHUNK_SECONDS
 from vidfarm.storage import file_url_path
 
 GIB = 1024**3
@@ -151,7 +152,7 @@ class Settings:
     # by PostgreSQL, which releases its row locks; the worker's own transactions last milliseconds.
     db_worker_idle_in_transaction_s: float = 15.0
     # Long videos are split into chunks of about this many seconds (whole GOPs), encoded in parallel.
-    chunk_seconds: float = 60.0
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS
     # Playback URLs carry a token signed with this secret, valid this long.
     playback_secret: str = ""
     playback_ttl_s: int = 6 * 3600
@@ -226,7 +227,7 @@ class Settings:
             db_lock_timeout_s=_env_float("VIDFARM_DB_LOCK_TIMEOUT_S", 5.0),
             db_statement_timeout_s=_env_float("VIDFARM_DB_STATEMENT_TIMEOUT_S", 30.0),
             db_worker_idle_in_transaction_s=_env_float("VIDFARM_DB_WORKER_IDLE_IN_TRANSACTION_S", 15.0),
-            chunk_seconds=_env_float("VIDFARM_CHUNK_SECONDS", 60.0),
+            chunk_seconds=_env_float("VIDFARM_CHUNK_SECONDS", DEFAULT_CHUNK_SECONDS),
             playback_secret=_playback_secret(home),
             playback_ttl_s=_env_int("VIDFARM_PLAYBACK_TTL_S", 6 * 3600),
             tus_expiry_s=_env_float("VIDFARM_TUS_EXPIRY_S", 24 * 3600.0),
