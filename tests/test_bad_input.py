@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for, wait_serving
 from vidfarm.localredis import free_port
-from vidfarm.storage import MARKER_NAME, is_video_id
+from vidfarm.storage import MARKER_NAME, is_video_id, stream_key
 from vidfarm.storage_file import FileStorage
 
 LIMIT_BYTES = 2_000_000
@@ -468,7 +468,7 @@ def test_hostile_names_and_poison_data_with_a_real_worker(corpus, http, worker, 
         video_id, *inside = path.relative_to(settings.storage_dir / "videos").parts
         assert is_video_id(video_id), path
         if inside[0] == "stream":  # the HLS/DASH package: only names the player routes accept
-            assert FileStorage(settings.storage_dir).stream_file(video_id, "/".join(inside[1:])) == path, path
+            assert FileStorage(settings.storage_dir).path(stream_key(video_id, "/".join(inside[1:]))) == path, path
         else:
             assert inside in ([name] for name in allowed), path
     assert not any((settings.storage_dir / "incoming").iterdir())
