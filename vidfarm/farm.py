@@ -12,7 +12,8 @@ from vidfarm import ownership
 from vidfarm.catalog import Catalog, SessionBounds
 from vidfarm.redisconn import connect
 from vidfarm.settings import Settings
-from vidfarm.storage import Storage, open_storage
+from vidfarm.storage import Storage
+from vidfarm.storage_open import open_storage
 from vidfarm.webhooks import Webhooks
 
 # Workers write the catalog; everything else (API, reconciler, autoscaler, deliverer) is the control plane.

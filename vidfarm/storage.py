@@ -338,19 +338,6 @@ class Storage(ABC):
         """Every stored key of a video (tests and operators)."""
 
 
-def open_storage(url: str, scratch: Path, *, max_upload_bytes: int, s3_checksums: bool = False) -> Storage:
-    """The backend `url` names: `file:///path` or `s3://bucket/prefix`."""
-    if url.startswith("s3://"):
-        from vidfarm.storage_s3 import S3Storage
-
-        return S3Storage(url, scratch, max_upload_bytes=max_upload_bytes, checksums=s3_checksums)
-    if url.startswith("file://"):
-        from vidfarm.storage_file import FileStorage
-
-        return FileStorage(file_url_path(url), scratch)
-    raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
-
-
 def file_url_path(url: str) -> Path:
     return Path(unquote(urlsplit(url).path))
 

@@ -1,0 +1,21 @@
+"""The one place that picks a storage backend. It sits above `storage.py` and both backends, which
+import only the interface: nothing imports this module back, so the three form no import cycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidfarm.storage import Storage, file_url_path
+from vidfarm.storage_file import FileStorage
+
+
+def open_storage(url: str, scratch: Path, *, max_upload_bytes: int, s3_checksums: bool = False) -> Storage:
+    """The backend `url` names: `file:///path` or `s3://bucket/prefix`."""
+    if url.startswith("s3://"):
+        # Imported here: boto3 takes a while to load, and a farm on a directory never needs it.
+        from vidfarm.storage_s3 import S3Storage
+
+        return S3Storage(url, scratch, max_upload_bytes=max_upload_bytes, checksums=s3_checksums)
+    if url.startswith("file://"):
+        return FileStorage(file_url_path(url), scratch)
+    raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
