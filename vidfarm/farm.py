@@ -60,7 +60,7 @@ class Farm:
     def unclaimed_storage(self) -> Storage:
         """The storage, checked but not claimed: only for `vidfarm storage adopt`."""
         settings = self.settings
-        storage = open_storage(settings.storage_location, settings.scratch, max_upload_bytes=settings.max_upload_bytes,
+        storage = open_storage(settings.storage, settings.scratch, max_upload_bytes=settings.max_upload_bytes,
                                s3_checksums=settings.s3_checksums)
         storage.check()
         return storage

@@ -14,7 +14,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from vidfarm.chunks import DEFAULT_CHUNK_SECONDS
-from vidfarm.storage import file_url_path
+from vidfarm.storage import StorageLocation
 
 GIB = 1024**3
 N = TypeVar("N", int, float)
@@ -87,15 +87,11 @@ def _public_url(raw: str) -> str:
     return url
 
 
-def _storage_location(home: Path) -> tuple[str, Path]:
-    """(object store URL or "", directory): `VIDFARM_STORAGE_URL` wins; `VIDFARM_STORAGE_DIR` is the
-    older spelling of a file:// URL."""
-    url = os.environ.get("VIDFARM_STORAGE_URL", "").strip()
-    if url.startswith("file://"):
-        return "", file_url_path(url).resolve()
-    if url and not url.startswith("s3://"):
-        raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
-    return url, Path(os.environ.get("VIDFARM_STORAGE_DIR", str(home / "storage"))).resolve()
+def _storage_location(home: Path) -> StorageLocation:
+    """`VIDFARM_STORAGE_URL` wins; `VIDFARM_STORAGE_DIR` names a directory as a path rather than a URL."""
+    if url := os.environ.get("VIDFARM_STORAGE_URL", "").strip():
+        return StorageLocation.parse(url)
+    return StorageLocation.directory(os.environ.get("VIDFARM_STORAGE_DIR") or home / "storage")
 
 
 @dataclass(frozen=True)
@@ -103,10 +99,8 @@ class Settings:
     home: Path
     redis_url: str | None
     database_url: str
-    storage_dir: Path
+    storage: StorageLocation
     api_keys: tuple[str, ...]
-    # `s3://bucket/prefix` for an object store; empty: the directory `storage_dir` (file:// URL).
-    storage_url: str = ""
     # Local room for a job's files on their way to or from an object store (an emptyDir in a cluster).
     scratch_dir: Path | None = None
     # Serve stored files through the API (with Range) instead of redirecting to presigned URLs.
@@ -186,7 +180,6 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(os.environ.get("VIDFARM_HOME", "./.vidfarm")).resolve()
-        storage_url, storage = _storage_location(home)
         database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{home / 'catalog.db'}"
         keys_file = os.environ.get("VIDFARM_API_KEYS_FILE")
         keys = tuple(k.strip() for k in os.environ.get("VIDFARM_API_KEYS", "").split(",") if k.strip())
@@ -199,9 +192,8 @@ class Settings:
             home=home,
             redis_url=os.environ.get("REDIS_URL") or None,
             database_url=database_url,
-            storage_dir=storage,
+            storage=_storage_location(home),
             api_keys=keys,
-            storage_url=storage_url,
             scratch_dir=Path(os.environ.get("VIDFARM_SCRATCH_DIR") or home / "scratch").resolve(),
             storage_proxy=os.environ.get("VIDFARM_STORAGE_PROXY", "") in ("1", "true", "yes"),
             s3_checksums=os.environ.get("VIDFARM_S3_CHECKSUMS", "") in ("1", "true", "yes"),
@@ -250,8 +242,7 @@ class Settings:
             "VIDFARM_HOME": str(self.home),
             "REDIS_URL": self.redis_url or "",
             "DATABASE_URL": self.database_url,
-            "VIDFARM_STORAGE_DIR": str(self.storage_dir),
-            "VIDFARM_STORAGE_URL": self.storage_url,
+            "VIDFARM_STORAGE_URL": self.storage.url,
             "VIDFARM_SCRATCH_DIR": str(self.scratch),
             "VIDFARM_STORAGE_PROXY": "1" if self.storage_proxy else "",
             "VIDFARM_S3_CHECKSUMS": "1" if self.s3_checksums else "",
@@ -295,11 +286,6 @@ class Settings:
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
         return env
-
-    @property
-    def storage_location(self) -> str:
-        """What `open_storage` opens: the object store's URL, else the directory as a file:// URL."""
-        return self.storage_url or self.storage_dir.as_uri()
 
     @property
     def scratch(self) -> Path:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidfarm.storage import Storage, file_url_path
+from vidfarm.storage import Storage, StorageLocation
 from vidfarm.storage_file import FileStorage
 
 
-def open_storage(url: str, scratch: Path, *, max_upload_bytes: int, s3_checksums: bool = False) -> Storage:
-    """The backend `url` names: `file:///path` or `s3://bucket/prefix`."""
-    if url.startswith("s3://"):
-        # Imported here: boto3 takes a while to load, and a farm on a directory never needs it.
-        from vidfarm.storage_s3 import S3Storage
+def open_storage(location: StorageLocation, scratch: Path, *, max_upload_bytes: int,
+                 s3_checksums: bool = False) -> Storage:
+    """The backend that serves `location`."""
+    if location.path is not None:
+        return FileStorage(location.path, scratch)
+    # Imported here: boto3 takes a while to load, and a farm on a directory never needs it.
+    from vidfarm.storage_s3 import S3Storage
 
-        return S3Storage(url, scratch, max_upload_bytes=max_upload_bytes, checksums=s3_checksums)
-    if url.startswith("file://"):
-        return FileStorage(file_url_path(url), scratch)
-    raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
+    return S3Storage(location, scratch, max_upload_bytes=max_upload_bytes, checksums=s3_checksums)
