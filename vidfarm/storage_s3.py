@@ -502,7 +502,7 @@ class _ResumableUpload:
             # Not once the request ended (its own commit decides), nor without the lease.
             if self.ended or parts <= self.committed.parts or not (self.commit_parts and self.commit_parts()):
                 return
-            try:  # the old tail went out in the first new part: no state names it any more
+            try:  # the first new part carried the previous tail, so the state names no tail
                 self._commit(replace(self.opened, parts=parts, received=parts * self.opened.part_size, tail=None))
             except StorageUnavailable as exc:
                 log.warning("upload %s: could not commit parts as they land: %s", self.video_id, exc)
