@@ -51,6 +51,7 @@ from vidfarm.localredis import LocalRedis, free_port  # noqa: E402
 from vidfarm.reconciler import Reconciler  # noqa: E402
 from vidfarm.settings import Settings  # noqa: E402
 from vidfarm.states import WorkerState  # noqa: E402
+from vidfarm.storage import StorageLocation  # noqa: E402
 
 KEY = "bench-" + uuid.uuid4().hex[:8]
 RQ_ALONE = {"lost_job_grace_s": float("inf"), "db_lock_timeout_s": 0.0, "db_statement_timeout_s": 0.0,
@@ -78,8 +79,8 @@ class Run:
         home = work / "home"
         home.mkdir(parents=True)
         self.settings = replace(Settings.from_env(), home=home, redis_url=redis_url, database_url=database_url,
-                                storage_dir=work / "storage", scratch_dir=work / "scratch", api_keys=(KEY,),
-                                api_keys_file=None, **overrides)
+                                storage=StorageLocation.directory(work / "storage"), scratch_dir=work / "scratch",
+                                api_keys=(KEY,), api_keys_file=None, **overrides)
         self.farm = Farm(self.settings)
         self.farm.open()
         from uploader.app import create_app

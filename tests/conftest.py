@@ -27,6 +27,7 @@ from vidfarm.localredis import LocalRedis, free_port
 from vidfarm.reconciler import Reconciler
 from vidfarm.settings import Settings
 from vidfarm.states import TERMINAL, VideoStatus
+from vidfarm.storage import StorageLocation
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-" + uuid.uuid4().hex[:8]
@@ -182,7 +183,7 @@ def settings(tmp_path, redis_server, backend, request, monkeypatch) -> Iterator[
         home=home,
         redis_url=redis_server.url,
         database_url=f"sqlite:///{home / 'catalog.db'}",
-        storage_dir=tmp_path / "storage",
+        storage=StorageLocation.directory(tmp_path / "storage"),
         scratch_dir=tmp_path / "scratch",
         api_keys=(API_KEY, OTHER_KEY),
         api_keys_file=None,
@@ -199,8 +200,8 @@ def settings(tmp_path, redis_server, backend, request, monkeypatch) -> Iterator[
     bucket = f"vidfarm-{uuid.uuid4().hex[:12]}"
     moto.client().create_bucket(Bucket=bucket)
     moto.client().put_bucket_cors(Bucket=bucket, CORSConfiguration=PLAYER_CORS)
-    yield replace(base, storage_url=f"s3://{bucket}/media")
-    assert local_files(base.storage_dir) == [], "the local storage directory is used with S3"
+    yield replace(base, storage=StorageLocation.parse(f"s3://{bucket}/media"))
+    assert local_files(base.storage.path) == [], "the local storage directory is used with S3"
 
 
 # The bucket CORS rule deploy/README.md tells operators to set: browser players follow segment

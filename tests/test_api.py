@@ -182,7 +182,7 @@ def test_a_client_that_hangs_up_or_stalls_mid_upload_leaves_nothing_behind(setti
     from vidfarm.farm import Farm
 
     server = ApiServer(Farm(replace(settings, upload_idle_timeout_s=2.0))).start()
-    storage = FileStorage(farm.settings.storage_dir)
+    storage = FileStorage(farm.settings.storage.path)
     head = (f"POST /v1/videos?filename=a.mp4 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
             "Content-Type: video/mp4\r\nContent-Length: 50000000\r\n\r\n").encode()
     try:

@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import API_KEY, ROOT, ffprobe, settings_env, upload, wait_for, wait_serving
 from vidfarm.localredis import free_port
-from vidfarm.storage import MARKER_NAME, is_video_id
+from vidfarm.storage import MARKER_NAME, is_video_id, stream_key
 from vidfarm.storage_file import FileStorage
 
 LIMIT_BYTES = 2_000_000
@@ -144,14 +144,14 @@ def assert_json_error(response: httpx.Response, status: int | None = None, code:
 
 def stored_files(settings) -> list[Path]:
     """Every file in storage but the marker at its root that names its catalog (`vidfarm.ownership`)."""
-    root = settings.storage_dir
+    root = settings.storage.path
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
     return [p for p in files if p != root / MARKER_NAME]
 
 
 def files_outside_storage(tmp_path: Path, settings) -> list[Path]:
     """Every file under the test's tmp dir must be in storage or the vidfarm home (catalog.db)."""
-    allowed = (settings.storage_dir, settings.home)
+    allowed = (settings.storage.path, settings.home)
     return [p for p in tmp_path.rglob("*") if p.is_file() and not any(p.is_relative_to(a) for a in allowed)]
 
 
@@ -458,20 +458,20 @@ def test_hostile_names_and_poison_data_with_a_real_worker(corpus, http, worker, 
     assert failed["attempts"] == 1 and failed["renditions"] == []
 
     # Nothing planted anywhere a path trick could reach; nothing written outside storage.
-    for base in {Path("/"), Path("/tmp"), ROOT, Path.cwd(), *settings.storage_dir.parents}:
+    for base in {Path("/"), Path("/tmp"), ROOT, Path.cwd(), *settings.storage.path.parents}:
         assert not list(base.glob(f"*{planted}*")), base
     assert not list(tmp_path.parent.parent.rglob(f"*{planted}*"))
     assert files_outside_storage(tmp_path, settings) == []
     # Only server-named files in storage: no client name ever became a path; no temp leftovers.
     allowed = {"source", "poster.jpg"} | {r["name"] + ".mp4" for v in finished for r in v["renditions"]}
     for path in stored_files(settings):
-        video_id, *inside = path.relative_to(settings.storage_dir / "videos").parts
+        video_id, *inside = path.relative_to(settings.storage.path / "videos").parts
         assert is_video_id(video_id), path
         if inside[0] == "stream":  # the HLS/DASH package: only names the player routes accept
-            assert FileStorage(settings.storage_dir).stream_file(video_id, "/".join(inside[1:])) == path, path
+            assert FileStorage(settings.storage.path).path(stream_key(video_id, "/".join(inside[1:]))) == path, path
         else:
             assert inside in ([name] for name in allowed), path
-    assert not any((settings.storage_dir / "incoming").iterdir())
+    assert not any((settings.storage.path / "incoming").iterdir())
 
     # The worker survived all of it and still takes work.
     assert worker.proc.poll() is None

@@ -168,7 +168,7 @@ def test_delete_mid_transcode_removes_every_job_and_every_file(long_clip, http, 
     queue = Queue("cpu", connection=farm.rq_redis)
     assert queue.count == 0 and queue.deferred_job_registry.count == 0
     wait_until(lambda: not ffmpeg_pids(video_id), 10, "the running chunk's ffmpeg to stop")
-    folder = settings.storage_dir / "videos" / video_id
+    folder = settings.storage.path / "videos" / video_id
     wait_until(lambda: not folder.exists(), 10, "the video's files removed")
     time.sleep(2)  # a chunk that was running when DELETE came must not write anything back
     assert not folder.exists()

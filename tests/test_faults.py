@@ -131,11 +131,11 @@ def assert_renditions_valid(http: httpx.Client, ready: dict, source: Path, folde
 
 def assert_storage_clean(settings, ready: list[dict]) -> None:
     """No partial or duplicate file anywhere: each video folder holds exactly its published files."""
-    leftovers = [p for p in settings.storage_dir.rglob("*.part")]
+    leftovers = [p for p in settings.storage.path.rglob("*.part")]
     assert leftovers == [], leftovers
-    assert not any((settings.storage_dir / "incoming").iterdir())
+    assert not any((settings.storage.path / "incoming").iterdir())
     for item in ready:
-        folder = settings.storage_dir / "videos" / item["id"]
+        folder = settings.storage.path / "videos" / item["id"]
         expected = {"source", "poster.jpg", "stream"} | {f"{r['name']}.mp4" for r in item["renditions"]}
         assert {p.name for p in folder.iterdir()} == expected  # no chunk or package work left over
 
@@ -156,7 +156,7 @@ def test_worker_killed_mid_transcode_runs_again_within_60s(fault_clips, http, se
     wait_until(lambda: video(http, video_id)["progress"] >= 5, 60, "the transcode to get going")
     encoders = ffmpeg_pids(video_id)
     assert encoders, "no ffmpeg running for the video"
-    folder = settings.storage_dir / "videos" / video_id
+    folder = settings.storage.path / "videos" / video_id
 
     # What a node loss or the OOM killer does: SIGKILL to the worker's whole process group.
     os.killpg(first.proc.pid, signal.SIGKILL)
@@ -231,7 +231,7 @@ def test_chaos_workers_killed_at_random_while_new_ones_start(fault_clips, tmp_pa
             assert_storage_clean(settings, finished)
             never_stuck_processing(http)
             assert errors == []
-            wait_until(lambda: not ffmpeg_pids(str(settings.storage_dir)), 10, "no ffmpeg left running")
+            wait_until(lambda: not ffmpeg_pids(str(settings.storage.path)), 10, "no ffmpeg left running")
     finally:
         done.set()
         for worker in workers:
@@ -349,8 +349,8 @@ def test_database_unavailable_uploads_503_nothing_half_written_then_recovers(pg_
             assert listing.status_code == 503 and listing.json()["error"]["code"] == "database_unavailable"
             assert http.get("/readyz").json()["checks"]["database"].startswith("error")
             # Nothing half-written: only the one accepted video's folder, nothing incoming.
-            assert [p.name for p in (settings.storage_dir / "videos").iterdir()] == [before]
-            assert list((settings.storage_dir / "incoming").iterdir()) == []
+            assert [p.name for p in (settings.storage.path / "videos").iterdir()] == [before]
+            assert list((settings.storage.path / "incoming").iterdir()) == []
 
             pg_admin(f'ALTER DATABASE "{pg_database}" ALLOW_CONNECTIONS true')
             # Recovers on its own: same API process, same worker, no restart.
@@ -372,7 +372,7 @@ def test_database_unavailable_uploads_503_nothing_half_written_then_recovers(pg_
 def tmpfs_storage(settings, size: str) -> Iterator[Callable[[str], None]]:
     """A real filesystem of limited size mounted as the storage dir (tmpfs: root can fill it, and
     can mount it read-only, which chmod cannot do to root). Yields `remount(options)`."""
-    target = settings.storage_dir
+    target = settings.storage.path
     target.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "vidfarm-test", str(target)],
                              capture_output=True, check=False)
@@ -414,15 +414,15 @@ def test_disk_full_during_transcode_fails_clearly_without_partial_files(small_di
     assert failed["error"]["code"] == "storage_error", failed["error"]
     assert "space" in failed["error"]["message"].lower()
     assert failed["attempts"] == 1 and failed["renditions"] == []
-    folder = settings.storage_dir / "videos" / failed["id"]
+    folder = settings.storage.path / "videos" / failed["id"]
     assert sorted(p.name for p in folder.iterdir()) == ["source"], "partial outputs left behind"
     assert worker.proc.poll() is None
     # The upload side: a disk too full for the upload itself is a clear 503, and nothing is kept.
     refused = upload(http, fault_clips["long"])
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["code"] == "storage_unavailable"
-    assert list((settings.storage_dir / "incoming").iterdir()) == []
-    assert [p.name for p in (settings.storage_dir / "videos").iterdir()] == [failed["id"]]
+    assert list((settings.storage.path / "incoming").iterdir()) == []
+    assert [p.name for p in (settings.storage.path / "videos").iterdir()] == [failed["id"]]
 
 
 @pytest.mark.slow
@@ -442,7 +442,7 @@ def test_read_only_storage_fails_clearly(own_disk, fault_clips, http, settings, 
         assert http.get("/readyz").json()["checks"]["storage"] != "ok"
     finally:
         own_disk("rw")
-    folder = settings.storage_dir / "videos" / failed["id"]
+    folder = settings.storage.path / "videos" / failed["id"]
     assert sorted(p.name for p in folder.iterdir()) == ["source"]
     # Storage back: the worker, still alive, takes the next video.
     assert worker.proc.poll() is None
@@ -470,7 +470,7 @@ def test_hung_ffmpeg_is_killed_at_the_job_timeout(short_timeouts, fault_clips):
         with api.client() as http:
             video_id = upload(http, fault_clips["short"]).json()["id"]
             # The source becomes a FIFO nobody writes to: ffmpeg blocks reading it, like a hung NFS read.
-            source = settings.storage_dir / "videos" / video_id / "source"
+            source = settings.storage.path / "videos" / video_id / "source"
             source.unlink()
             os.mkfifo(source)
             worker = WorkerProcess(settings)

@@ -57,7 +57,7 @@ def queued_ids(farm: Farm) -> list[str]:
 
 
 def stored_files(farm: Farm, video_id: str) -> list[str]:
-    folder = farm.settings.storage_dir / "videos" / video_id
+    folder = farm.settings.storage.path / "videos" / video_id
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
@@ -126,7 +126,7 @@ def test_an_idle_worker_frozen_with_the_next_job_does_not_hold_the_video(clip, h
     after = http.get(f"/v1/videos/{video_id}").json()
     assert (after["status"], after["attempts"]) == ("ready", 1)
     assert stored_files(farm, video_id) == published  # no second output, nothing removed
-    assert not [p for p in (farm.settings.storage_dir / "videos" / video_id).rglob(f"*{lost}*")]
+    assert not [p for p in (farm.settings.storage.path / "videos" / video_id).rglob(f"*{lost}*")]
     assert frozen.proc.poll() is None
     # ...and it takes work again.
     assert wait_for(http, upload(http, clip).json()["id"], timeout_s=90)["status"] == "ready"

@@ -34,7 +34,7 @@ from tests.test_tus import create, patch
 from vidfarm.farm import Farm
 from vidfarm.localredis import free_port
 from vidfarm.reconciler import Reconciler
-from vidfarm.storage import rendition_key, source_key
+from vidfarm.storage import StorageLocation, rendition_key, source_key
 
 pytestmark = pytest.mark.parametrize("backend", ["s3"], indirect=True)
 MIB = 1024 * 1024
@@ -53,7 +53,7 @@ def settings(settings, checksums):
 
 
 def bucket_of(settings) -> str:
-    return settings.storage_url.removeprefix("s3://").split("/", 1)[0]
+    return settings.storage.bucket
 
 
 def multipart_uploads(moto_s3: MotoS3, settings) -> list[dict]:
@@ -222,7 +222,7 @@ def test_slowdown_is_retried_with_backoff_then_503(refuse, status, settings, mot
 
 @pytest.mark.parametrize("command", ["worker", "api", "up"])
 def test_a_missing_bucket_stops_the_process_with_one_line(command, settings):
-    wrong = replace(settings, storage_url="s3://no-such-bucket-here/media")
+    wrong = replace(settings, storage=StorageLocation.parse("s3://no-such-bucket-here/media"))
     settings.home.mkdir(parents=True, exist_ok=True)
     port = [] if command == "worker" else ["--port", str(free_port())]
     done = subprocess.run([sys.executable, "-m", "vidfarm", command, *port], env=settings_env(wrong), cwd=ROOT,

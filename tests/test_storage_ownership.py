@@ -30,7 +30,7 @@ from vidfarm.localredis import free_port
 from vidfarm.reconciler import Reconciler
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
-from vidfarm.storage import new_video_id
+from vidfarm.storage import StorageLocation, new_video_id
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 FAR_FUTURE_S = 10 * 365 * 24 * 3600.0  # past every grace period the farm has
@@ -45,9 +45,9 @@ def fresh_home(settings: Settings, tmp_path, name: str = "b") -> Settings:
 
 def elsewhere(settings: Settings, tmp_path) -> Settings:
     """The same bucket under a second prefix, or a second directory."""
-    if settings.storage_url and settings.storage_url.startswith("s3://"):
-        return replace(settings, storage_url=settings.storage_url.rsplit("/", 1)[0] + "/farm-b")
-    return replace(settings, storage_dir=tmp_path / "storage-b")
+    if settings.storage.scheme == "s3":
+        return replace(settings, storage=replace(settings.storage, prefix="farm-b/"))
+    return replace(settings, storage=StorageLocation.directory(tmp_path / "storage-b"))
 
 
 def every_key(farm: Farm, video_ids: list[str]) -> dict[str, list[str]]:

@@ -125,7 +125,7 @@ def test_sigkill_of_up_leaves_nothing_running_and_a_restart_finishes_every_video
     again = start_up("--max-workers", "1")
     videos = [wait_for(again.http, video_id, timeout_s=90) for video_id in (interrupted, waiting)]
     assert [(v["status"], v["attempts"]) for v in videos] == [("ready", 2), ("ready", 1)]
-    leftovers = [*own_settings.storage_dir.rglob("*.part"), *own_settings.storage_dir.rglob("work/*")]
+    leftovers = [*own_settings.storage.path.rglob("*.part"), *own_settings.storage.path.rglob("work/*")]
     assert leftovers == [], "no partial file of the interrupted attempt may be left"
 
 

@@ -47,7 +47,8 @@ from vidfarm.states import TERMINAL as TERMINAL  # re-exported, like the aliases
 
 log = logging.getLogger(__name__)
 
-# The statuses under their old names, for the modules that import them from here.
+# The statuses as bare names too: the worker and the reconciler compare rows against them beside the
+# task states (TASK_*), and import both from here. They are the VideoStatus members themselves.
 QUEUED, PROCESSING, READY, FAILED, CANCELED = (
     VideoStatus.QUEUED, VideoStatus.PROCESSING, VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED,
 )
@@ -473,7 +474,8 @@ class Catalog:
         return removed.rowcount > 0
 
     def add_tasks(self, video_id: str, tasks: Sequence[dict[str, Any]]) -> None:
-        """A plan for a video accepted before chunked encoding existed (an upgrade in place)."""
+        """The plan of a video whose row has no tasks (accepted by a farm that planned none), inserted in
+        one transaction: a video has its whole plan or none, never half of one."""
         with self.engine.begin() as conn:
             conn.execute(Task.__table__.insert(), _task_rows(video_id, tasks, utcnow()))
 

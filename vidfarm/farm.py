@@ -12,7 +12,8 @@ from vidfarm import ownership
 from vidfarm.catalog import Catalog, SessionBounds
 from vidfarm.redisconn import connect
 from vidfarm.settings import Settings
-from vidfarm.storage import Storage, open_storage
+from vidfarm.storage import Storage
+from vidfarm.storage_open import open_storage
 from vidfarm.webhooks import Webhooks
 
 # Workers write the catalog; everything else (API, reconciler, autoscaler, deliverer) is the control plane.
@@ -59,7 +60,7 @@ class Farm:
     def unclaimed_storage(self) -> Storage:
         """The storage, checked but not claimed: only for `vidfarm storage adopt`."""
         settings = self.settings
-        storage = open_storage(settings.storage_location, settings.scratch, max_upload_bytes=settings.max_upload_bytes,
+        storage = open_storage(settings.storage, settings.scratch, max_upload_bytes=settings.max_upload_bytes,
                                s3_checksums=settings.s3_checksums)
         storage.check()
         return storage

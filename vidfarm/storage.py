@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -49,6 +49,39 @@ CONTENT_TYPES = {
 # Errors that mean the storage itself is in trouble (full, read-only, no permission, failing disk),
 # not the request or the input: they get `storage_error` / 503, never a 500 or "bad input".
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO})
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where the media lives: a directory (`path`) or an S3 bucket and key prefix. Parsed once from
+    `VIDFARM_STORAGE_URL` (or a directory), so every process and message names the same place."""
+
+    scheme: Literal["file", "s3"]
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""  # "" or "some/keys/": prepended to every key as it is
+
+    @classmethod
+    def parse(cls, url: str) -> StorageLocation:
+        """`file:///path` or `s3://bucket/prefix`; ValueError for anything else."""
+        parts = urlsplit(url)
+        if url.startswith("file://"):
+            return cls.directory(Path(unquote(parts.path)))
+        if url.startswith("s3://"):
+            prefix = parts.path.strip("/")
+            return cls("s3", bucket=parts.netloc, prefix=prefix + "/" if prefix else "")
+        raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
+
+    @classmethod
+    def directory(cls, path: Path | str) -> StorageLocation:
+        return cls("file", path=Path(path).resolve())
+
+    @property
+    def url(self) -> str:
+        """The location as an operator writes it, and as `parse` reads it back."""
+        if self.path is not None:
+            return self.path.as_uri()
+        return f"s3://{self.bucket}/{self.prefix.rstrip('/')}".rstrip("/")
 
 
 class InvalidKey(ValueError):
@@ -336,23 +369,6 @@ class Storage(ABC):
     @abstractmethod
     def keys(self, video_id: str) -> list[str]:
         """Every stored key of a video (tests and operators)."""
-
-
-def open_storage(url: str, scratch: Path, *, max_upload_bytes: int, s3_checksums: bool = False) -> Storage:
-    """The backend `url` names: `file:///path` or `s3://bucket/prefix`."""
-    if url.startswith("s3://"):
-        from vidfarm.storage_s3 import S3Storage
-
-        return S3Storage(url, scratch, max_upload_bytes=max_upload_bytes, checksums=s3_checksums)
-    if url.startswith("file://"):
-        from vidfarm.storage_file import FileStorage
-
-        return FileStorage(file_url_path(url), scratch)
-    raise ValueError(f"VIDFARM_STORAGE_URL must be file:///path or s3://bucket/prefix, got {url!r}")
-
-
-def file_url_path(url: str) -> Path:
-    return Path(unquote(urlsplit(url).path))
 
 
 def temp_name(final: Path, token: str) -> Path:

@@ -23,7 +23,6 @@ from vidfarm.storage import (
     poster_key,
     rendition_key,
     source_key,
-    stream_key,
     temp_name,
     video_prefix,
     work_key,
@@ -124,9 +123,6 @@ class FileStorage(Storage):
 
     def stream_dir(self, video_id: str) -> Path:
         return self.video_dir(video_id) / "stream"
-
-    def stream_file(self, video_id: str, relative: str) -> Path:
-        return self.path(stream_key(video_id, relative))
 
     def poster_path(self, video_id: str) -> Path:
         return self.path(poster_key(video_id))

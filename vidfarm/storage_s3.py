@@ -37,6 +37,7 @@ from vidfarm.storage import (
     Reading,
     SourceHandle,
     Storage,
+    StorageLocation,
     StorageUnavailable,
     StoredFile,
     is_video_id,
@@ -79,10 +80,11 @@ def part_size(max_upload_bytes: int) -> int:
 
 
 class S3Storage(Storage):
-    def __init__(self, url: str, scratch: Path, *, max_upload_bytes: int, checksums: bool = False) -> None:
-        parts = urlsplit(url)
-        self.bucket = parts.netloc
-        self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
+    def __init__(self, where: StorageLocation, scratch: Path, *, max_upload_bytes: int,
+                 checksums: bool = False) -> None:
+        self.where = where
+        self.bucket = where.bucket
+        self.prefix = where.prefix
         self.scratch = Path(scratch)
         self.part_size = part_size(max_upload_bytes)
         self.client = _client()
@@ -278,7 +280,7 @@ class S3Storage(Storage):
         return max(times, default=None)
 
     def location(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix.rstrip('/')}".rstrip("/")
+        return self.where.url
 
     def read_marker(self) -> str | None:
         answer = self.call_or_none("read the catalog marker", self.client.get_object, Bucket=self.bucket,
@@ -500,7 +502,7 @@ class _ResumableUpload:
             # Not once the request ended (its own commit decides), nor without the lease.
             if self.ended or parts <= self.committed.parts or not (self.commit_parts and self.commit_parts()):
                 return
-            try:  # the old tail went out in the first new part: no state names it any more
+            try:  # the first new part carried the previous tail, so the state names no tail
                 self._commit(replace(self.opened, parts=parts, received=parts * self.opened.part_size, tail=None))
             except StorageUnavailable as exc:
                 log.warning("upload %s: could not commit parts as they land: %s", self.video_id, exc)
