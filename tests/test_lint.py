@@ -32,3 +32,66 @@ def test_only_the_entry_point_imports_the_command_line():
         if "vidfarm.cli" in imported_modules(path)
     )
     assert importers == ["vidfarm/__main__.py"]
+
+
+# The entry points compose the roles (`vidfarm serve` runs the API, `vidfarm up` a whole local farm):
+# they alone of the core may import one. Anything else in vidfarm/ is shared by every role.
+COMPOSERS = {"vidfarm/cli.py", "vidfarm/up.py"}
+ROLES = ("uploader", "transcoder", "autoscaler")
+
+
+def role_imports(root) -> dict[str, list[str]]:
+    """Modules of the core (other than the composers) that import a role, and what they import."""
+    found = {}
+    for path in sorted((root / "vidfarm").rglob("*.py")):
+        name = str(path.relative_to(root))
+        roles = sorted(m for m in imported_modules(path) if m.split(".")[0] in ROLES)
+        if roles and name not in COMPOSERS:
+            found[name] = roles
+    return found
+
+
+def test_the_core_imports_no_role():
+    assert role_imports(ROOT) == {}
+
+
+# The catalog's writes that can move a status; `status=` given to one of them is a transition.
+CATALOG_WRITES = {"create", "fill", "update", "update_task"}
+LIFECYCLE = "vidfarm/lifecycle.py"
+STATUS_ENUMS = {"VideoStatus", "TaskStatus"}
+
+
+def status_writes(path) -> list[int]:
+    """Lines of `path` that write a status: `x.update(..., status=...)` and the like, or a status put
+    into a dict of fields (`fields["status"] = VideoStatus.X`) that such a call then spreads."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if _writes_status(node) or _stores_status(node)]
+
+
+def _writes_status(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in CATALOG_WRITES and any(keyword.arg == "status" for keyword in node.keywords))
+
+
+def _stores_status(node: ast.AST) -> bool:
+    value = getattr(node, "value", None)
+    return (isinstance(node, ast.Assign) and isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
+            and value.value.id in STATUS_ENUMS
+            and any(isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "status"
+                    for t in node.targets))
+
+
+def status_writers(root) -> dict[str, list[int]]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            if lines := status_writes(path):
+                found[str(path.relative_to(root))] = lines
+    return found
+
+
+def test_only_the_lifecycle_changes_a_status():
+    """Every transition of a video or a task goes through `vidfarm.lifecycle`, which announces, counts
+    and stops sibling jobs along with the write: a status written anywhere else would skip them."""
+    writers = status_writers(ROOT)
+    assert set(writers) == {LIFECYCLE}, {name: lines for name, lines in writers.items() if name != LIFECYCLE}

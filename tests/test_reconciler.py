@@ -255,9 +255,9 @@ def test_a_task_at_its_last_attempt_fails_the_video_worker_lost(farm, reconciler
 
 def receiving(farm: Farm, *, idle_s: float) -> str:
     """A POST's `receiving` row, last touched `idle_s` ago, with its partial upload as old."""
-    from uploader.routes.uploads import _record_intent
+    from vidfarm.lifecycle import receive
 
-    video_id = _record_intent(farm, "t")
+    video_id = receive(farm, "t")
     farm.storage.begin_upload(video_id).write(b"x" * 10)
     farm.catalog.update(video_id, updated_at=utcnow() - timedelta(seconds=idle_s))
     then = time.time() - idle_s

@@ -263,10 +263,10 @@ def test_proxy_mode_serves_ranges_through_the_api(settings, clips, start_worker)
 
 
 def test_the_sweep_aborts_only_multipart_uploads_its_catalog_says_were_abandoned(farm, settings, moto_s3):
-    from uploader.routes.uploads import _record_intent
+    from vidfarm.lifecycle import receive
 
     client, bucket = moto_s3.client(), bucket_of(settings)
-    recorded, unknown = _record_intent(farm, "t"), "a" * 32
+    recorded, unknown = receive(farm, "t"), "a" * 32
     for video_id in (recorded, unknown):
         key = f"media/{source_key(video_id)}"
         started = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]

@@ -11,7 +11,6 @@ the reconciler to retry.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -42,11 +41,10 @@ from transcoder.command import (
 )
 from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
-from vidfarm import cancel, events, metrics
+from vidfarm import cancel, events, lifecycle, metrics
 from vidfarm.catalog import Task
 from vidfarm.chunks import ChunkSpan, chunk_window
 from vidfarm.farm import Farm
-from vidfarm.jobs import stop_failed_video
 from vidfarm.probe import SourceInfo
 from vidfarm.settings import Settings
 from vidfarm.states import ACTIVE, TASK_ACTIVE, TaskKind, TaskStatus, VideoStatus
@@ -199,40 +197,19 @@ class TaskAttempt:
             log.info("job %s is stale (video %s is %s); skipping", self.job_id, self.video_id,
                      video and video["status"])
             return None
-        attempt = task.attempts + 1
-        claimed = self.catalog.update_task(
-            self.video_id, self.task_name,
-            expect={"job_id": self.job_id, "status": TASK_ACTIVE, "attempts": task.attempts},
-            status=TaskStatus.RUNNING, worker=IDENTITY.name, attempts=attempt, done_frames=0,
-        )
-        if not claimed:
+        claimed = lifecycle.start(self.farm, video, task, IDENTITY.name)
+        if claimed is None:
             return None
         self.observe_wait(video["queue"])
-        self.mark_processing(video, attempt)
-        log.info("video %s: %s attempt %d on %s", self.video_id, self.task_name, attempt, IDENTITY.name)
-        return video, dataclasses.replace(task, attempts=attempt)
-
-    def mark_processing(self, video: dict[str, Any], attempt: int) -> None:
-        """The video shows `processing` from its first task on, and the most attempts any of its tasks
-        needed (a video re-run after a crash shows 2)."""
-        fields: dict[str, Any] = {"attempts": max(video["attempts"], attempt), "worker": IDENTITY.name}
-        if video["status"] == VideoStatus.QUEUED:
-            fields["status"] = VideoStatus.PROCESSING
-        moved = self.catalog.update(self.video_id, expect={"status": video["status"], "attempts": video["attempts"]},
-                                    **fields)
-        if moved and video["status"] == VideoStatus.QUEUED:
-            events.publish(self.farm.redis, self.video_id, "status", status=VideoStatus.PROCESSING, progress=0.0)
+        log.info("video %s: %s attempt %d on %s", self.video_id, self.task_name, claimed.attempts, IDENTITY.name)
+        return video, claimed
 
     def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
         raise NotImplementedError
 
     def record(self, video: dict[str, Any], result: dict[str, Any]) -> str:
         """This attempt counts only if the catalog still names it: the compare-and-set decides."""
-        done = self.catalog.update_task(
-            self.video_id, self.task_name, expect={"job_id": self.job_id, "status": TaskStatus.RUNNING},
-            status=TaskStatus.DONE, result={"attempt": self.job_id, **result},
-        )
-        if not done:
+        if not lifecycle.task_done(self.farm, self.video_id, self.task_name, self.job_id, result):
             self.discard()
             log.info("video %s: %s result dropped, the task was re-assigned or the video canceled",
                      self.video_id, self.task_name)
@@ -240,20 +217,12 @@ class TaskAttempt:
         return TaskStatus.DONE
 
     def fail(self, code: str, message: str) -> str:
-        """Fails the whole video (a chunk that cannot be encoded is a video that cannot be), and
-        stops its other tasks: queued ones are dropped, running ones see the cancel flag."""
+        """Fails the whole video (a chunk that cannot be encoded is a video that cannot be); the
+        lifecycle stops its other tasks."""
         self.discard()
-        log.warning("video %s failed in %s: %s: %s", self.video_id, self.task_name, code, message)
-        failed = self.catalog.update(
-            self.video_id, expect={"status": ACTIVE},
-            status=VideoStatus.FAILED, error_code=code, error_message=message[-2000:],
-        )
-        if failed:
-            metrics.FAILURES.labels(code).inc()
+        log.info("video %s: %s cannot be made: %s", self.video_id, self.task_name, code)
+        if lifecycle.fail(self.farm, self.video_id, code, message, keep=self.job_id):
             metrics.TRANSCODES.labels(self.encoder.name, VideoStatus.FAILED).inc()
-            events.publish(self.farm.redis, self.video_id, "status", status=VideoStatus.FAILED,
-                           error={"code": code, "message": message})
-            stop_failed_video(self.farm, self.video_id, keep=self.job_id)
             # What the other tasks finished is of no use now; stragglers discard their own files.
             self.drop_work()
         return VideoStatus.FAILED
@@ -368,8 +337,8 @@ class ChunkAttempt(TaskAttempt):
         if force or now - self._last_write >= CATALOG_INTERVAL_S:
             self._last_write = now
             try:
-                all_done = self.catalog.record_progress(self.video_id, self.task_name, self.job_id, frames,
-                                                        lambda done: percent(done, total))
+                all_done = lifecycle.progress(self.farm, self.video_id, self.task_name, self.job_id, frames,
+                                              lambda done: percent(done, total))
                 self._others_done = all_done - frames
             except SQLAlchemyError as exc:
                 # Progress is best effort: a database blip must not throw away an hour of encoding.
@@ -509,17 +478,9 @@ class FinalizeAttempt(TaskAttempt):
                 "bitrate_kbps": bitrate_kbps, "size_bytes": size}
 
     def record(self, video: dict[str, Any], result: dict[str, Any]) -> str:
-        done = self.catalog.update(
-            self.video_id, expect={"status": ACTIVE},
-            status=VideoStatus.READY, progress=100.0, renditions=result["renditions"],
-            has_poster=int(result["has_poster"]), has_stream=1, total_frames=result["frames"],
-            error_code=None, error_message=None,
-        )
-        if not done:
+        if not lifecycle.ready(self.farm, self.video_id, self.job_id, result):
             self.after_lost_claim()
             return VideoStatus.CANCELED
-        super().record(video, {"frames": result["frames"]})
-        events.publish(self.farm.redis, self.video_id, "status", status=VideoStatus.READY, progress=100.0)
         log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
         self.observe_success(video)
         self.drop_work()

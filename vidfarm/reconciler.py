@@ -15,7 +15,6 @@ the task's job id, so a reconciler racing a worker (or another reconciler) never
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -26,16 +25,14 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from sqlalchemy.exc import OperationalError
 
-from vidfarm import events, metrics, ownership, presence, tus
+from vidfarm import lifecycle, metrics, ownership, presence, tus
 from vidfarm.catalog import Task
 from vidfarm.farm import Farm
 from vidfarm.jobs import (
     enqueue_graph,
     enqueue_task,
-    new_job_id,
     notify,
     plan_tasks,
-    stop_failed_video,
     total_frames,
 )
 from vidfarm.states import TaskKind, TaskStatus, VideoStatus
@@ -225,33 +222,19 @@ class Reconciler:
 
     def _fail(self, video: dict[str, Any], task: Task) -> int:
         message = f"the worker was lost during each of {task.attempts} attempts at {task.name}"
-        failed = self.farm.catalog.update(
-            video["id"], expect={"status": video["status"]},
-            status=VideoStatus.FAILED, error_code="worker_lost", error_message=message,
-        )
-        if failed:
-            log.warning("video %s failed: %s", video["id"], message)
-            metrics.FAILURES.labels("worker_lost").inc()
-            events.publish(self.farm.redis, video["id"], "status", status=VideoStatus.FAILED,
-                           error={"code": "worker_lost", "message": message})
-            stop_failed_video(self.farm, video["id"])
-        return int(failed)
+        return int(lifecycle.fail(self.farm, video["id"], "worker_lost", message, expect={"status": video["status"]}))
 
     def _requeue(self, video: dict[str, Any], task: Task, why: str) -> int:
-        job_id = new_job_id(video["id"], task.name)
-        moved = self.farm.catalog.update_task(
-            video["id"], task.name, expect={"job_id": task.job_id, "status": task.status},
-            status=TaskStatus.QUEUED, job_id=job_id, worker=None, done_frames=0,
-        )
-        if not moved:
+        again = lifecycle.retry(self.farm, video["id"], task)
+        if again is None:
             return 0
         log.info("video %s: %s re-queued (attempt %d done): %s", video["id"], task.name, task.attempts, why)
         self._forget_job(task.job_id)
         if task.kind == TaskKind.FINALIZE:
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, dataclasses.replace(task, job_id=job_id),
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
                          depends_on=self._unfinished_jobs(video["id"]))
         else:
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, dataclasses.replace(task, job_id=job_id))
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again)
             self._requeue_finalize_after(video)
         notify(self.farm.rq_redis, video["queue"])
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
@@ -263,12 +246,10 @@ class Reconciler:
         finalize = self.farm.catalog.task(video["id"], TaskKind.FINALIZE)
         if finalize is None or finalize.status != TaskStatus.QUEUED:
             return
-        job_id = new_job_id(video["id"], TaskKind.FINALIZE)
-        moved = self.farm.catalog.update_task(video["id"], TaskKind.FINALIZE, expect={"job_id": finalize.job_id},
-                                              job_id=job_id)
-        if moved:
+        again = lifecycle.retry(self.farm, video["id"], finalize)
+        if again is not None:
             self._forget_job(finalize.job_id)
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, dataclasses.replace(finalize, job_id=job_id),
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
                          depends_on=self._unfinished_jobs(video["id"]))
 
     def _unfinished_jobs(self, video_id: str) -> list[str]:
