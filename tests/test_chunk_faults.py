@@ -68,7 +68,7 @@ def assert_kept(farm, http, video_id: str, before: dict, tmp_path: Path) -> None
     stitched.write_bytes(http.get(f"/v1/videos/{video_id}/renditions/{RUNG}").content)
     published = packet_hashes(stitched)
     for name, (attempt, start, hashes) in before.items():
-        assert after[name]["result"]["attempt"] == attempt and after[name]["attempts"] == 1, name
+        assert after[name].result["attempt"] == attempt and after[name].attempts == 1, name
         assert published[start:start + len(hashes)] == hashes, name
 
 
@@ -153,7 +153,7 @@ def test_a_rerun_racing_a_slow_original_cannot_corrupt_the_chunk(long_clip, http
     result = original.work(video_row, task)
     assert original.record(video_row, result) == "canceled"
     final = tasks(farm, video_id)[name]
-    assert (final["status"], final["result"]["attempt"]) == ("done", rerun_id)
+    assert (final.status, final.result["attempt"]) == ("done", rerun_id)
     assert not original.folder.exists()
     assert packet_hashes(farm.storage.work_dir(video_id, rerun_id) / f"{RUNG}.mp4") == rerun_files
     assert video(http, video_id)["status"] == "processing"
