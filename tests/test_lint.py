@@ -65,12 +65,23 @@ def status_writes(path) -> list[int]:
     """Lines of `path` that write a status: `x.update(..., status=...)` and the like, or a status put
     into a dict of fields (`fields["status"] = VideoStatus.X`) that such a call then spreads."""
     return [node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
-            if _writes_status(node) or _stores_status(node)]
+            if _writes_status(node) or _stores_status(node) or _announces_or_counts_an_ending(node)]
 
 
 def _writes_status(node: ast.AST) -> bool:
     return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr in CATALOG_WRITES and any(keyword.arg == "status" for keyword in node.keywords))
+
+
+def _announces_or_counts_an_ending(node: ast.AST) -> bool:
+    """`events.publish(..., "status", ...)` or `FAILURES.labels(...)`: what goes with a transition."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    owner = node.func.value
+    if node.func.attr == "labels":
+        return isinstance(owner, ast.Attribute) and owner.attr == "FAILURES"
+    return (node.func.attr == "publish" and isinstance(owner, ast.Name) and owner.id == "events"
+            and any(isinstance(arg, ast.Constant) and arg.value == "status" for arg in node.args))
 
 
 def _stores_status(node: ast.AST) -> bool:
