@@ -117,7 +117,7 @@ def test_chunked_output_has_the_frames_of_a_single_pass(name, http, api, whole_a
         frames_a, frames_b = packets(a), packets(b)
         # Same frame count, same timestamps, keyframes at the same frames.
         assert frames_a == frames_b
-        gop = chunks[0]["frames"]  # one chunk is one GOP at 2 s chunks
+        gop = chunks[0].frames  # one chunk is one GOP at 2 s chunks
         assert [i for i, (_, key) in enumerate(frames_a) if key] == list(range(0, len(frames_a), gop))
         assert all(join % gop == 0 for join in joins)
         # Same pictures: at every join, frame i matches frame i of the single pass far better than its
