@@ -45,12 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import ROOT, VIDFARM, machine, make_clip, table, temp_dir  # noqa: E402
 from transcoder.worker import FREEZE_IN_PROGRESS_ENV  # noqa: E402
 from vidfarm import presence  # noqa: E402
-from vidfarm.catalog import CHUNK  # noqa: E402
 from vidfarm.farm import Farm  # noqa: E402
 from vidfarm.localredis import LocalRedis, free_port  # noqa: E402
 from vidfarm.reconciler import Reconciler  # noqa: E402
 from vidfarm.settings import Settings  # noqa: E402
-from vidfarm.states import WorkerState  # noqa: E402
+from vidfarm.states import TaskKind, WorkerState  # noqa: E402
 from vidfarm.storage import StorageLocation  # noqa: E402
 
 KEY = "bench-" + uuid.uuid4().hex[:8]
@@ -126,7 +125,7 @@ class Run:
         return self.http.get(f"/v1/videos/{video_id}").json()["status"]
 
     def chunk_job(self, video_id: str) -> str:
-        return next(t["job_id"] for t in self.farm.catalog.tasks(video_id) if t["kind"] == CHUNK)
+        return next(t.job_id for t in self.farm.catalog.tasks(video_id) if t.kind == TaskKind.CHUNK)
 
     def queued(self) -> list[str]:
         return Queue("cpu", connection=self.farm.rq_redis).job_ids

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from _common import machine, table, temp_dir
 
+from uploader.resources import webhook_document
 from vidfarm.catalog import Catalog
 from vidfarm.deliver import Deliverer
 from vidfarm.outbox import EVENT_TYPES
@@ -149,7 +150,7 @@ def main() -> None:
             webhooks.create("slow", slow.url, EVENT_TYPES)
         fast_hook = webhooks.create("fast", fast.url, EVENT_TYPES)
         stop = threading.Event()
-        threads = Deliverer(settings, webhooks).run(stop, args.threads)
+        threads = Deliverer(settings, webhooks, webhook_document(settings)).run(stop, args.threads)
         started = time.monotonic()
         ready_video(catalog, "slow")
         ready_video(catalog, "fast")

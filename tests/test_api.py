@@ -165,7 +165,7 @@ def test_an_upload_can_pick_its_queue(http, clips, farm):
 
     video = upload(http, clips["small"], queue="gpu").json()
     # Every job of its graph but finalize (which waits for them, deferred) is on the gpu queue.
-    runnable = [t["job_id"] for t in farm.catalog.tasks(video["id"]) if t["kind"] != "finalize"]
+    runnable = [t.job_id for t in farm.catalog.tasks(video["id"]) if t.kind != "finalize"]
     assert sorted(Queue("gpu", connection=farm.rq_redis).job_ids) == sorted(runnable)
     assert Queue("cpu", connection=farm.rq_redis).count == 0
     refused = upload(http, clips["small"], queue="nope")

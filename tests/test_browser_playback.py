@@ -23,9 +23,9 @@ import pytest
 
 from tests.conftest import BACKENDS, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip, upload, wait_for
 from uploader import playback
-from vidfarm.catalog import CHUNK
 from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 from vidfarm.settings import Settings
+from vidfarm.states import TaskKind
 
 BROWSER_DIR = ROOT / "tests" / "browser"
 # Resolved: a checkout may link node_modules to a shared install, and served paths are checked against it.
@@ -152,7 +152,7 @@ def test_hls_and_dash_play_to_the_end_at_every_level(farm, http, worker, page_ur
     video = wait_for(http, created.json()["id"])
     assert video["status"] == "ready", video["error"]
     assert sorted(r["name"] for r in video["renditions"]) == sorted(LADDER)
-    assert sum(t["kind"] == CHUNK for t in farm.catalog.tasks(video["id"])) >= 2  # stitched joins to play over
+    assert sum(t.kind == TaskKind.CHUNK for t in farm.catalog.tasks(video["id"])) >= 2  # stitched joins to play over
     hls, dash = video["playback"]["hls"], video["playback"]["dash"]
     # The page is on another origin: every answer the players read depends on CORS.
     assert not page_url.startswith(hls.split("/v1/")[0])

@@ -104,20 +104,20 @@ def test_a_write_drops_the_cached_copy(catalog, cache):
 def test_progress_counts_every_chunk_and_only_the_attempt_that_holds_its_task(catalog, cache):
     tasks = plan_tasks("v", 10.0, 30.0, True, 4.0)  # chunks 0-1, audio, finalize
     video = new_video(catalog, status=VideoStatus.PROCESSING, tasks=tasks)
-    first, second = (t for t in tasks if t["kind"] == "chunk")
+    first, second = (t for t in tasks if t.kind == "chunk")
     for task in (first, second):
-        assert catalog.update_task(video["id"], task["name"], status="running")
+        assert catalog.update_task(video["id"], task.name, status="running")
     catalog.get(video["id"])  # fills the cache
-    assert catalog.record_progress(video["id"], first["name"], first["job_id"], 60, lambda n: n / 3) == 60
-    assert catalog.record_progress(video["id"], second["name"], second["job_id"], 30, lambda n: n / 3) == 90
+    assert catalog.record_progress(video["id"], first.name, first.job_id, 60, lambda n: n / 3) == 60
+    assert catalog.record_progress(video["id"], second.name, second.job_id, 30, lambda n: n / 3) == 90
     assert not cache.exists(Catalog.cache_key(video["id"]))
     assert catalog.get(video["id"])["progress"] == 30.0
     # A stale attempt writes nothing of its own; the video still shows what the chunks have done.
-    assert catalog.record_progress(video["id"], first["name"], "stale-job", 300, lambda n: n / 3) == 90
-    assert catalog.task(video["id"], first["name"])["done_frames"] == 60
+    assert catalog.record_progress(video["id"], first.name, "stale-job", 300, lambda n: n / 3) == 90
+    assert catalog.task(video["id"], first.name).done_frames == 60
     # Nor does a video that is no longer processing move.
     assert catalog.update(video["id"], status=VideoStatus.FAILED)
-    catalog.record_progress(video["id"], second["name"], second["job_id"], 45, lambda n: n / 3)
+    catalog.record_progress(video["id"], second.name, second.job_id, 45, lambda n: n / 3)
     assert catalog.get(video["id"])["progress"] == 30.0
 
 

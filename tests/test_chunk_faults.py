@@ -37,11 +37,11 @@ def long_clip(tmp_path_factory) -> Path:
 
 
 def tasks(farm, video_id: str) -> dict[str, dict]:
-    return {t["name"]: t for t in farm.catalog.tasks(video_id)}
+    return {t.name: t for t in farm.catalog.tasks(video_id)}
 
 
 def done_chunks(farm, video_id: str) -> dict[str, dict]:
-    return {n: t for n, t in tasks(farm, video_id).items() if t["kind"] == "chunk" and t["status"] == "done"}
+    return {n: t for n, t in tasks(farm, video_id).items() if t.kind == "chunk" and t.status == "done"}
 
 
 def packet_hashes(path: Path) -> list[str]:
@@ -55,8 +55,8 @@ def snapshot(farm, video_id: str, scratch: Path) -> dict[str, tuple[str, int, li
     """Done chunks: the attempt that counts, its frame offset and its packets' hashes (read from
     wherever the backend keeps them; an object store's are downloaded to `scratch`)."""
     return {
-        name: (t["result"]["attempt"], t["start_frame"],
-               packet_hashes(farm.storage.attempt_file(video_id, t["result"]["attempt"], f"{RUNG}.mp4", scratch)))
+        name: (t.result["attempt"], t.start_frame,
+               packet_hashes(farm.storage.attempt_file(video_id, t.result["attempt"], f"{RUNG}.mp4", scratch)))
         for name, t in done_chunks(farm, video_id).items()
     }
 
@@ -68,7 +68,7 @@ def assert_kept(farm, http, video_id: str, before: dict, tmp_path: Path) -> None
     stitched.write_bytes(http.get(f"/v1/videos/{video_id}/renditions/{RUNG}").content)
     published = packet_hashes(stitched)
     for name, (attempt, start, hashes) in before.items():
-        assert after[name]["result"]["attempt"] == attempt and after[name]["attempts"] == 1, name
+        assert after[name].result["attempt"] == attempt and after[name].attempts == 1, name
         assert published[start:start + len(hashes)] == hashes, name
 
 
@@ -79,8 +79,8 @@ def test_worker_killed_during_a_chunk_reruns_only_that_chunk(long_clip, http, fa
     first = start_worker()
     video_id = upload(http, long_clip).json()["id"]
     wait_until(lambda: len(done_chunks(farm, video_id)) >= 2, 90, "two chunks done")
-    running = wait_until(lambda: [t for t in tasks(farm, video_id).values() if t["status"] == "running"
-                                  and t["kind"] == "chunk"], 30, "a chunk running")
+    running = wait_until(lambda: [t for t in tasks(farm, video_id).values() if t.status == "running"
+                                  and t.kind == "chunk"], 30, "a chunk running")
     before = snapshot(farm, video_id, tmp_path / "kept")
     encoders = ffmpeg_pids(video_id)
     os.killpg(first.proc.pid, signal.SIGKILL)
@@ -91,7 +91,7 @@ def test_worker_killed_during_a_chunk_reruns_only_that_chunk(long_clip, http, fa
     ready = wait_for(http, video_id, timeout_s=180)
     assert ready["status"] == "ready", ready["error"]
     assert ready["attempts"] == 2
-    assert tasks(farm, video_id)[running[0]["name"]]["attempts"] == 2
+    assert tasks(farm, video_id)[running[0].name].attempts == 2
     assert_kept(farm, http, video_id, before, tmp_path)
     assert reconciler == []
 
@@ -107,7 +107,7 @@ def test_redis_wiped_between_chunks_requeues_exactly_what_is_missing(long_clip, 
     ready = wait_for(http, video_id, timeout_s=180)
     assert ready["status"] == "ready", ready["error"]
     assert_kept(farm, http, video_id, before, tmp_path)
-    assert all(t["status"] == "done" for t in tasks(farm, video_id).values())
+    assert all(t.status == "done" for t in tasks(farm, video_id).values())
     assert reconciler == []
 
 
@@ -140,12 +140,12 @@ def test_a_rerun_racing_a_slow_original_cannot_corrupt_the_chunk(long_clip, http
     job_module.use_farm(farm)
     video_id = upload(http, long_clip).json()["id"]
     name = "chunk-00001"
-    original = job_module.ChunkAttempt(farm, video_id, name, tasks(farm, video_id)[name]["job_id"])
+    original = job_module.ChunkAttempt(farm, video_id, name, tasks(farm, video_id)[name].job_id)
     video_row, task = original.claim()
     original.folder.mkdir(parents=True)  # as run() does before work()
     # The original looks dead; the reconciler hands the chunk to a new attempt, which finishes first.
     rerun_id = new_job_id(video_id, name)
-    assert farm.catalog.update_task(video_id, name, expect={"job_id": task["job_id"]}, job_id=rerun_id,
+    assert farm.catalog.update_task(video_id, name, expect={"job_id": task.job_id}, job_id=rerun_id,
                                     status="queued")
     assert job_module.ChunkAttempt(farm, video_id, name, rerun_id).run() == "done"
     rerun_files = packet_hashes(farm.storage.work_dir(video_id, rerun_id) / f"{RUNG}.mp4")
@@ -153,7 +153,7 @@ def test_a_rerun_racing_a_slow_original_cannot_corrupt_the_chunk(long_clip, http
     result = original.work(video_row, task)
     assert original.record(video_row, result) == "canceled"
     final = tasks(farm, video_id)[name]
-    assert (final["status"], final["result"]["attempt"]) == ("done", rerun_id)
+    assert (final.status, final.result["attempt"]) == ("done", rerun_id)
     assert not original.folder.exists()
     assert packet_hashes(farm.storage.work_dir(video_id, rerun_id) / f"{RUNG}.mp4") == rerun_files
     assert video(http, video_id)["status"] == "processing"

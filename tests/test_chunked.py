@@ -107,9 +107,9 @@ def test_chunked_output_has_the_frames_of_a_single_pass(name, http, api, whole_a
     with whole_api.client() as whole_http:
         single = wait_for(whole_http, upload(whole_http, source, renditions=RUNGS).json()["id"])
     assert chunked["status"] == single["status"] == "ready", (chunked["error"], single["error"])
-    chunks = [t for t in farm.catalog.tasks(chunked["id"]) if t["kind"] == "chunk"]
-    assert len(chunks) >= 3 and len([t for t in farm.catalog.tasks(single["id"]) if t["kind"] == "chunk"]) == 1
-    joins = [t["start_frame"] for t in chunks[1:]]
+    chunks = [t for t in farm.catalog.tasks(chunked["id"]) if t.kind == "chunk"]
+    assert len(chunks) >= 3 and len([t for t in farm.catalog.tasks(single["id"]) if t.kind == "chunk"]) == 1
+    joins = [t.start_frame for t in chunks[1:]]
 
     for rung in (r["name"] for r in single["renditions"]):
         a = fetch(http, f"/v1/videos/{chunked['id']}/renditions/{rung}", tmp_path / f"chunked-{rung}.mp4")
@@ -117,7 +117,7 @@ def test_chunked_output_has_the_frames_of_a_single_pass(name, http, api, whole_a
         frames_a, frames_b = packets(a), packets(b)
         # Same frame count, same timestamps, keyframes at the same frames.
         assert frames_a == frames_b
-        gop = chunks[0]["frames"]  # one chunk is one GOP at 2 s chunks
+        gop = chunks[0].frames  # one chunk is one GOP at 2 s chunks
         assert [i for i, (_, key) in enumerate(frames_a) if key] == list(range(0, len(frames_a), gop))
         assert all(join % gop == 0 for join in joins)
         # Same pictures: at every join, frame i matches frame i of the single pass far better than its

@@ -526,7 +526,7 @@ def test_transient_failure_is_retried(fault_clips, http, settings, worker, recon
 
 
 def running_tasks(farm: Farm, video_id: str) -> list[str]:
-    return [t["name"] for t in farm.catalog.tasks(video_id) if t["status"] == "running"]
+    return [t.name for t in farm.catalog.tasks(video_id) if t.status == "running"]
 
 
 @pytest.mark.slow
@@ -541,7 +541,7 @@ def test_sigterm_to_a_busy_worker_finishes_the_job_then_exits(fault_clips, http,
     wait_until(lambda: [w["state"] for w in http.get("/v1/farm").json()["workers"]] == ["draining"], 10,
                "the worker to show as draining")
     assert worker.proc.wait(timeout=90) == 0
-    assert busy_with and all(farm.catalog.task(video_id, name)["status"] == "done" for name in busy_with)
+    assert busy_with and all(farm.catalog.task(video_id, name).status == "done" for name in busy_with)
     assert worker.name not in [w["name"] for w in http.get("/v1/farm").json()["workers"]]
     start_worker()
     ready = wait_for(http, video_id, timeout_s=90)
@@ -604,5 +604,5 @@ def test_sigterm_to_vidfarm_up_lets_the_busy_worker_finish(fault_clips, tmp_path
     assert catalog.get(video_id, cached=False)["attempts"] == 1
     # Every task that started finished: nothing was killed. What was still queued waits for the
     # next `vidfarm up` (tests/test_up_crash.py restarts a farm and sees such videos end ready).
-    started = [t for t in catalog.tasks(video_id) if t["attempts"]]
-    assert started and all(t["status"] == "done" for t in started), started
+    started = [t for t in catalog.tasks(video_id) if t.attempts]
+    assert started and all(t.status == "done" for t in started), started

@@ -66,3 +66,77 @@ def test_no_module_imports_itself_back():
     paths = {module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
     graph = {name: (imported_modules(path) & paths.keys()) - {name} for name, path in paths.items()}
     assert import_cycle(graph) == []
+
+
+# The entry points compose the roles (`vidfarm serve` runs the API, `vidfarm up` a whole local farm):
+# they alone of the core may import one. Anything else in vidfarm/ is shared by every role.
+COMPOSERS = {"vidfarm/cli.py", "vidfarm/up.py"}
+ROLES = ("uploader", "transcoder", "autoscaler")
+
+
+def role_imports(root) -> dict[str, list[str]]:
+    """Modules of the core (other than the composers) that import a role, and what they import."""
+    found = {}
+    for path in sorted((root / "vidfarm").rglob("*.py")):
+        name = str(path.relative_to(root))
+        roles = sorted(m for m in imported_modules(path) if m.split(".")[0] in ROLES)
+        if roles and name not in COMPOSERS:
+            found[name] = roles
+    return found
+
+
+def test_the_core_imports_no_role():
+    assert role_imports(ROOT) == {}
+
+
+# The catalog's writes that can move a status; `status=` given to one of them is a transition.
+CATALOG_WRITES = {"create", "fill", "update", "update_task"}
+LIFECYCLE = "vidfarm/lifecycle.py"
+STATUS_ENUMS = {"VideoStatus", "TaskStatus"}
+
+
+def status_writes(path) -> list[int]:
+    """Lines of `path` that write a status: `x.update(..., status=...)` and the like, or a status put
+    into a dict of fields (`fields["status"] = VideoStatus.X`) that such a call then spreads."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if _writes_status(node) or _stores_status(node) or _announces_or_counts_an_ending(node)]
+
+
+def _writes_status(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in CATALOG_WRITES and any(keyword.arg == "status" for keyword in node.keywords))
+
+
+def _announces_or_counts_an_ending(node: ast.AST) -> bool:
+    """`events.publish(..., "status", ...)` or `FAILURES.labels(...)`: what goes with a transition."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    owner = node.func.value
+    if node.func.attr == "labels":
+        return isinstance(owner, ast.Attribute) and owner.attr == "FAILURES"
+    return (node.func.attr == "publish" and isinstance(owner, ast.Name) and owner.id == "events"
+            and any(isinstance(arg, ast.Constant) and arg.value == "status" for arg in node.args))
+
+
+def _stores_status(node: ast.AST) -> bool:
+    value = getattr(node, "value", None)
+    return (isinstance(node, ast.Assign) and isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
+            and value.value.id in STATUS_ENUMS
+            and any(isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "status"
+                    for t in node.targets))
+
+
+def status_writers(root) -> dict[str, list[int]]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            if lines := status_writes(path):
+                found[str(path.relative_to(root))] = lines
+    return found
+
+
+def test_only_the_lifecycle_changes_a_status():
+    """Every transition of a video or a task goes through `vidfarm.lifecycle`, which announces, counts
+    and stops sibling jobs along with the write: a status written anywhere else would skip them."""
+    writers = status_writers(ROOT)
+    assert set(writers) == {LIFECYCLE}, {name: lines for name, lines in writers.items() if name != LIFECYCLE}

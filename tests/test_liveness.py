@@ -24,9 +24,8 @@ from rq import Queue
 from tests.conftest import PG_URL, ApiServer, WorkerProcess, pg_available, reconciling, upload, wait_for, wait_until
 from transcoder.worker import FREEZE_IN_PROGRESS_ENV
 from vidfarm import presence
-from vidfarm.catalog import CHUNK, TASK_QUEUED, TASK_RUNNING
 from vidfarm.farm import Farm
-from vidfarm.states import WorkerState
+from vidfarm.states import TaskKind, TaskStatus, WorkerState
 
 HEARTBEAT_TTL_S = 5
 
@@ -49,7 +48,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def chunk_task(farm: Farm, video_id: str) -> dict:
-    return next(t for t in farm.catalog.tasks(video_id) if t["kind"] == CHUNK)
+    return next(t for t in farm.catalog.tasks(video_id) if t.kind == TaskKind.CHUNK)
 
 
 def queued_ids(farm: Farm) -> list[str]:
@@ -82,18 +81,18 @@ def blocked_in_dequeue_just_now(farm: Farm, client_id: str | None = None) -> str
 def test_a_job_whose_consumer_died_after_the_pop_runs_again_and_the_video_ends_ready(clip, http, farm,
                                                                                       start_worker, reconciler):
     video_id = upload(http, clip).json()["id"]
-    job_id = wait_until(lambda: (j := chunk_task(farm, video_id)["job_id"]) in queued_ids(farm) and j, 30,
+    job_id = wait_until(lambda: (j := chunk_task(farm, video_id).job_id) in queued_ids(farm) and j, 30,
                         "the chunk's job to be queued")
     # What a consumer that died right after its BLPOP leaves: the job in no list, RQ and the catalog `queued`.
     assert farm.rq_redis.lrem(Queue("cpu", connection=farm.rq_redis).key, 0, job_id) == 1
     removed_at = time.monotonic()
     start_worker()
-    wait_until(lambda: chunk_task(farm, video_id)["job_id"] != job_id, 60, "the chunk to be queued again")
+    wait_until(lambda: chunk_task(farm, video_id).job_id != job_id, 60, "the chunk to be queued again")
     # The task's age counts too (a task just queued gets QUEUED_GRACE_S for its enqueue), then the grace.
     assert time.monotonic() - removed_at < farm.settings.lost_job_grace_s + 10
     ready = wait_for(http, video_id, timeout_s=90)
     assert ready["status"] == "ready", ready["error"]
-    assert chunk_task(farm, video_id)["attempts"] == 1  # the lost job never ran: the new one did, once
+    assert chunk_task(farm, video_id).attempts == 1  # the lost job never ran: the new one did, once
     assert reconciler == []
 
 
@@ -106,15 +105,15 @@ def test_an_idle_worker_frozen_with_the_next_job_does_not_hold_the_video(clip, h
     frozen_at = time.monotonic()
     try:
         video_id = upload(http, clip).json()["id"]
-        lost = chunk_task(farm, video_id)["job_id"]
+        lost = chunk_task(farm, video_id).job_id
         # Redis handed the job to the frozen worker's pending pop: it is in no list now.
         wait_until(lambda: lost not in queued_ids(farm), 10, "the frozen worker's pop to take the job")
-        assert chunk_task(farm, video_id)["status"] == TASK_QUEUED
+        assert chunk_task(farm, video_id).status == TaskStatus.QUEUED
         other = start_worker()
         ready = wait_for(http, video_id, timeout_s=90)
         assert ready["status"] == "ready", ready["error"]
         assert time.monotonic() - frozen_at < 60
-        assert chunk_task(farm, video_id)["worker"] == other.name
+        assert chunk_task(farm, video_id).worker == other.name
         published = stored_files(farm, video_id)
     finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
@@ -201,7 +200,7 @@ def test_a_worker_frozen_inside_its_progress_transaction_cannot_stall_the_farm(c
             wait_until(lambda: stopped(frozen.proc.pid), 60, "the worker to freeze inside its progress write")
             frozen_at = time.monotonic()
             lost = chunk_task(farm, video_id)
-            assert lost["status"] == TASK_RUNNING and idle_in_transaction(settings) == 1  # its row locks held
+            assert lost.status == TaskStatus.RUNNING and idle_in_transaction(settings) == 1  # its row locks held
             workers.append(WorkerProcess(settings))
 
             slowest = 0.0
@@ -209,7 +208,7 @@ def test_a_worker_frozen_inside_its_progress_transaction_cannot_stall_the_farm(c
             def requeued() -> bool:
                 nonlocal slowest
                 slowest = max(slowest, timed_get(http, f"/v1/videos/{video_id}"), timed_get(http, "/v1/videos"))
-                return chunk_task(farm, video_id)["job_id"] != lost["job_id"]
+                return chunk_task(farm, video_id).job_id != lost.job_id
 
             wait_until(requeued, 30, "the frozen worker's chunk to be queued again", every_s=0.5)
             assert time.monotonic() - frozen_at < 30

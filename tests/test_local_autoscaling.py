@@ -53,12 +53,12 @@ def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path, settings
     # The short job's worker goes idle and is stopped after SCALE_DOWN_AFTER_S; the one encoding the
     # long video's picture (its one chunk: the audio job is over in a moment) keeps going.
     catalog = Farm(settings).catalog
-    chunk = wait_until(lambda: (t := catalog.task(long_id, "chunk-00000")) and t["status"] == "running" and t,
+    chunk = wait_until(lambda: (t := catalog.task(long_id, "chunk-00000")) and t.status == "running" and t,
                        20, "the long video's chunk to run", every_s=0.05)
     wait_until(lambda: len(workers(farm_up)) == 1, SCALE_DOWN_AFTER_S + 15, "the idle worker to go",
                every_s=0.2)
     (survivor,) = workers(farm_up)
-    assert survivor["name"] == chunk["worker"] and survivor["state"] == "busy"
+    assert survivor["name"] == chunk.worker and survivor["state"] == "busy"
     video = wait_for(farm_up, long_id, timeout_s=180)
     assert video["status"] == "ready" and video["attempts"] == 1
 

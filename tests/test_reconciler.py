@@ -16,11 +16,11 @@ from sqlalchemy import event
 
 from tests.conftest import BACKENDS, FakeClock
 from vidfarm import presence
-from vidfarm.catalog import FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING, VideoRow, utcnow
+from vidfarm.catalog import VideoRow, utcnow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, plan_tasks
 from vidfarm.reconciler import QUEUED_GRACE_S, Reconciler
-from vidfarm.states import VideoStatus, WorkerState
+from vidfarm.states import TaskKind, TaskStatus, VideoStatus, WorkerState
 from vidfarm.storage import new_video_id
 
 WORKER = "worker-a"
@@ -49,11 +49,11 @@ def add_video(farm: Farm, *, age_s: float = 0.0, enqueued: bool = True, running_
         job_id=None, requested=None, tasks=tasks,
     )
     for task in tasks:
-        farm.catalog.update_task(video_id, task["name"], updated_at=utcnow() - timedelta(seconds=age_s))
+        farm.catalog.update_task(video_id, task.name, updated_at=utcnow() - timedelta(seconds=age_s))
     if enqueued:
         enqueue_graph(farm.rq_redis, farm.settings, video, tasks)
     if running_attempt:
-        farm.catalog.update_task(video_id, CHUNK, status=TASK_RUNNING, worker=WORKER, attempts=running_attempt)
+        farm.catalog.update_task(video_id, CHUNK, status=TaskStatus.RUNNING, worker=WORKER, attempts=running_attempt)
     return video
 
 
@@ -67,7 +67,7 @@ def queued_job_ids(farm: Farm) -> list[str]:
 
 def worker_reports(farm: Farm, video: VideoRow, name: str = WORKER, job_id: str | None = None) -> None:
     info = presence.WorkerInfo(name=name, pid=1, host="h", queues="cpu", encoder="x264", state=WorkerState.BUSY,
-                               video_id=video["id"], job_id=job_id or chunk(farm, video)["job_id"])
+                               video_id=video["id"], job_id=job_id or chunk(farm, video).job_id)
     presence.beat(farm.redis, info, farm.settings.worker_heartbeat_ttl_s)
 
 
@@ -79,22 +79,22 @@ def test_a_queued_task_whose_job_is_missing_is_queued_again(farm, reconciler):
     before = chunk(farm, video)
     assert reconciler.step() == 1
     after = chunk(farm, video)
-    assert after["status"] == TASK_QUEUED and after["job_id"] != before["job_id"]
-    assert queued_job_ids(farm) == [after["job_id"]]
+    assert after.status == TaskStatus.QUEUED and after.job_id != before.job_id
+    assert queued_job_ids(farm) == [after.job_id]
 
 
 def test_a_video_just_accepted_gets_a_grace_period_for_its_enqueue(farm, reconciler):
     video = add_video(farm, age_s=1, enqueued=False)
     before = chunk(farm, video)
     assert reconciler.step() == 0
-    assert chunk(farm, video)["job_id"] == before["job_id"] and queued_job_ids(farm) == []
+    assert chunk(farm, video).job_id == before.job_id and queued_job_ids(farm) == []
 
 
 def test_a_queued_task_whose_job_waits_in_redis_is_left_alone(farm, reconciler):
     video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
     waiting = queued_job_ids(farm)
     assert reconciler.step() == 0
-    assert queued_job_ids(farm) == waiting == [chunk(farm, video)["job_id"]]
+    assert queued_job_ids(farm) == waiting == [chunk(farm, video).job_id]
 
 
 def popped(farm: Farm, job_id: str) -> None:
@@ -106,33 +106,33 @@ def popped(farm: Farm, job_id: str) -> None:
 def test_a_queued_job_in_no_list_and_on_no_worker_runs_again_after_the_grace(farm, reconciler, clock):
     video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
     before = chunk(farm, video)
-    popped(farm, before["job_id"])
+    popped(farm, before.job_id)
     grace = farm.settings.lost_job_grace_s
     assert reconciler.step() == 0  # first seen without a sign of life: the clock starts
     clock.now += grace - 0.5
     assert reconciler.step() == 0
-    assert chunk(farm, video)["job_id"] == before["job_id"]
+    assert chunk(farm, video).job_id == before.job_id
     clock.now += 0.5
     assert reconciler.step() == 1
     after = chunk(farm, video)
-    assert (after["status"], after["attempts"]) == (TASK_QUEUED, 0) and after["job_id"] != before["job_id"]
-    assert queued_job_ids(farm) == [after["job_id"]]
+    assert (after.status, after.attempts) == (TaskStatus.QUEUED, 0) and after.job_id != before.job_id
+    assert queued_job_ids(farm) == [after.job_id]
 
 
 def test_a_queued_job_a_live_worker_started_is_left_alone(farm, reconciler, clock):
     video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
     before = chunk(farm, video)
-    popped(farm, before["job_id"])  # popped, not claimed yet: the catalog still says queued
+    popped(farm, before.job_id)  # popped, not claimed yet: the catalog still says queued
     for _ in range(3):
         worker_reports(farm, video)
         assert reconciler.step() == 0
         clock.now += farm.settings.lost_job_grace_s
-    assert chunk(farm, video)["job_id"] == before["job_id"]
+    assert chunk(farm, video).job_id == before.job_id
 
 
 def test_a_sign_of_life_restarts_the_grace(farm, reconciler, clock):
     video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
-    job_id = chunk(farm, video)["job_id"]
+    job_id = chunk(farm, video).job_id
     popped(farm, job_id)
     grace = farm.settings.lost_job_grace_s
     assert reconciler.step() == 0
@@ -152,18 +152,18 @@ def test_finalize_waiting_on_unfinished_tasks_is_left_alone_and_popped_finalize_
     for _ in range(2):  # deferred on its chunk, queued: alive however long the chunk takes
         assert reconciler.step() == 0
         clock.now += 2 * grace
-    finalize = farm.catalog.task(video["id"], FINALIZE)
+    finalize = farm.catalog.task(video["id"], TaskKind.FINALIZE)
     # The chunk is done and RQ released finalize into the queue, where a worker popped it and froze.
-    farm.catalog.update_task(video["id"], CHUNK, status=TASK_DONE, updated_at=utcnow() - timedelta(seconds=60))
-    popped(farm, chunk(farm, video)["job_id"])  # it ran
-    job = Queue("cpu", connection=farm.rq_redis).fetch_job(finalize["job_id"])
+    farm.catalog.update_task(video["id"], CHUNK, status=TaskStatus.DONE, updated_at=utcnow() - timedelta(seconds=60))
+    popped(farm, chunk(farm, video).job_id)  # it ran
+    job = Queue("cpu", connection=farm.rq_redis).fetch_job(finalize.job_id)
     farm.rq_redis.hset(job.key, "status", "queued")
     assert reconciler.step() == 0
     clock.now += grace
     assert reconciler.step() == 1
-    after = farm.catalog.task(video["id"], FINALIZE)
-    assert after["status"] == TASK_QUEUED and after["job_id"] != finalize["job_id"]
-    assert queued_job_ids(farm) == [after["job_id"]]
+    after = farm.catalog.task(video["id"], TaskKind.FINALIZE)
+    assert after.status == TaskStatus.QUEUED and after.job_id != finalize.job_id
+    assert queued_job_ids(farm) == [after.job_id]
 
 
 def test_a_pass_reads_each_queue_once_however_many_tasks_are_queued(farm, reconciler, redis_server):
@@ -197,12 +197,12 @@ def test_a_pass_that_meets_a_locked_catalog_survives_and_the_next_one_repairs(se
         started = time.monotonic()
         assert reconciler.step() == 0
         assert time.monotonic() - started < 10
-        assert chunk(farm, video)["status"] == TASK_QUEUED and queued_job_ids(farm) == []
+        assert chunk(farm, video).status == TaskStatus.QUEUED and queued_job_ids(farm) == []
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert reconciler.step() == 1
-    assert queued_job_ids(farm) == [chunk(farm, video)["job_id"]]
+    assert queued_job_ids(farm) == [chunk(farm, video).job_id]
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -214,12 +214,12 @@ def test_a_worker_silent_for_less_than_its_ttl_is_left_alone_then_its_task_runs_
     assert reconciler.step() == 0  # first seen without a worker: the clock starts
     clock.now += ttl - 0.5
     assert reconciler.step() == 0
-    assert chunk(farm, video)["status"] == TASK_RUNNING
+    assert chunk(farm, video).status == TaskStatus.RUNNING
     clock.now += 0.5
     assert reconciler.step() == 1
     after = chunk(farm, video)
-    assert (after["status"], after["worker"], after["attempts"]) == (TASK_QUEUED, None, 1)
-    assert queued_job_ids(farm) == [after["job_id"]]
+    assert (after.status, after.worker, after.attempts) == (TaskStatus.QUEUED, None, 1)
+    assert queued_job_ids(farm) == [after.job_id]
 
 
 def test_a_live_worker_on_the_task_keeps_it_however_long_it_takes(farm, reconciler, clock):
@@ -228,7 +228,7 @@ def test_a_live_worker_on_the_task_keeps_it_however_long_it_takes(farm, reconcil
         worker_reports(farm, video)
         assert reconciler.step() == 0
         clock.now += 10 * farm.settings.worker_heartbeat_ttl_s
-    assert chunk(farm, video)["status"] == TASK_RUNNING
+    assert chunk(farm, video).status == TaskStatus.RUNNING
 
 
 def test_another_worker_on_the_same_job_does_not_count_as_its_own(farm, reconciler, clock):
@@ -255,9 +255,9 @@ def test_a_task_at_its_last_attempt_fails_the_video_worker_lost(farm, reconciler
 
 def receiving(farm: Farm, *, idle_s: float) -> str:
     """A POST's `receiving` row, last touched `idle_s` ago, with its partial upload as old."""
-    from uploader.routes.uploads import _record_intent
+    from vidfarm.lifecycle import receive
 
-    video_id = _record_intent(farm, "t")
+    video_id = receive(farm, "t")
     farm.storage.begin_upload(video_id).write(b"x" * 10)
     farm.catalog.update(video_id, updated_at=utcnow() - timedelta(seconds=idle_s))
     then = time.time() - idle_s

@@ -135,13 +135,13 @@ def test_store_gone_during_a_transcode_is_retried_not_failed(long_clip, http, fa
                                                             start_worker, reconciler, restart_moto):
     start_worker()
     video_id = upload(http, long_clip).json()["id"]
-    wait_until(lambda: any(t["status"] == "running" for t in tasks(farm, video_id).values()), 30, "a task running")
+    wait_until(lambda: any(t.status == "running" for t in tasks(farm, video_id).values()), 30, "a task running")
     restart_moto.stop()
     time.sleep(6)  # long enough for a chunk to finish and fail to upload, through botocore's retries
     restart_moto.start()
     ready = wait_for(http, video_id, timeout_s=180)
     assert ready["status"] == "ready", ready["error"]
-    assert max(t["attempts"] for t in tasks(farm, video_id).values()) >= 2  # a transient failure, run again
+    assert max(t.attempts for t in tasks(farm, video_id).values()) >= 2  # a transient failure, run again
     assert http.get(ready["renditions"][0]["url"]).status_code == 200
     assert_no_scratch_left(settings)
 
@@ -263,10 +263,10 @@ def test_proxy_mode_serves_ranges_through_the_api(settings, clips, start_worker)
 
 
 def test_the_sweep_aborts_only_multipart_uploads_its_catalog_says_were_abandoned(farm, settings, moto_s3):
-    from uploader.routes.uploads import _record_intent
+    from vidfarm.lifecycle import receive
 
     client, bucket = moto_s3.client(), bucket_of(settings)
-    recorded, unknown = _record_intent(farm, "t"), "a" * 32
+    recorded, unknown = receive(farm, "t"), "a" * 32
     for video_id in (recorded, unknown):
         key = f"media/{source_key(video_id)}"
         started = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]

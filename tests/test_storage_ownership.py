@@ -167,9 +167,9 @@ def test_an_id_the_catalog_does_not_know_is_listed_and_never_deleted(farm, setti
 
 def receiving_row(farm: Farm, idle_s: float) -> str:
     """A POST's row whose body started arriving `idle_s` ago, and its partial upload."""
-    from uploader.routes.uploads import _record_intent
+    from vidfarm.lifecycle import receive
 
-    video_id = _record_intent(farm, "t")
+    video_id = receive(farm, "t")
     farm.storage.begin_upload(video_id).write(b"x" * 100)
     farm.catalog.update(video_id, updated_at=utcnow() - timedelta(seconds=idle_s))
     if hasattr(farm.storage, "incoming_path"):  # S3 (moto) dates a multipart upload without parts long ago

@@ -36,6 +36,7 @@ from tests.conftest import (
     wait_for,
     wait_until,
 )
+from uploader.resources import webhook_document
 from vidfarm.deliver import Deliverer
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
@@ -483,7 +484,8 @@ def test_the_address_is_checked_again_at_delivery_time(settings, clips, receiver
     with serving(settings) as api, api.client() as http:
         webhook = register(http, receiver)
         queued_then_deleted(http, clips)
-        guarded = Deliverer(replace(settings, webhook_allow_private=False), Farm(settings).webhooks)
+        guarded_settings = replace(settings, webhook_allow_private=False)
+        guarded = Deliverer(guarded_settings, Farm(settings).webhooks, webhook_document(guarded_settings))
         assert guarded.step("guarded")
         [delivery] = deliveries(http, webhook["id"])
     [attempt] = delivery["attempts"]

@@ -41,27 +41,14 @@ from transcoder.command import (
 )
 from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
-from vidfarm import cancel, events, metrics
-from vidfarm.catalog import (
-    ACTIVE,
-    AUDIO,
-    CANCELED,
-    CHUNK,
-    FAILED,
-    FINALIZE,
-    PROCESSING,
-    QUEUED,
-    READY,
-    TASK_DONE,
-    TASK_QUEUED,
-    TASK_RUNNING,
-)
+from vidfarm import cancel, events, lifecycle, metrics
+from vidfarm.catalog import Task
 from vidfarm.chunks import ChunkSpan, chunk_window
 from vidfarm.farm import Farm
-from vidfarm.jobs import stop_failed_video
 from vidfarm.probe import SourceInfo
 from vidfarm.rungs import stream_only
 from vidfarm.settings import Settings
+from vidfarm.states import ACTIVE, TASK_ACTIVE, TaskKind, TaskStatus, VideoStatus
 from vidfarm.storage import STORAGE_ERRNOS, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -74,7 +61,6 @@ SHORTFALL_TOLERANCE_RATIO = 0.05
 # the strerror text. They are the disk's fault, not the input's. EIO is left out: ffmpeg also says
 # "Input/output error" about broken input files.
 STORAGE_MESSAGES = tuple(os.strerror(e) for e in sorted(STORAGE_ERRNOS - {errno.EIO}))
-TASK_ACTIVE = (TASK_QUEUED, TASK_RUNNING)
 
 
 @dataclass
@@ -106,7 +92,7 @@ def run_task(video_id: str, task_name: str, job_id: str) -> str:
     """RQ entry point (enqueued by dotted path). Returns the outcome for RQ's result record."""
     farm = current_farm()
     task = farm.catalog.task(video_id, task_name)
-    kind = task["kind"] if task else CHUNK
+    kind = task.kind if task else TaskKind.CHUNK
     return KINDS[kind](farm, video_id, task_name, job_id).run()
 
 
@@ -172,7 +158,7 @@ class TaskAttempt:
                 self.storage.keep_attempt(self.video_id, self.job_id)
         except Canceled:
             self.discard()
-            return CANCELED
+            return VideoStatus.CANCELED
         except VideoFailed as exc:
             return self.fail(exc.code, exc.message)
         except FfmpegError as exc:
@@ -191,7 +177,7 @@ class TaskAttempt:
         except FfmpegKilled as exc:
             # Killed from outside (the OOM killer, an operator): not the input's fault, so it runs
             # again; at the task's last attempt the video fails with the real reason instead.
-            if task["attempts"] >= self.farm.settings.max_attempts:
+            if task.attempts >= self.farm.settings.max_attempts:
                 return self.fail("killed", str(exc))
             log.warning("video %s: %s: %s; it will run again", self.video_id, self.task_name, exc)
             self.discard()
@@ -204,72 +190,43 @@ class TaskAttempt:
             raise
         return self.record(video, result)
 
-    def claim(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def claim(self) -> tuple[dict[str, Any], Task] | None:
         video = self.catalog.get(self.video_id, cached=False)
         task = self.catalog.task(self.video_id, self.task_name)
         if (video is None or task is None or video["status"] not in ACTIVE
-                or task["job_id"] != self.job_id or task["status"] not in TASK_ACTIVE):
+                or task.job_id != self.job_id or task.status not in TASK_ACTIVE):
             log.info("job %s is stale (video %s is %s); skipping", self.job_id, self.video_id,
                      video and video["status"])
             return None
-        attempt = task["attempts"] + 1
-        claimed = self.catalog.update_task(
-            self.video_id, self.task_name,
-            expect={"job_id": self.job_id, "status": TASK_ACTIVE, "attempts": task["attempts"]},
-            status=TASK_RUNNING, worker=IDENTITY.name, attempts=attempt, done_frames=0,
-        )
-        if not claimed:
+        claimed = lifecycle.start(self.farm, video, task, IDENTITY.name)
+        if claimed is None:
             return None
         self.observe_wait(video["queue"])
-        self.mark_processing(video, attempt)
-        log.info("video %s: %s attempt %d on %s", self.video_id, self.task_name, attempt, IDENTITY.name)
-        return video, {**task, "attempts": attempt}
+        log.info("video %s: %s attempt %d on %s", self.video_id, self.task_name, claimed.attempts, IDENTITY.name)
+        return video, claimed
 
-    def mark_processing(self, video: dict[str, Any], attempt: int) -> None:
-        """The video shows `processing` from its first task on, and the most attempts any of its tasks
-        needed (a video re-run after a crash shows 2)."""
-        fields: dict[str, Any] = {"attempts": max(video["attempts"], attempt), "worker": IDENTITY.name}
-        if video["status"] == QUEUED:
-            fields["status"] = PROCESSING
-        moved = self.catalog.update(self.video_id, expect={"status": video["status"], "attempts": video["attempts"]},
-                                    **fields)
-        if moved and video["status"] == QUEUED:
-            events.publish(self.farm.redis, self.video_id, "status", status=PROCESSING, progress=0.0)
-
-    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
         raise NotImplementedError
 
     def record(self, video: dict[str, Any], result: dict[str, Any]) -> str:
         """This attempt counts only if the catalog still names it: the compare-and-set decides."""
-        done = self.catalog.update_task(
-            self.video_id, self.task_name, expect={"job_id": self.job_id, "status": TASK_RUNNING},
-            status=TASK_DONE, result={"attempt": self.job_id, **result},
-        )
-        if not done:
+        if not lifecycle.task_done(self.farm, self.video_id, self.task_name, self.job_id, result):
             self.discard()
             log.info("video %s: %s result dropped, the task was re-assigned or the video canceled",
                      self.video_id, self.task_name)
-            return CANCELED
-        return TASK_DONE
+            return VideoStatus.CANCELED
+        return TaskStatus.DONE
 
     def fail(self, code: str, message: str) -> str:
-        """Fails the whole video (a chunk that cannot be encoded is a video that cannot be), and
-        stops its other tasks: queued ones are dropped, running ones see the cancel flag."""
+        """Fails the whole video (a chunk that cannot be encoded is a video that cannot be); the
+        lifecycle stops its other tasks."""
         self.discard()
-        log.warning("video %s failed in %s: %s: %s", self.video_id, self.task_name, code, message)
-        failed = self.catalog.update(
-            self.video_id, expect={"status": ACTIVE},
-            status=FAILED, error_code=code, error_message=message[-2000:],
-        )
-        if failed:
-            metrics.FAILURES.labels(code).inc()
-            metrics.TRANSCODES.labels(self.encoder.name, FAILED).inc()
-            events.publish(self.farm.redis, self.video_id, "status", status=FAILED,
-                           error={"code": code, "message": message})
-            stop_failed_video(self.farm, self.video_id, keep=self.job_id)
+        log.info("video %s: %s cannot be made: %s", self.video_id, self.task_name, code)
+        if lifecycle.fail(self.farm, self.video_id, code, message, keep=self.job_id):
+            metrics.TRANSCODES.labels(self.encoder.name, VideoStatus.FAILED).inc()
             # What the other tasks finished is of no use now; stragglers discard their own files.
             self.drop_work()
-        return FAILED
+        return VideoStatus.FAILED
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -340,7 +297,7 @@ def first_frame(video: dict[str, Any], fps: Fraction) -> int:
 class ChunkAttempt(TaskAttempt):
     """A run of frames of the picture, every rung from one decode, video only."""
 
-    kind = CHUNK
+    kind = TaskKind.CHUNK
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -348,13 +305,13 @@ class ChunkAttempt(TaskAttempt):
         self._last_write = 0.0
         self._others_done = 0
 
-    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
         plans = self.plans(video)
         fps = plans[0].fps
         source = source_from_row(video)
         window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
         outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
-        args = chunk_args(self.source_input(), outputs, window=window, frames=task["frames"], encoder=self.encoder,
+        args = chunk_args(self.source_input(), outputs, window=window, frames=task.frames, encoder=self.encoder,
                           deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer)
         started = time.monotonic()
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
@@ -364,19 +321,19 @@ class ChunkAttempt(TaskAttempt):
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
         return {"frames": frames, "rungs": [plan.name for plan in plans]}
 
-    def check_frames(self, video: dict[str, Any], task: dict[str, Any], frames: int, fps: Fraction) -> None:
+    def check_frames(self, video: dict[str, Any], task: Task, frames: int, fps: Fraction) -> None:
         """A chunk in the middle must hold exactly its planned frames; the last one must reach about
         the declared end. Fewer means the source is cut short (or broken) there."""
-        if task["frames"] is not None and frames != task["frames"]:
-            if frames < task["frames"]:
-                decoded_s = float((task["start_frame"] + frames) / fps)
+        if task.frames is not None and frames != task.frames:
+            if frames < task.frames:
+                decoded_s = float((task.start_frame + frames) / fps)
                 raise SourceEndsEarly(
                     f"the source ends early: only {decoded_s:.1f} s of its declared "
                     f"{video['duration_s']:.1f} s could be decoded"
                 )
             raise VideoFailed("media_error", f"{self.task_name} produced {frames} frames, not {task['frames']}")
-        if task["frames"] is None:
-            check_complete(float((task["start_frame"] + frames) / fps), video["duration_s"])
+        if task.frames is None:
+            check_complete(float((task.start_frame + frames) / fps), video["duration_s"])
 
     def progress(self, video: dict[str, Any], frames: int, force: bool = False) -> None:
         """Done frames over all frames, across every chunk of the video (others read each second)."""
@@ -385,8 +342,8 @@ class ChunkAttempt(TaskAttempt):
         if force or now - self._last_write >= CATALOG_INTERVAL_S:
             self._last_write = now
             try:
-                all_done = self.catalog.record_progress(self.video_id, self.task_name, self.job_id, frames,
-                                                        lambda done: percent(done, total))
+                all_done = lifecycle.progress(self.farm, self.video_id, self.task_name, self.job_id, frames,
+                                              lambda done: percent(done, total))
                 self._others_done = all_done - frames
             except SQLAlchemyError as exc:
                 # Progress is best effort: a database blip must not throw away an hour of encoding.
@@ -409,8 +366,8 @@ def percent(done: int, total: int) -> float:
     return round(min(99.0, 100.0 * done / total), 1)
 
 
-def _span(task: dict[str, Any]) -> ChunkSpan:
-    return ChunkSpan(0, task["start_frame"], task["frames"])
+def _span(task: Task) -> ChunkSpan:
+    return ChunkSpan(0, task.start_frame, task.frames)
 
 
 def count_frames(path: Path) -> int:
@@ -427,9 +384,9 @@ def count_frames(path: Path) -> int:
 class AudioAttempt(TaskAttempt):
     """The whole audio track once, lined up with the picture's first frame."""
 
-    kind = AUDIO
+    kind = TaskKind.AUDIO
 
-    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
         fps = self.plans(video)[0].fps
         start_s = float(Fraction(first_frame(video, fps)) / fps)
         self.ffmpeg(audio_args(self.source_input(), self.folder / "audio.m4a", start_s=start_s))
@@ -440,12 +397,12 @@ class FinalizeAttempt(TaskAttempt):
     """Stream copy only: stitch each rung's chunks with the audio into the download MP4, cut the
     CMAF segments of HLS and DASH, write the manifests, then publish everything at once."""
 
-    kind = FINALIZE
+    kind = TaskKind.FINALIZE
     keeps_files = False  # published instead
 
-    def claim(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def claim(self) -> tuple[dict[str, Any], Task] | None:
         tasks = self.catalog.tasks(self.video_id)
-        waiting = [t["name"] for t in tasks if t["kind"] != FINALIZE and t["status"] != TASK_DONE]
+        waiting = [t.name for t in tasks if t.kind != TaskKind.FINALIZE and t.status != TaskStatus.DONE]
         if waiting:
             # Run early (a repaired graph): the reconciler queues finalize again once they are done.
             log.info("video %s: finalize waits for %s", self.video_id, ", ".join(waiting[:5]))
@@ -453,12 +410,12 @@ class FinalizeAttempt(TaskAttempt):
         self.siblings = tasks
         return super().claim()
 
-    def work(self, video: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-        chunks = sorted((t for t in self.siblings if t["kind"] == CHUNK), key=lambda t: t["start_frame"])
-        audio = next((t for t in self.siblings if t["kind"] == AUDIO), None)
+    def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
+        chunks = sorted((t for t in self.siblings if t.kind == TaskKind.CHUNK), key=lambda t: t.start_frame)
+        audio = next((t for t in self.siblings if t.kind == TaskKind.AUDIO), None)
         audio_path = self.kept_file(audio, "audio.m4a") if audio else None
-        plans = encoded_by_every_chunk(self.plans(video), [t["result"] for t in chunks])
-        frames = sum(t["result"]["frames"] for t in chunks)
+        plans = encoded_by_every_chunk(self.plans(video), [t.result for t in chunks])
+        frames = sum(t.result["frames"] for t in chunks)
         renditions = []
         for plan in plans:
             parts = [self.kept_file(t, f"{plan.name}.mp4") for t in chunks]
@@ -474,9 +431,9 @@ class FinalizeAttempt(TaskAttempt):
         self.publish(plans, stream, poster)
         return {"frames": frames, "renditions": renditions, "has_poster": poster is not None}
 
-    def kept_file(self, task: dict[str, Any], name: str) -> Path:
+    def kept_file(self, task: Task, name: str) -> Path:
         """A local path to a file the finished attempt of `task` kept (downloaded to scratch if need be)."""
-        return self.storage.attempt_file(self.video_id, task["result"]["attempt"], name, self.folder / "in")
+        return self.storage.attempt_file(self.video_id, task.result["attempt"], name, self.folder / "in")
 
     def package(self, plans: list[OutputPlan], audio_path: Path | None) -> Path:
         stream = self.folder / "stream"
@@ -537,32 +494,25 @@ class FinalizeAttempt(TaskAttempt):
                 "bitrate_kbps": bitrate_kbps, "size_bytes": size}
 
     def record(self, video: dict[str, Any], result: dict[str, Any]) -> str:
-        done = self.catalog.update(
-            self.video_id, expect={"status": ACTIVE},
-            status=READY, progress=100.0, renditions=result["renditions"], has_poster=int(result["has_poster"]),
-            has_stream=1, total_frames=result["frames"], error_code=None, error_message=None,
-        )
-        if not done:
+        if not lifecycle.ready(self.farm, self.video_id, self.job_id, result):
             self.after_lost_claim()
-            return CANCELED
-        super().record(video, {"frames": result["frames"]})
-        events.publish(self.farm.redis, self.video_id, "status", status=READY, progress=100.0)
+            return VideoStatus.CANCELED
         log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
         self.observe_success(video)
         self.drop_work()
-        return READY
+        return VideoStatus.READY
 
     def after_lost_claim(self) -> None:
         self.discard()
         video = self.catalog.get(self.video_id, cached=False)
-        if video is None or video["status"] == CANCELED:
+        if video is None or video["status"] == VideoStatus.CANCELED:
             self.storage.delete_video(self.video_id)
         log.info("video %s: result dropped, the video was canceled or failed meanwhile", self.video_id)
 
     def observe_success(self, video: dict[str, Any]) -> None:
         wall_s = (time.time() - _timestamp(video["created_at"]))
         metrics.TRANSCODE_SPEED.labels(self.encoder.name).observe(video["duration_s"] / max(wall_s, 1e-3))
-        metrics.TRANSCODES.labels(self.encoder.name, READY).inc()
+        metrics.TRANSCODES.labels(self.encoder.name, VideoStatus.READY).inc()
 
 
 def _timestamp(iso: str) -> float:
@@ -576,4 +526,6 @@ def segment_seconds(plan: OutputPlan) -> float:
     return (exact * 1_000_000).__floor__() / 1_000_000
 
 
-KINDS: dict[str, type[TaskAttempt]] = {CHUNK: ChunkAttempt, AUDIO: AudioAttempt, FINALIZE: FinalizeAttempt}
+KINDS: dict[TaskKind, type[TaskAttempt]] = {
+    TaskKind.CHUNK: ChunkAttempt, TaskKind.AUDIO: AudioAttempt, TaskKind.FINALIZE: FinalizeAttempt,
+}

@@ -16,6 +16,7 @@ from uploader import errors, live, playback
 from uploader.auth import KeyRing
 from uploader.middleware import ApiMiddleware
 from uploader.public_url import PublicUrl
+from uploader.resources import webhook_document
 from uploader.routes import ROUTERS
 from vidfarm.deliver import IDLE_POLL_S, Deliverer
 from vidfarm.farm import Farm
@@ -67,7 +68,7 @@ def _delivering(farm: Farm) -> Callable[[FastAPI], contextlib.AbstractAsyncConte
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        threads = Deliverer(farm.settings, farm.webhooks).run(stop)
+        threads = Deliverer(farm.settings, farm.webhooks, webhook_document(farm.settings)).run(stop)
         try:
             yield
         finally:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vidfarm.lifecycle import Gone, Rejected, TooManyUploads
 from vidfarm.storage import STORAGE_ERRNOS, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,17 @@ class ApiError(Exception):
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+def api_error(exc: Rejected) -> ApiError:
+    """The core's refusal as this API answers it: the asker's fault, a 4xx."""
+    if isinstance(exc, TooManyUploads):
+        return ApiError(429, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)})
+    return ApiError(404 if isinstance(exc, Gone) else 422, exc.code, exc.message)
+
+
+async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
+    return await _api_error(request, api_error(exc))
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -106,6 +118,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
     ApiError: _api_error,
+    Rejected: _rejected,
     StarletteHTTPException: _http_error,
     RequestValidationError: _validation_error,
     redis.RedisError: _redis_down,

@@ -23,9 +23,9 @@ from fastapi.responses import FileResponse
 
 from uploader.errors import ApiError
 from uploader.serve import stored_response
-from vidfarm.catalog import READY
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
+from vidfarm.states import VideoStatus
 from vidfarm.storage import CONTENT_TYPES, InvalidKey, is_video_id, stream_key
 
 PREFIX = "/v1/play/"
@@ -107,7 +107,7 @@ def verify(key: bytes, token: str, now: float) -> tuple[str, str, int]:
 
 def playback_urls(settings: Settings, video: dict[str, Any], base_url: str, now: float | None = None) -> dict | None:
     """HLS and DASH URLs of a ready video, usable without headers until the token expires."""
-    if video["status"] != READY or not video.get("has_stream"):
+    if video["status"] != VideoStatus.READY or not video.get("has_stream"):
         return None
     expires = int((now or time.time()) + settings.playback_ttl_s)
     token = sign(signing_key(settings), video["id"], video["tenant"], expires)
@@ -132,7 +132,7 @@ def router(farm: Farm) -> APIRouter:
         except TokenError as exc:
             raise ApiError(403, "invalid_token", str(exc)) from exc
         video = farm.catalog.get(video_id) if is_video_id(video_id) else None
-        if (video is None or not names_tenant(key, tenant, video["tenant"]) or video["status"] != READY
+        if (video is None or not names_tenant(key, tenant, video["tenant"]) or video["status"] != VideoStatus.READY
                 or not video.get("has_stream")):
             raise ApiError(404, "not_found", "no such video to play")
         missing = f"the package has no {path!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -138,3 +139,9 @@ def _upload(video: VideoRow, settings: Settings) -> dict[str, Any] | None:
         "length_bytes": video["size_bytes"],
         "expires_at": tus.expires_at(video, settings.tus_expiry_s).isoformat(),
     }
+
+
+def webhook_document(settings: Settings) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """What a webhook event carries of its video: the document `GET /v1/videos/{id}` answers, its links
+    on the configured public URL (a deliverer serves no request to take one from)."""
+    return lambda video: video_resource(video, settings.base_url, settings)  # type: ignore[arg-type]

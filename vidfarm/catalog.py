@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -42,16 +43,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vidfarm import outbox
-from vidfarm.states import ACTIVE, VideoStatus
-from vidfarm.states import TERMINAL as TERMINAL  # re-exported, like the aliases below
+from vidfarm.states import ACTIVE, TaskKind, TaskStatus, VideoStatus
 
 log = logging.getLogger(__name__)
 
-# The statuses as bare names too: the worker and the reconciler compare rows against them beside the
-# task states (TASK_*), and import both from here. They are the VideoStatus members themselves.
-QUEUED, PROCESSING, READY, FAILED, CANCELED = (
-    VideoStatus.QUEUED, VideoStatus.PROCESSING, VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED,
-)
 CACHE_TTL_S = 30
 # Ids per `IN (...)` of a query over many videos: well inside every database's parameter limit.
 IN_BATCH = 500
@@ -118,13 +113,9 @@ class Meta(Base):
 CATALOG_ID = "catalog_id"
 
 
-# Task states. A task is one RQ job of a video's graph: a chunk of the picture, the audio, or the
-# finalize step that stitches and packages. `done` keeps which attempt's files count.
-TASK_QUEUED, TASK_RUNNING, TASK_DONE = "queued", "running", "done"
-CHUNK, AUDIO, FINALIZE = "chunk", "audio", "finalize"
+class TaskTable(Base):
+    """One RQ job of a video's graph (`Task` is a row of it as the catalog hands it out)."""
 
-
-class Task(Base):
     __tablename__ = "tasks"
 
     video_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -140,6 +131,33 @@ class Task(Base):
     done_frames: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task of a video's graph, as planned (`vidfarm.jobs.plan_tasks`) or read back from the catalog.
+    A value: a change is a compare-and-set in the catalog (`vidfarm.lifecycle`), then a fresh read."""
+
+    name: str  # chunk-00003, audio, finalize
+    kind: TaskKind
+    start_frame: int = 0
+    frames: int | None = None  # None: to the end of the source
+    duration_s: float = 0.0  # seconds of source it encodes
+    status: TaskStatus = TaskStatus.QUEUED
+    job_id: str | None = None  # the current attempt's; a stale attempt sees it is not current
+    worker: str | None = None
+    attempts: int = 0
+    done_frames: int = 0
+    result: dict[str, Any] | None = None  # once done: {"attempt": job id whose files count, ...}
+    video_id: str = ""
+    updated_at: str = ""  # ISO 8601, UTC
+
+    @classmethod
+    def from_row(cls, raw: Mapping[str, Any]) -> Task:
+        row = _plain(raw)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in row.items() if k in known}
+        return cls(**{**values, "kind": TaskKind(row["kind"]), "status": TaskStatus(row["status"])})
 
 
 class RenditionRow(TypedDict):
@@ -196,8 +214,8 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _task_rows(video_id: str, tasks: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    return [{"video_id": video_id, "updated_at": now, **task} for task in tasks]
+def _task_rows(video_id: str, tasks: Sequence[Task], now: datetime) -> list[dict[str, Any]]:
+    return [{**asdict(task), "video_id": video_id, "updated_at": now} for task in tasks]
 
 
 def _plain(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -417,16 +435,16 @@ class Catalog:
         """Seconds of source video in chunks still queued, and still to encode in running chunks.
         Audio and finalize jobs are a small fraction of a chunk's work and are left out."""
         queues = list(queues)
-        planned = func.coalesce(Task.frames, Video.total_frames - Task.start_frame, 1)
-        fraction_left = 1.0 - 1.0 * Task.done_frames / planned
-        left = case((Task.done_frames >= planned, 0.0), else_=Task.duration_s * fraction_left)
+        planned = func.coalesce(TaskTable.frames, Video.total_frames - TaskTable.start_frame, 1)
+        fraction_left = 1.0 - 1.0 * TaskTable.done_frames / planned
+        left = case((TaskTable.done_frames >= planned, 0.0), else_=TaskTable.duration_s * fraction_left)
         stmt = (
             select(
-                func.coalesce(func.sum(Task.duration_s).filter(Task.status == TASK_QUEUED), 0.0),
-                func.coalesce(func.sum(left).filter(Task.status == TASK_RUNNING), 0.0),
+                func.coalesce(func.sum(TaskTable.duration_s).filter(TaskTable.status == TaskStatus.QUEUED), 0.0),
+                func.coalesce(func.sum(left).filter(TaskTable.status == TaskStatus.RUNNING), 0.0),
             )
-            .join(Video, Video.id == Task.video_id)
-            .where(Video.queue.in_(queues), Video.status.in_(ACTIVE), Task.kind == CHUNK)
+            .join(Video, Video.id == TaskTable.video_id)
+            .where(Video.queue.in_(queues), Video.status.in_(ACTIVE), TaskTable.kind == TaskKind.CHUNK)
         )
         with self.engine.connect() as conn:
             queued, running = conn.execute(stmt).one()
@@ -434,7 +452,7 @@ class Catalog:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def create(self, *, tasks: Sequence[dict[str, Any]] = (), **fields: Any) -> VideoRow:
+    def create(self, *, tasks: Sequence[Task] = (), **fields: Any) -> VideoRow:
         """The video row and its task graph, in one transaction: a video never exists half planned."""
         now = utcnow()
         fields.setdefault("created_at", now)
@@ -444,10 +462,10 @@ class Catalog:
         with self.engine.begin() as conn:
             conn.execute(Video.__table__.insert().values(**fields))
             if tasks:
-                conn.execute(Task.__table__.insert(), _task_rows(fields["id"], tasks, now))
+                conn.execute(TaskTable.__table__.insert(), _task_rows(fields["id"], tasks, now))
         return self.get(fields["id"], cached=False)  # type: ignore[return-value]
 
-    def fill(self, video_id: str, *, was: VideoStatus, tasks: Sequence[dict[str, Any]] = (),
+    def fill(self, video_id: str, *, was: VideoStatus, tasks: Sequence[Task] = (),
              **fields: Any) -> VideoRow | None:
         """`create` for a row that already exists in status `was` (a resumable upload whose last byte
         just arrived): row and task graph in one transaction, and only if the row is still `was`
@@ -460,7 +478,7 @@ class Catalog:
             if not conn.execute(stmt).rowcount:
                 return None
             if tasks:
-                conn.execute(Task.__table__.insert(), _task_rows(video_id, tasks, now))
+                conn.execute(TaskTable.__table__.insert(), _task_rows(video_id, tasks, now))
         self._cache_drop(video_id)
         return self.get(video_id, cached=False)
 
@@ -473,40 +491,45 @@ class Catalog:
         self._cache_drop(video_id)
         return removed.rowcount > 0
 
-    def add_tasks(self, video_id: str, tasks: Sequence[dict[str, Any]]) -> None:
+    def add_tasks(self, video_id: str, tasks: Sequence[Task]) -> None:
         """The plan of a video whose row has no tasks (accepted by a farm that planned none), inserted in
         one transaction: a video has its whole plan or none, never half of one."""
         with self.engine.begin() as conn:
-            conn.execute(Task.__table__.insert(), _task_rows(video_id, tasks, utcnow()))
+            conn.execute(TaskTable.__table__.insert(), _task_rows(video_id, tasks, utcnow()))
 
     # -- tasks ------------------------------------------------------------------------------------
 
-    def tasks(self, video_id: str) -> list[dict[str, Any]]:
-        stmt = select(*Task.__table__.columns).where(Task.video_id == video_id).order_by(Task.name)
-        return self._select_dicts(stmt)
+    def tasks(self, video_id: str) -> list[Task]:
+        stmt = select(*TaskTable.__table__.columns).where(TaskTable.video_id == video_id).order_by(TaskTable.name)
+        return self._select_tasks(stmt)
 
-    def tasks_of(self, video_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    def _select_tasks(self, stmt: Any) -> list[Task]:
+        with self.engine.connect() as conn:
+            return [Task.from_row(r) for r in conn.execute(stmt).mappings().all()]
+
+    def tasks_of(self, video_ids: Sequence[str]) -> dict[str, list[Task]]:
         """The tasks of many videos, by video, in one query per IN_BATCH ids (the reconciler's pass)."""
-        found: dict[str, list[dict[str, Any]]] = {video_id: [] for video_id in video_ids}
+        found: dict[str, list[Task]] = {video_id: [] for video_id in video_ids}
         for start in range(0, len(video_ids), IN_BATCH):
             batch = video_ids[start:start + IN_BATCH]
-            stmt = select(*Task.__table__.columns).where(Task.video_id.in_(batch)).order_by(Task.video_id, Task.name)
-            for task in self._select_dicts(stmt):
-                found[task["video_id"]].append(task)
+            stmt = (select(*TaskTable.__table__.columns).where(TaskTable.video_id.in_(batch))
+                    .order_by(TaskTable.video_id, TaskTable.name))
+            for task in self._select_tasks(stmt):
+                found[task.video_id].append(task)
         return found
 
-    def task(self, video_id: str, name: str) -> dict[str, Any] | None:
-        rows = self._select_dicts(
-            select(*Task.__table__.columns).where(Task.video_id == video_id, Task.name == name)
+    def task(self, video_id: str, name: str) -> Task | None:
+        rows = self._select_tasks(
+            select(*TaskTable.__table__.columns).where(TaskTable.video_id == video_id, TaskTable.name == name)
         )
         return rows[0] if rows else None
 
     def update_task(self, video_id: str, name: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Compare-and-set on one task, as `update` is on a video."""
         fields.setdefault("updated_at", utcnow())
-        stmt = update(Task).where(Task.video_id == video_id, Task.name == name)
+        stmt = update(TaskTable).where(TaskTable.video_id == video_id, TaskTable.name == name)
         for column, value in (expect or {}).items():
-            col = getattr(Task, column)
+            col = getattr(TaskTable, column)
             stmt = stmt.where(col.in_(value) if isinstance(value, tuple) else col == value)
         with self.engine.begin() as conn:
             return conn.execute(stmt.values(**fields)).rowcount > 0
@@ -518,10 +541,11 @@ class Catalog:
         frequent write, so it is one transaction rather than three (bench/control_plane.py). The task is
         written only while `job_id` runs it, the video only while it is processing. Returns those frames."""
         now = utcnow()
-        task = update(Task).where(Task.video_id == video_id, Task.name == task_name, Task.job_id == job_id,
-                                  Task.status == TASK_RUNNING).values(done_frames=frames, updated_at=now)
-        done = select(func.coalesce(func.sum(Task.done_frames), 0)).where(Task.video_id == video_id,
-                                                                          Task.kind == CHUNK)
+        task = update(TaskTable).where(
+            TaskTable.video_id == video_id, TaskTable.name == task_name, TaskTable.job_id == job_id,
+            TaskTable.status == TaskStatus.RUNNING).values(done_frames=frames, updated_at=now)
+        done = select(func.coalesce(func.sum(TaskTable.done_frames), 0)).where(
+            TaskTable.video_id == video_id, TaskTable.kind == TaskKind.CHUNK)
         self._cache_drop(video_id)
         with self.engine.begin() as conn:
             conn.execute(task)

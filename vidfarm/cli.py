@@ -208,6 +208,7 @@ def deliver(threads: int) -> None:
     import signal
     import threading
 
+    from uploader.resources import webhook_document
     from vidfarm.deliver import Deliverer
     from vidfarm.farm import Farm
 
@@ -215,7 +216,7 @@ def deliver(threads: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    running = Deliverer(farm.settings, farm.webhooks).run(stop, threads)
+    running = Deliverer(farm.settings, farm.webhooks, webhook_document(farm.settings)).run(stop, threads)
     logging.getLogger(__name__).info("delivering webhooks with %d threads", threads)
     stop.wait()
     for thread in running:

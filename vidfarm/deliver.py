@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from uploader.resources import video_resource
 from vidfarm import netguard
 from vidfarm.catalog import utcnow
 from vidfarm.outbox import DELIVERED, GAVE_UP, PENDING
@@ -54,18 +53,25 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def payload(delivery: Mapping[str, Any], settings: Settings) -> bytes:
-    """The event: its type, when it happened, and the video's public document as the API shows it.
-    Rendered per attempt, so the playback links in it are fresh even on the last retry."""
-    document = video_resource(delivery["video"], settings.base_url, settings)  # type: ignore[arg-type]
-    event = {"type": delivery["event"], "timestamp": delivery["created_at"], "data": document}
+# The video's public document as the API shows it, from its catalog row. The API renders it (its
+# resources decide what a tenant sees), and whoever composes a deliverer passes it in: the core
+# imports no role.
+Render = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def payload(delivery: Mapping[str, Any], render: Render) -> bytes:
+    """The event: its type, when it happened, and the video's public document. Rendered per attempt,
+    so the playback links in it are fresh even on the last retry."""
+    event = {"type": delivery["event"], "timestamp": delivery["created_at"], "data": render(delivery["video"])}
     return json.dumps(event, separators=(",", ":")).encode()
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, webhooks: Webhooks, *, rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, settings: Settings, webhooks: Webhooks, render: Render, *,
+                 rand: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.webhooks = webhooks
+        self.render = render
         self.rand = rand
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -118,7 +124,7 @@ class Deliverer:
                 "duration_ms": round((time.monotonic() - started) * 1000)}
 
     def request(self, delivery: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
-        body = payload(delivery, self.settings)
+        body = payload(delivery, self.render)
         timestamp = int(time.time())
         return body, {
             "Content-Type": "application/json",

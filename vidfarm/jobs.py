@@ -12,6 +12,7 @@ job was lost (a wiped Redis, a killed worker).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -23,9 +24,10 @@ from rq import Queue
 from rq.job import Dependency, Job, JobStatus
 
 from vidfarm import cancel
-from vidfarm.catalog import AUDIO, CHUNK, FINALIZE, TASK_DONE, TASK_QUEUED
+from vidfarm.catalog import Task
 from vidfarm.chunks import expected_frames, output_fps, plan_chunks
 from vidfarm.settings import Settings
+from vidfarm.states import TaskKind, TaskStatus
 
 if TYPE_CHECKING:
     from vidfarm.farm import Farm
@@ -46,26 +48,18 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
 
 
-def plan_tasks(
-    video_id: str, duration_s: float, fps: float, has_audio: bool, chunk_seconds: float,
-) -> list[dict[str, Any]]:
-    """Catalog rows of a new video's tasks, each with the job id of its first attempt."""
+def plan_tasks(video_id: str, duration_s: float, fps: float, has_audio: bool, chunk_seconds: float) -> list[Task]:
+    """A new video's tasks, queued, each with the job id of its first attempt."""
     rate = output_fps(fps)
-    spans = plan_chunks(duration_s, rate, chunk_seconds)
     tasks = []
-    for span in spans:
+    for span in plan_chunks(duration_s, rate, chunk_seconds):
         start_s = float(Fraction(span.start_frame) / rate)
         length_s = float(Fraction(span.frames) / rate) if span.frames else max(0.0, duration_s - start_s)
-        tasks.append({"name": chunk_name(span.index), "kind": CHUNK, "start_frame": span.start_frame,
-                      "frames": span.frames, "duration_s": length_s})
-    whole = {"start_frame": 0, "frames": None, "duration_s": duration_s}
-    if has_audio:
-        tasks.append({"name": AUDIO, "kind": AUDIO, **whole})
-    tasks.append({"name": FINALIZE, "kind": FINALIZE, **whole})
-    return [
-        {**t, "status": TASK_QUEUED, "attempts": 0, "done_frames": 0, "job_id": new_job_id(video_id, t["name"])}
-        for t in tasks
-    ]
+        tasks.append(Task(chunk_name(span.index), TaskKind.CHUNK, start_frame=span.start_frame, frames=span.frames,
+                          duration_s=length_s))
+    kinds = [TaskKind.AUDIO, TaskKind.FINALIZE] if has_audio else [TaskKind.FINALIZE]
+    tasks += [Task(kind.value, kind, duration_s=duration_s) for kind in kinds]  # the whole source each
+    return [dataclasses.replace(t, video_id=video_id, job_id=new_job_id(video_id, t.name)) for t in tasks]
 
 
 def total_frames(duration_s: float, fps: float) -> int:
@@ -73,33 +67,32 @@ def total_frames(duration_s: float, fps: float) -> int:
 
 
 def enqueue_task(
-    rq_redis: redis.Redis, settings: Settings, video: dict[str, Any], task: dict[str, Any],
-    depends_on: Sequence[str] = (),
+    rq_redis: redis.Redis, settings: Settings, video: dict[str, Any], task: Task, depends_on: Sequence[str] = (),
 ) -> None:
-    """Queue the task's current attempt (`task["job_id"]`)."""
+    """Queue the task's current attempt (`task.job_id`)."""
     queue = Queue(video["queue"], connection=rq_redis)
     queue.enqueue(
         JOB_FUNCTION,
         video["id"],
-        task["name"],
-        task["job_id"],
-        job_id=task["job_id"],
-        job_timeout=settings.job_timeout_s(task["duration_s"]),
+        task.name,
+        task.job_id,
+        job_id=task.job_id,
+        job_timeout=settings.job_timeout_s(task.duration_s),
         depends_on=Dependency(jobs=list(depends_on)) if depends_on else None,
         result_ttl=3600,
         failure_ttl=24 * 3600,
-        description=f"{task['name']} of {video['id']}",
+        description=f"{task.name} of {video['id']}",
     )
 
 
 def enqueue_graph(rq_redis: redis.Redis, settings: Settings, video: dict[str, Any],
-                  tasks: Sequence[dict[str, Any]]) -> None:
+                  tasks: Sequence[Task]) -> None:
     """Queue every task not done yet; finalize waits for the others (RQ runs it when they succeed)."""
-    pending = [t for t in tasks if t["status"] != TASK_DONE and t["kind"] != FINALIZE]
+    pending = [t for t in tasks if t.status != TaskStatus.DONE and t.kind != TaskKind.FINALIZE]
     for task in pending:
         enqueue_task(rq_redis, settings, video, task)
-    finalize = next(t for t in tasks if t["kind"] == FINALIZE)
-    enqueue_task(rq_redis, settings, video, finalize, depends_on=[t["job_id"] for t in pending])
+    finalize = next(t for t in tasks if t.kind == TaskKind.FINALIZE)
+    enqueue_task(rq_redis, settings, video, finalize, depends_on=[t.job_id for t in pending if t.job_id])
     notify(rq_redis, video["queue"])
 
 
@@ -113,7 +106,7 @@ def stop_video(farm: Farm, video_id: str, keep: str | None = None) -> None:
     within a second, queued and deferred jobs are dropped from Redis. `keep` is the caller's own job.
     Raises RedisError when Redis is away (the API then answers 503 and applies nothing)."""
     cancel.request(farm.redis, video_id)
-    ids = [t["job_id"] for t in farm.catalog.tasks(video_id) if t["job_id"] and t["job_id"] != keep]
+    ids = [t.job_id for t in farm.catalog.tasks(video_id) if t.job_id and t.job_id != keep]
     for job in Job.fetch_many(ids, connection=farm.rq_redis) if ids else []:
         if job is not None and job.get_status(refresh=False) != JobStatus.STARTED:
             job.delete()

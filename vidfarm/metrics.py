@@ -26,14 +26,16 @@ TRANSCODE_SECONDS = Histogram("vidfarm_transcode_duration_seconds", "Wall time o
 TRANSCODE_SPEED = Histogram("vidfarm_transcode_speed_ratio", "Seconds of video transcoded per wall second.",
                             ["encoder"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
 TRANSCODES = Counter("vidfarm_transcodes_total", "Finished transcode attempts by result.", ["encoder", "result"])
-FAILURES = Counter("vidfarm_failures_total", "Videos failed, by reason.", ["reason"])
+FAILURES = Counter("vidfarm_failures_total", "Videos that failed, or were canceled while being made, by reason.",
+                   ["reason"])
 STORAGE_ORPHANS = Gauge("vidfarm_storage_orphans", "Video ids in storage that the catalog has no row for "
                         "(kept, never removed automatically: `vidfarm storage orphans` lists them).")
 WORKERS = Gauge("vidfarm_workers", "Workers by pool and state.", ["pool", "state"])
 
 # Known label values start at zero, so dashboards show a flat line instead of "no data" until the
 # first failure (and rate() has a series to work on).
-FAILURE_REASONS = ("media_error", "truncated", "stalled", "timeout", "storage_error", "worker_lost", "killed")
+FAILURE_REASONS = ("media_error", "truncated", "stalled", "timeout", "storage_error", "worker_lost", "killed",
+                   "upload_expired", "canceled")
 for _reason in FAILURE_REASONS:
     FAILURES.labels(_reason)
 for _result in ("accepted", "rejected", "abandoned"):

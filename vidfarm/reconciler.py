@@ -25,19 +25,17 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from sqlalchemy.exc import OperationalError
 
-from vidfarm import events, metrics, ownership, presence, tus
-from vidfarm.catalog import FAILED, FINALIZE, TASK_DONE, TASK_QUEUED, TASK_RUNNING
+from vidfarm import lifecycle, metrics, ownership, presence, tus
+from vidfarm.catalog import Task
 from vidfarm.farm import Farm
 from vidfarm.jobs import (
     enqueue_graph,
     enqueue_task,
-    new_job_id,
     notify,
     plan_tasks,
-    stop_failed_video,
     total_frames,
 )
-from vidfarm.states import VideoStatus
+from vidfarm.states import TaskKind, TaskStatus, VideoStatus
 from vidfarm.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ class Reconciler:
         waiting = self._waiting_jobs(videos, tasks_of)
         for video in videos:
             tasks = tasks_of[video["id"]]
-            live |= {t["job_id"] for t in tasks}
+            live |= {t.job_id for t in tasks}
             try:
                 fixed += self._repair(video, tasks, working, waiting) if tasks else self._plan(video)
             except OperationalError as exc:
@@ -90,33 +88,33 @@ class Reconciler:
             self._sweep(lambda _: self.report_orphans(), now, "orphaned media")
         return fixed
 
-    def _repair(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any],
+    def _repair(self, video: dict[str, Any], tasks: list[Task], working: dict[str, Any],
                 waiting: set[str]) -> int:
         fixed = 0
         for task in tasks:
-            if task["kind"] == FINALIZE:
+            if task.kind == TaskKind.FINALIZE:
                 continue
-            if task["status"] == TASK_QUEUED and (why := self._job_lost(task, tasks, working, waiting)):
+            if task.status == TaskStatus.QUEUED and (why := self._job_lost(task, tasks, working, waiting)):
                 fixed += self._requeue(video, task, why)
-            elif task["status"] == TASK_RUNNING and self._worker_lost(task, working):
-                if task["attempts"] >= self.farm.settings.max_attempts:
+            elif task.status == TaskStatus.RUNNING and self._worker_lost(task, working):
+                if task.attempts >= self.farm.settings.max_attempts:
                     return fixed + self._fail(video, task)
                 metrics.TRANSCODES.labels("unknown", "retried").inc()  # the lost worker took its encoder name
-                fixed += self._requeue(video, task, f"worker {task['worker']} stopped working on it")
+                fixed += self._requeue(video, task, f"worker {task.worker} stopped working on it")
         if fixed:  # a re-queued task re-queues finalize too (a new job id): read what it is now
             tasks = self.farm.catalog.tasks(video["id"])
         return fixed + self._repair_finalize(video, tasks, working, waiting)
 
-    def _repair_finalize(self, video: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any],
+    def _repair_finalize(self, video: dict[str, Any], tasks: list[Task], working: dict[str, Any],
                          waiting: set[str]) -> int:
-        finalize = next(t for t in tasks if t["kind"] == FINALIZE)
-        if finalize["status"] == TASK_RUNNING:
+        finalize = next(t for t in tasks if t.kind == TaskKind.FINALIZE)
+        if finalize.status == TaskStatus.RUNNING:
             if not self._worker_lost(finalize, working):
                 return 0
-            if finalize["attempts"] >= self.farm.settings.max_attempts:
+            if finalize.attempts >= self.farm.settings.max_attempts:
                 return self._fail(video, finalize)
-            return self._requeue(video, finalize, f"worker {finalize['worker']} stopped working on it")
-        if finalize["status"] != TASK_QUEUED or not (why := self._job_lost(finalize, tasks, working, waiting)):
+            return self._requeue(video, finalize, f"worker {finalize.worker} stopped working on it")
+        if finalize.status != TaskStatus.QUEUED or not (why := self._job_lost(finalize, tasks, working, waiting)):
             return 0
         return self._requeue(video, finalize, why)
 
@@ -126,12 +124,12 @@ class Reconciler:
         job = Job.fetch_many([job_id], connection=self.farm.rq_redis)[0]
         return None if job is None else job.get_status(refresh=False)
 
-    def _waiting_jobs(self, videos: list[dict[str, Any]], tasks_of: dict[str, list[dict[str, Any]]]) -> set[str]:
+    def _waiting_jobs(self, videos: list[dict[str, Any]], tasks_of: dict[str, list[Task]]) -> set[str]:
         """The job ids waiting in the lists of the queues that have queued tasks: one LRANGE per
         queue and pass (an LPOS per task would cost Redis a command per queued task, and each one
         scans the list anyway)."""
         queues = {video["queue"] for video in videos
-                  if any(t["status"] == TASK_QUEUED for t in tasks_of[video["id"]])}
+                  if any(t.status == TaskStatus.QUEUED for t in tasks_of[video["id"]])}
         if not queues:
             return set()
         pipe = self.farm.rq_redis.pipeline(transaction=False)
@@ -139,16 +137,16 @@ class Reconciler:
             pipe.lrange(Queue(name, connection=self.farm.rq_redis).key, 0, -1)
         return {job_id.decode() for ids in pipe.execute() for job_id in ids}
 
-    def _job_lost(self, task: dict[str, Any], tasks: list[dict[str, Any]], working: dict[str, Any],
+    def _job_lost(self, task: Task, tasks: list[Task], working: dict[str, Any],
                   waiting: set[str]) -> str | None:
         """Why a queued task's job will never run, or None while it shows a sign of life (or was
         queued too recently to tell)."""
-        job_id = task["job_id"]
+        job_id = task.job_id
         if job_id in waiting or job_id in working:
             self._silent_since.pop(job_id, None)
             return None
         silent_since = self._silent_since.setdefault(job_id, self.clock())
-        if _age_s(task["updated_at"]) < QUEUED_GRACE_S:
+        if _age_s(task.updated_at) < QUEUED_GRACE_S:
             return None
         status = self._job_status(job_id)
         if status is None or status in DEAD_JOB_STATES:
@@ -157,7 +155,7 @@ class Reconciler:
             self._silent_since.pop(job_id, None)
             # Finalize waits on the others. Once the catalog says they are all done it waits on jobs
             # that were replaced, which RQ would never release.
-            if any(t["status"] != TASK_DONE for t in tasks if t["kind"] != FINALIZE and t["name"] != task["name"]):
+            if any(t.status != TaskStatus.DONE for t in tasks if t.kind != TaskKind.FINALIZE and t.name != task.name):
                 return None
             return "its job can no longer start"
         # RQ still says queued (or started), yet it is in no list and no live worker has it: a worker
@@ -167,14 +165,14 @@ class Reconciler:
         grace_s = self.farm.settings.lost_job_grace_s
         return f"its job ({status.value}) was in no queue and on no live worker for {grace_s:g} s"
 
-    def _worker_lost(self, task: dict[str, Any], working: dict[str, presence.WorkerInfo]) -> bool:
+    def _worker_lost(self, task: Task, working: dict[str, presence.WorkerInfo]) -> bool:
         """Lost once no live worker has reported this attempt for a full heartbeat TTL (a Redis wipe
         removes presence hashes for up to one heartbeat; that alone must not look like a death)."""
-        worker = working.get(task["job_id"])
-        if worker is not None and worker.name == task["worker"]:
-            self._orphaned_since.pop(task["job_id"], None)
+        worker = working.get(task.job_id)
+        if worker is not None and worker.name == task.worker:
+            self._orphaned_since.pop(task.job_id, None)
             return False
-        first_seen = self._orphaned_since.setdefault(task["job_id"], self.clock())
+        first_seen = self._orphaned_since.setdefault(task.job_id, self.clock())
         return self.clock() - first_seen >= self.farm.settings.worker_heartbeat_ttl_s
 
     # -- actions ----------------------------------------------------------------------------------
@@ -222,35 +220,21 @@ class Reconciler:
                         "see `vidfarm storage orphans`", self.farm.storage.location(), len(found), found[0])
         return 0
 
-    def _fail(self, video: dict[str, Any], task: dict[str, Any]) -> int:
-        message = f"the worker was lost during each of {task['attempts']} attempts at {task['name']}"
-        failed = self.farm.catalog.update(
-            video["id"], expect={"status": video["status"]},
-            status=FAILED, error_code="worker_lost", error_message=message,
-        )
-        if failed:
-            log.warning("video %s failed: %s", video["id"], message)
-            metrics.FAILURES.labels("worker_lost").inc()
-            events.publish(self.farm.redis, video["id"], "status", status=FAILED,
-                           error={"code": "worker_lost", "message": message})
-            stop_failed_video(self.farm, video["id"])
-        return int(failed)
+    def _fail(self, video: dict[str, Any], task: Task) -> int:
+        message = f"the worker was lost during each of {task.attempts} attempts at {task.name}"
+        return int(lifecycle.fail(self.farm, video["id"], "worker_lost", message, expect={"status": video["status"]}))
 
-    def _requeue(self, video: dict[str, Any], task: dict[str, Any], why: str) -> int:
-        job_id = new_job_id(video["id"], task["name"])
-        moved = self.farm.catalog.update_task(
-            video["id"], task["name"], expect={"job_id": task["job_id"], "status": task["status"]},
-            status=TASK_QUEUED, job_id=job_id, worker=None, done_frames=0,
-        )
-        if not moved:
+    def _requeue(self, video: dict[str, Any], task: Task, why: str) -> int:
+        again = lifecycle.retry(self.farm, video["id"], task)
+        if again is None:
             return 0
-        log.info("video %s: %s re-queued (attempt %d done): %s", video["id"], task["name"], task["attempts"], why)
-        self._forget_job(task["job_id"])
-        if task["kind"] == FINALIZE:
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, {**task, "job_id": job_id},
+        log.info("video %s: %s re-queued (attempt %d done): %s", video["id"], task.name, task.attempts, why)
+        self._forget_job(task.job_id)
+        if task.kind == TaskKind.FINALIZE:
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
                          depends_on=self._unfinished_jobs(video["id"]))
         else:
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, {**task, "job_id": job_id})
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again)
             self._requeue_finalize_after(video)
         notify(self.farm.rq_redis, video["queue"])
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
@@ -259,20 +243,20 @@ class Reconciler:
     def _requeue_finalize_after(self, video: dict[str, Any]) -> None:
         """A replaced job leaves finalize waiting on a job that will never run: queue it again, waiting
         on the jobs of today's attempts."""
-        finalize = self.farm.catalog.task(video["id"], FINALIZE)
-        if finalize is None or finalize["status"] != TASK_QUEUED:
+        finalize = self.farm.catalog.task(video["id"], TaskKind.FINALIZE)
+        if finalize is None or finalize.status != TaskStatus.QUEUED:
             return
-        job_id = new_job_id(video["id"], FINALIZE)
-        if self.farm.catalog.update_task(video["id"], FINALIZE, expect={"job_id": finalize["job_id"]}, job_id=job_id):
-            self._forget_job(finalize["job_id"])
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, {**finalize, "job_id": job_id},
+        again = lifecycle.retry(self.farm, video["id"], finalize)
+        if again is not None:
+            self._forget_job(finalize.job_id)
+            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
                          depends_on=self._unfinished_jobs(video["id"]))
 
     def _unfinished_jobs(self, video_id: str) -> list[str]:
         """Jobs finalize must wait for: those of unfinished tasks that RQ still knows (a running task
         whose job hash was wiped cannot be waited on; `_job_lost` catches that case)."""
-        ids = [t["job_id"] for t in self.farm.catalog.tasks(video_id)
-               if t["kind"] != FINALIZE and t["status"] != TASK_DONE]
+        ids = [t.job_id for t in self.farm.catalog.tasks(video_id)
+               if t.kind != TaskKind.FINALIZE and t.status != TaskStatus.DONE]
         jobs = Job.fetch_many(ids, connection=self.farm.rq_redis) if ids else []
         return [job.id for job in jobs if job is not None]
 

@@ -1,4 +1,4 @@
-"""The two vocabularies every process shares: a video's status and a worker's state.
+"""The vocabularies every process shares: a video's status, a task's kind and status, a worker's state.
 
 They are `StrEnum`s, as RQ's `JobStatus` and `WorkerStatus` are: each member *is* its string, so the
 catalog column, the presence hash in Redis, the events and the API's JSON hold the same text as
@@ -29,6 +29,27 @@ class VideoStatus(StrEnum):
 # fully arrived.
 ACTIVE = (VideoStatus.QUEUED, VideoStatus.PROCESSING)
 TERMINAL = frozenset({VideoStatus.READY, VideoStatus.FAILED, VideoStatus.CANCELED})
+
+
+class TaskKind(StrEnum):
+    """What one RQ job of a video's graph does: a chunk of the picture, the whole audio track, or the
+    finalize step that stitches, packages and publishes."""
+
+    CHUNK = "chunk"
+    AUDIO = "audio"
+    FINALIZE = "finalize"
+
+
+class TaskStatus(StrEnum):
+    """Where a task is: `done` keeps which attempt's files count (`Task.result`)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+# A task still to be run, or being run: the ones a failed or canceled video stops.
+TASK_ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING)
 
 
 class WorkerState(StrEnum):

@@ -18,6 +18,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+from vidfarm import lifecycle
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
 from vidfarm.states import VideoStatus
@@ -135,10 +136,7 @@ def sweep_expired(farm: Farm) -> int:
 
 def _expire(farm: Farm, video_id: str, holder: str) -> int:
     message = f"the upload received nothing for {farm.settings.tus_expiry_s:g} s and expired"
-    if not farm.catalog.update(video_id, expect={"status": VideoStatus.UPLOADING, "lease_holder": holder},
-                               status=VideoStatus.FAILED, error_code=EXPIRED, error_message=message,
-                               lease_holder=None, lease_until=None):
+    if not lifecycle.expire(farm, video_id, holder, EXPIRED, message):
         return 0
-    farm.storage.delete_video(video_id)
     log.info("removed expired resumable upload %s", video_id)
     return 1

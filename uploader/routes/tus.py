@@ -3,7 +3,7 @@ expiration and checksum extensions (docs/design.md, "Resumable uploads").
 
 An upload is a video in status `uploading` under the same id; its bytes live in the storage dir
 (`vidfarm.tus`), so any API replica takes the next PATCH. The last byte hands the file to
-`uploads.admit`, the path every upload takes to become a queued video.
+`vidfarm.lifecycle.admit`, the path every upload takes to become a queued video.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,23 +24,21 @@ from starlette.requests import ClientDisconnect
 
 from uploader.bodies import count_header
 from uploader.deps import FarmDep, OwnedVideo, Tenant
-from uploader.errors import ApiError
+from uploader.errors import ApiError, api_error
 from uploader.receive import body_chunks, too_large
 from uploader.receive import room as _room
 from uploader.resources import ERRORS
-from uploader.routes.uploads import NOT_PROBED, Upload, admit, printable, queue_asked, rejected, renditions_asked
-from vidfarm import tus
+from vidfarm import lifecycle, tus
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
-from vidfarm.storage import SourceHandle, new_video_id
+from vidfarm.storage import SourceHandle
 
 EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUMS: dict[str, Callable[[], Any]] = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 OFFSET_TYPE = "application/offset+octet-stream"
 UPLOADING = VideoStatus.UPLOADING
-_CREATING = threading.Lock()
 
 
 def _version(tus_resumable: Annotated[str | None, Header()] = None) -> None:
@@ -116,8 +113,7 @@ def terminate_upload(video: OwnedVideo, farm: FarmDep) -> Response:
     if video["status"] != UPLOADING:
         raise ApiError(409, "upload_complete", f"upload {video['id']} is complete; delete the video with "
                        f"DELETE /v1/videos/{video['id']}")
-    if farm.catalog.update(video["id"], expect={"status": UPLOADING}, status=VideoStatus.CANCELED):
-        farm.storage.delete_video(video["id"])
+    lifecycle.cancel(farm, video, only_if=UPLOADING)
     return Response(status_code=204)
 
 
@@ -126,37 +122,8 @@ def terminate_upload(video: OwnedVideo, farm: FarmDep) -> Response:
 
 def _create(farm: Farm, tenant: str, length: int, meta: dict[str, str]) -> VideoRow:
     """The row first names what was asked, checked as for a regular upload (422 now, not after 20 GiB)."""
-    settings, video_id = farm.settings, new_video_id()
-    fields = {
-        "tenant": tenant, "status": UPLOADING, "progress": 0.0, "attempts": 0, "size_bytes": length,
-        "filename": printable(meta.get("filename") or meta.get("name") or "upload"),  # `name`: Uppy's key
-        "requested": renditions_asked(meta.get("renditions"), settings.ladder),
-        "queue": queue_asked(meta.get("queue"), settings), "has_poster": 0, "received_bytes": 0, **NOT_PROBED,
-    }
-    # One creation at a time in this process, so concurrent requests cannot all pass the count;
-    # replicas racing each other overshoot the cap by a few at most.
-    with _CREATING:
-        _check_open_uploads(farm, tenant)
-        # The row before the bytes: whatever is stored has a row saying whose it is. Nobody holds the id
-        # before this returns, so nobody sees the row without its (empty) upload.
-        video = farm.catalog.create(id=video_id, **fields)
-        try:
-            farm.storage.start_resumable(video_id)
-        except BaseException:
-            farm.catalog.forget(video_id, was=UPLOADING)
-            raise
-        return video
-
-
-def _check_open_uploads(farm: Farm, tenant: str) -> None:
-    """Each unfinished upload holds storage (and, on S3, a multipart upload) until it expires: a
-    tenant may keep only so many at once. Expired ones the reconciler has not swept yet do not count."""
-    settings = farm.settings
-    fresh_since = datetime.now(UTC) - timedelta(seconds=settings.tus_expiry_s)
-    if farm.catalog.count(tenant, UPLOADING, updated_since=fresh_since) >= settings.max_open_uploads:
-        raise ApiError(429, "too_many_uploads",
-                       f"at most {settings.max_open_uploads} unfinished resumable uploads per tenant "
-                       "(VIDFARM_MAX_OPEN_UPLOADS): finish or terminate one first", {"Retry-After": "60"})
+    filename = meta.get("filename") or meta.get("name") or "upload"  # `name`: Uppy's key
+    return lifecycle.open_upload(farm, tenant, length, filename, meta.get("renditions"), meta.get("queue"))
 
 
 def _upload_length(raw: str | None, limit: int) -> int:
@@ -280,16 +247,10 @@ async def _append(request: Request, writer: tus.Writer, room: int, expected: Che
 
 async def _complete(farm: Farm, video: VideoRow, stored: SourceHandle) -> None:
     """The last byte arrived: from here on the upload goes the way of every upload."""
-    upload = Upload(video_id=video["id"], tenant=video["tenant"], filename=video["filename"],
-                    size_bytes=video["size_bytes"], renditions=",".join(video["requested"] or []) or None,
-                    queue=video["queue"])
     try:
-        await admit(farm, upload, stored, was=UPLOADING)
-    except ApiError as exc:  # not a video we accept: the row says why, the bytes go
-        await run_in_threadpool(farm.catalog.update, video["id"], expect={"status": UPLOADING},
-                                status=VideoStatus.FAILED, error_code=exc.code, error_message=exc.message)
-        rejected(farm.storage, video["id"])
-        raise
+        await run_in_threadpool(lifecycle.complete_upload, farm, video, stored)
+    except lifecycle.Rejected as exc:  # as an ApiError: the creation's answer adds where the upload is
+        raise api_error(exc) from exc
 
 
 def _checksum(raw: str | None) -> Checksum | None:

@@ -12,8 +12,8 @@ from uploader.deps import FarmDep, OwnedVideo, Tenant
 from uploader.errors import ApiError
 from uploader.resources import ERRORS, ErrorBody, VideoOut, VideoPage, video_resource
 from uploader.serve import stored_response
-from vidfarm.jobs import stop_video
-from vidfarm.states import ACTIVE, VideoStatus
+from vidfarm import lifecycle
+from vidfarm.states import VideoStatus
 from vidfarm.storage import InvalidKey, poster_key, rendition_key
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], responses=ERRORS)
@@ -90,10 +90,5 @@ async def video_events(video: OwnedVideo, tenant: Tenant, request: Request, farm
 
 @router.delete("/{video_id}", status_code=204, response_class=Response)
 def delete_video(video: OwnedVideo, farm: FarmDep) -> Response:
-    if video["status"] in ACTIVE:
-        # Raise the flag first: a worker that claims the job between these lines still sees it.
-        stop_video(farm, video["id"])
-    farm.catalog.update(video["id"], status=VideoStatus.CANCELED, renditions=[], has_poster=0,
-                        progress=video["progress"])
-    farm.storage.delete_video(video["id"])
+    lifecycle.cancel(farm, video)
     return Response(status_code=204)
