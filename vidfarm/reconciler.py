@@ -178,10 +178,11 @@ class Reconciler:
     # -- actions ----------------------------------------------------------------------------------
 
     def _sweep(self, sweep: Callable[[float], int], older_than: float, what: str) -> None:
-        """One sweep of storage; a store that is down now is swept on a later pass."""
+        """One sweep of storage; a store that is down, or a catalog that is locked or away, now is
+        swept on a later pass."""
         try:
             swept = sweep(older_than)
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, OperationalError) as exc:
             log.warning("%s not swept: %s", what, exc)
             return
         if swept:
