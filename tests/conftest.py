@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -68,6 +69,14 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, every_s:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(every_s)
+
+
+def readable_within(sock: socket.socket, timeout_s: float) -> bool:
+    """`sock` has something to read (or was closed) within `timeout_s`. poll, not select: a whole
+    suite's run holds more than select's 1,024 descriptors, and select refuses a socket above them."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
 def answers(url: str, timeout_s: float = 1.0) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import select
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, OTHER_KEY, ROOT, settings_env, wait_serving
+from tests.conftest import API_KEY, OTHER_KEY, ROOT, readable_within, settings_env, wait_serving
 from vidfarm.localredis import free_port
 from vidfarm.settings import Settings
 from vidfarm.storage import parse_range
@@ -121,7 +120,7 @@ def trickle(port: int, start: bytes, piece: bytes, every_s: float, give_up_s: fl
         sock.sendall(start)
         deadline = time.monotonic() + give_up_s
         while time.monotonic() < deadline:
-            readable, _, _ = select.select([sock], [], [], every_s)
+            readable = readable_within(sock, every_s)
             if readable:
                 return read_answer(sock)
             with contextlib.suppress(OSError):

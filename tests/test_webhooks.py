@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import random
-import select
 import signal
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from tests.conftest import (
     ROOT,
     ApiServer,
     make_clip,
+    readable_within,
     settings_env,
     upload,
     wait_for,
@@ -143,7 +143,7 @@ class Hostile:
                 for chunk in self.answer():
                     # The deliverer sends nothing after its request: anything readable is its hang-up,
                     # and the connection stops counting as held at once.
-                    if select.select([conn], [], [], self.every_s)[0] or self.stop.is_set():
+                    if readable_within(conn, self.every_s) or self.stop.is_set():
                         return
                     conn.sendall(chunk)
             finally:
