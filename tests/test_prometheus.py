@@ -21,11 +21,15 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="need
 
 
 def panel_queries() -> list[tuple[str, str]]:
+    """Each panel's queries as Grafana sends them with every variable at "All" (its `allValue`)."""
     dashboard = json.loads(DASHBOARD.read_text())
+    every = {f"${v['name']}": v["allValue"] for v in dashboard["templating"]["list"] if v.get("includeAll")}
     queries = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("$__rate_interval", "1m").replace("$pool", ".*").replace("$queue", ".*")
+            expr = target["expr"].replace("$__rate_interval", "1m")
+            for variable, value in every.items():
+                expr = expr.replace(variable, value)
             queries.append((panel["title"], expr))
     return queries
 
