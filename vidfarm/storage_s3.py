@@ -327,7 +327,15 @@ class S3Storage(Storage):
         self.call("delete_object", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def _last_part(self, upload: dict[str, Any]) -> float:
-        parts = self.listed_parts(upload["Key"], upload["UploadId"])
+        """When its newest part landed; 0 for an upload completed or aborted since it was listed (its
+        writer finished or gave up meanwhile: nothing of it is being written)."""
+        try:
+            parts = self.listed_parts(upload["Key"], upload["UploadId"])
+        except StorageUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return 0.0
+            raise
         return max((p["LastModified"].timestamp() for p in parts), default=0.0)
 
     # -- reading ----------------------------------------------------------------------------------
