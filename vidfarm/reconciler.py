@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # A freshly accepted video is written to the catalog a moment before its jobs reach Redis.
 QUEUED_GRACE_S = 10.0
 DEAD_JOB_STATES = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
-WAITING_JOB_STATES = {JobStatus.DEFERRED, JobStatus.QUEUED, JobStatus.SCHEDULED}
 # Stored media without a catalog row is looked for this often: it takes a listing of every video's
 # folder (one request per 1,000 on S3). It is only reported, never removed (`vidfarm.ownership`).
 ORPHANS_REPORT_EVERY_S = 3600.0
