@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from vidfarm.storage import file_url_path
 
 GIB = 1024**3
+# Score every n-th frame by default: the scoring then costs at most ~10 % of the encode's CPU (bench/quality.py).
+QUALITY_EVERY = 10
 N = TypeVar("N", int, float)
 
 
@@ -181,6 +183,11 @@ class Settings:
     webhook_deliver_in_api: bool = True  # each API process also runs a deliverer (`vidfarm deliver` is another)
     # Live event streams (SSE) one API key may hold open on one API process at once (429 beyond).
     max_event_streams_per_tenant: int = 100
+    # Quality scores (transcoder/quality.py): the ffmpeg with libvmaf that scores renditions ("" = the
+    # one the `quality` extra's imageio-ffmpeg wheel ships, "off" = none: renditions are not scored),
+    # and which frames it scores: every n-th (1 = every frame; n measured in BENCHMARKS.md).
+    quality_scorer: str = ""
+    quality_every: int = QUALITY_EVERY
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -240,6 +247,8 @@ class Settings:
             webhook_tenant_in_flight=_env_int("VIDFARM_WEBHOOK_TENANT_IN_FLIGHT", 2),
             webhook_deliver_in_api=_env_flag("VIDFARM_WEBHOOK_DELIVER_IN_API", True),
             max_event_streams_per_tenant=_env_int("VIDFARM_MAX_EVENT_STREAMS_PER_TENANT", 100),
+            quality_scorer=os.environ.get("VIDFARM_QUALITY_SCORER", "").strip(),
+            quality_every=max(1, _env_int("VIDFARM_QUALITY_EVERY", QUALITY_EVERY)),
         )
 
     def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -290,6 +299,8 @@ class Settings:
             "VIDFARM_WEBHOOK_TENANT_IN_FLIGHT": str(self.webhook_tenant_in_flight),
             "VIDFARM_WEBHOOK_DELIVER_IN_API": "1" if self.webhook_deliver_in_api else "0",
             "VIDFARM_MAX_EVENT_STREAMS_PER_TENANT": str(self.max_event_streams_per_tenant),
+            "VIDFARM_QUALITY_SCORER": self.quality_scorer,
+            "VIDFARM_QUALITY_EVERY": str(self.quality_every),
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
