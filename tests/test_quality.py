@@ -105,3 +105,11 @@ def test_the_video_score_is_frame_weighted_over_its_chunks():
     combined = quality.combine([short, long])
     assert combined == {"vmaf_mean": 86.0, "vmaf_p5": 68.0, "psnr_db": 38.0, "frames_scored": 10}
     assert quality.combine([long, None]) is None, "a score that leaves out a chunk"
+
+
+def test_a_large_chunk_samples_fewer_frames_than_its_scratch_bound():
+    assert quality.sampling_interval(1800, 1920, 1080, 10, 1 << 30) == 10  # 60 s of 1080p30: 560 MB
+    every = quality.sampling_interval(1800, 7680, 4320, 10, 1 << 30)  # 8K: 50 MB a frame
+    frame_bytes = 7680 * 4320 * 3 // 2
+    assert quality.frames_sampled(1800, every) * frame_bytes <= 1 << 30
+    assert quality.frames_sampled(1800, every - 1) * frame_bytes > 1 << 30, "no more frames dropped than needed"

@@ -350,7 +350,7 @@ class ChunkAttempt(TaskAttempt):
         source = source_from_row(video)
         window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
         outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
-        reference = self.reference(source)
+        reference = self.reference(source, self.planned_frames(video, task))
         args = chunk_args(self.source_input(), outputs, window=window, frames=task["frames"], encoder=self.encoder,
                           deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer, reference=reference)
         started = time.monotonic()
@@ -361,11 +361,19 @@ class ChunkAttempt(TaskAttempt):
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
         return {"frames": frames, "quality": self.score(reference, outputs, fps)}
 
-    def reference(self, source: SourceInfo) -> ReferenceFrames | None:
+    def reference(self, source: SourceInfo, frames: int) -> ReferenceFrames | None:
         """Where the encode writes the frames the scorer needs; None when no scorer runs here."""
-        if quality.scorer_binary(self.farm.settings.quality_scorer) is None:
+        settings = self.farm.settings
+        if quality.scorer_binary(settings.quality_scorer) is None:
             return None
-        return quality.reference_for(self.folder, source.width, source.height, self.farm.settings.quality_every)
+        every = quality.sampling_interval(frames, source.width, source.height, settings.quality_every,
+                                          settings.quality_max_reference_bytes)
+        return quality.reference_for(self.folder, source.width, source.height, every)
+
+    @staticmethod
+    def planned_frames(video: dict[str, Any], task: dict[str, Any]) -> int:
+        """The chunk's frames; the last chunk (no end) gets what the plan leaves for it."""
+        return task["frames"] or max(1, (video.get("total_frames") or 0) - task["start_frame"])
 
     def score(self, reference: ReferenceFrames | None, outputs: list[tuple[OutputPlan, Path]],
               fps: Fraction) -> dict[str, Any] | None:

@@ -158,6 +158,13 @@ def reference_for(folder: Path, source_width: int, source_height: int, every: in
                            source_height - source_height % 2)
 
 
+def sampling_interval(frames: int, width: int, height: int, every: int, max_bytes: int) -> int:
+    """`every`, or a larger interval where the chunk's reference frames (uncompressed 4:2:0) would
+    pass `max_bytes` of scratch: a 60 s chunk of an 8K source samples fewer frames, never fills a disk."""
+    frames_fitting = max(1, max_bytes // (width * height * 3 // 2))
+    return max(every, math.ceil(frames / frames_fitting))
+
+
 def score_chunk(binary: str, reference: ReferenceFrames, outputs: Sequence[tuple[OutputPlan, Path]], *,
                 fps: Fraction, threads: int | None, run) -> dict[str, dict[str, Any]] | None:
     """Each rendition's ChunkScore (as JSON) by rung name, or None where the scorer failed: a score

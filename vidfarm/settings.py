@@ -188,6 +188,9 @@ class Settings:
     # and which frames it scores: every n-th (1 = every frame; n measured in BENCHMARKS.md).
     quality_scorer: str = ""
     quality_every: int = QUALITY_EVERY
+    # Scratch the scorer's reference frames (uncompressed, source size) of one chunk may take; a chunk
+    # that would need more samples fewer frames.
+    quality_max_reference_bytes: int = GIB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -249,6 +252,7 @@ class Settings:
             max_event_streams_per_tenant=_env_int("VIDFARM_MAX_EVENT_STREAMS_PER_TENANT", 100),
             quality_scorer=os.environ.get("VIDFARM_QUALITY_SCORER", "").strip(),
             quality_every=max(1, _env_int("VIDFARM_QUALITY_EVERY", QUALITY_EVERY)),
+            quality_max_reference_bytes=_env_int("VIDFARM_QUALITY_MAX_REFERENCE_BYTES", GIB),
         )
 
     def to_env(self, base: Mapping[str, str]) -> dict[str, str]:
@@ -301,6 +305,7 @@ class Settings:
             "VIDFARM_MAX_EVENT_STREAMS_PER_TENANT": str(self.max_event_streams_per_tenant),
             "VIDFARM_QUALITY_SCORER": self.quality_scorer,
             "VIDFARM_QUALITY_EVERY": str(self.quality_every),
+            "VIDFARM_QUALITY_MAX_REFERENCE_BYTES": str(self.quality_max_reference_bytes),
         })
         # The keys file is already read into api_keys; reading it again would only repeat them.
         env.pop("VIDFARM_API_KEYS_FILE", None)
