@@ -7,7 +7,7 @@ and the scorer (`transcoder.quality.scorer_args`, imageio-ffmpeg's libvmaf). Sco
 the reference output adds to the encode plus the scorer's own CPU (both from wait4). The quality
 table is at n = 1 (every frame), the truth the sampled scores estimate.
 
-    python bench/quality.py --seconds 2 --every 1,5,10,20
+    python bench/quality.py --seconds 6 --every 1,31
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from vidfarm.chunks import chunk_window
 CONTENT = {
     "slide": "color=c=white:s=1920x1080:r=30:d={d},drawbox=x='mod(t*300,1600)':y=400:w=200:h=200:c=blue:t=fill",
     "flat animation": "testsrc2=s=1920x1080:r=30:d={d}",
-    "soft motion": "gradients=s=1920x1080:r=30:d={d}:speed=0.05,noise=alls=4:allf=t",
+    "noisy gradient": "gradients=s=1920x1080:r=30:d={d}:speed=0.05,noise=alls=4:allf=t",
     "film grain": "testsrc2=s=1920x1080:r=30:d={d},noise=alls=14:allf=t+u",
     # Every pixel a cell that changes each frame: detail no cap at this size can carry.
     "cellular automaton": "cellauto=s=1920x1080:r=30:rule=110:random_fill_ratio=0.5:scroll=1,trim=duration={d}",
@@ -44,8 +44,8 @@ CONTENT = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=2, help="clip length (default 2)")
-    parser.add_argument("--every", default="1,5,10,20", help="sampling intervals n to cost (default 1,5,10,20)")
+    parser.add_argument("--seconds", type=float, default=6, help="clip length (default 6)")
+    parser.add_argument("--every", default="1,31", help="sampling intervals n to cost (default 1,31)")
     parser.add_argument("--content", default=",".join(CONTENT), help="which content kinds (default: all)")
     return parser.parse_args()
 

@@ -83,14 +83,16 @@ def scorer_args(reference: ReferenceFrames, renditions: Sequence[tuple[OutputPla
     each writing its per-frame log (JSON) to the given path."""
     timebase = f"{fps.denominator}/{fps.numerator}"
     every = reference.every
-    ref = ffmpeg.input(str(reference.path)).video.filter("settb", timebase).filter("setpts", "N")
-    copies = ref.filter_multi_output("split", len(renditions)) if len(renditions) > 1 else None
+    # One thread per decoder and filter unless the worker says otherwise: the least CPU per frame,
+    # and chunks already run in parallel on every worker.
     n_threads = threads or 1
+    ref = ffmpeg.input(str(reference.path), threads=n_threads).video.filter("settb", timebase).filter("setpts", "N")
+    copies = ref.filter_multi_output("split", len(renditions)) if len(renditions) > 1 else None
     nodes = []
     for index, (_plan, path, log_path) in enumerate(renditions):
         source = copies.stream(index) if copies is not None else ref
         distorted = (
-            ffmpeg.input(str(path)).video.filter("select", sample_expr(every))
+            ffmpeg.input(str(path), threads=n_threads).video.filter("select", sample_expr(every))
             .filter("settb", timebase).filter("setpts", "N")
             # To the reference's size: bicubic, as the VMAF authors do for a ladder.
             .filter("scale", reference.width, reference.height, flags="bicubic").filter("format", "yuv420p")
@@ -100,7 +102,8 @@ def scorer_args(reference: ReferenceFrames, renditions: Sequence[tuple[OutputPla
             log_fmt="json", log_path=str(log_path), n_threads=n_threads,
         )
         nodes.append(scored.output("-", format="null"))
-    merged = ffmpeg.merge_outputs(*nodes).global_args(*QUIET, "-progress", "pipe:1", "-nostats")
+    merged = ffmpeg.merge_outputs(*nodes).global_args(*QUIET, "-progress", "pipe:1", "-nostats",
+                                                      "-filter_complex_threads", str(n_threads))
     return merged.get_args()
 
 

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 from vidfarm.storage import file_url_path
 
 GIB = 1024**3
-# Score every n-th frame by default: the scoring then costs at most ~10 % of the encode's CPU (bench/quality.py).
-QUALITY_EVERY = 10
+# Score every n-th frame by default (bench/quality.py, BENCHMARKS.md). A prime, so the sampled frames do not line up
+# with the 2 s keyframe grid (keyframes look better than the frames between them, and would weigh too much).
+QUALITY_EVERY = 31
 N = TypeVar("N", int, float)
 
 
