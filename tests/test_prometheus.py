@@ -26,6 +26,7 @@ def panel_queries() -> list[tuple[str, str]]:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$__rate_interval", "1m").replace("$pool", ".*").replace("$queue", ".*")
+            expr = expr.replace("$namespace", ".*")  # the dashboard variable (deploy: one farm per namespace)
             queries.append((panel["title"], expr))
     return queries
 
