@@ -27,7 +27,8 @@ COPY transcoder ./transcoder
 COPY autoscaler ./autoscaler
 COPY --from=console /vendor ./uploader/console/vendor
 # Pinned: every dependency at the version the tests ran against (constraints.txt).
-RUN pip wheel --wheel-dir /wheels --constraint constraints.txt .
+# `[quality]`: imageio-ffmpeg's static ffmpeg with libvmaf, which scores renditions (it never encodes).
+RUN pip wheel --wheel-dir /wheels --constraint constraints.txt '.[quality]'
 
 # --- runtime -----------------------------------------------------------------
 FROM python:3.11-slim-bookworm
@@ -47,7 +48,7 @@ RUN groupadd --system --gid 10001 vidfarm \
 
 # Install from the builder's wheels without copying them into a layer.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels vidfarm
+    pip install --no-cache-dir --no-index --find-links=/wheels 'vidfarm[quality]'
 
 # LD_LIBRARY_PATH: GKE's NVIDIA driver installer mounts the driver libraries
 # (libcuda, libnvidia-encode for h264_nvenc) at /usr/local/nvidia/lib64 and

@@ -11,7 +11,8 @@
 #   1. `vidfarm --help` runs (the entry point, its imports, tini);
 #   2. ffmpeg lists h264_nvenc (the GPU pool uses the same image);
 #   3. a 1080p + 720p chunk transcode succeeds: the command transcoder/command.py builds, run by the
-#      image's own Python and ffmpeg, writing only under /tmp.
+#      image's own Python and ffmpeg, writing only under /tmp;
+#   4. the quality scorer is there: imageio-ffmpeg's ffmpeg, with libvmaf (transcoder/quality.py).
 #
 # Where the Dockerfile's base images cannot be pulled (no registry but package registries reachable)
 # and buildah builds, the bases are bootstrapped from Debian packages with debootstrap, from the
@@ -245,17 +246,28 @@ print(json.dumps(frames))
 sys.exit(0 if frames == {"1080p": 60, "720p": 60} else 1)
 '
 
+SCORER_PY='
+import sys
+from transcoder.quality import scorer_binary
+binary = scorer_binary("")
+print(binary)
+sys.exit(0 if binary else 1)
+'
+
 check() {
   local out
-  log "1/3 vidfarm --help"
+  log "1/4 vidfarm --help"
   out=$(run_in_image tini -- vidfarm --help) || die "vidfarm --help"
   grep -q worker <<<"$out" || die "vidfarm --help does not list the worker command"
-  log "2/3 ffmpeg lists h264_nvenc"
+  log "2/4 ffmpeg lists h264_nvenc"
   out=$(run_in_image ffmpeg -hide_banner -encoders) || die "ffmpeg -encoders"
   grep -q h264_nvenc <<<"$out" || die "ffmpeg has no h264_nvenc"
-  log "3/3 1080p + 720p transcode as uid 10001, read-only root, /tmp tmpfs"
+  log "3/4 1080p + 720p transcode as uid 10001, read-only root, /tmp tmpfs"
   out=$(run_in_image python -c "$TRANSCODE_PY") || die "transcode: $out"
   log "frames per rendition: $out"
+  log "4/4 the quality scorer has libvmaf"
+  out=$(run_in_image python -c "$SCORER_PY") || die "no quality scorer: renditions would be not scored"
+  log "scorer: $out"
   log "all checks passed for $IMAGE"
 }
 

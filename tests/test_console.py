@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import replace
@@ -109,6 +110,9 @@ def test_console_sign_in_upload_watch_play_delete(farm: Farm, api, http, start_w
     assert "cpu" in steps["worker appeared"]["pools"], why
     assert steps["uploaded"]["status"] == "uploaded" and not steps["uploaded"]["error"], why
     assert steps["ready"]["seen"][-1]["status"] == "ready", why
+    # Beside each rendition, what it looks like: VMAF (and PSNR), or "not scored" without a scorer.
+    assert re.search(r"360p · 640×360 · \d+ kb/s · (VMAF \d+\.\d \(5th percentile|not scored)",
+                     steps["scored"]["renditions"]), why
     # Live status came over Server-Sent Events, read with fetch so the key rides in a header.
     assert result["streams"] and set(result["streams"]) == {"with key"}, why
 

@@ -61,6 +61,7 @@ COUNTERS_GAUGES = {
     "vidfarm_autoscaler_current_replicas",
     "vidfarm_autoscaler_decisions_total",
     "vidfarm_autoscaler_backlog_seconds",
+    "vidfarm_renditions_not_scored_total",
 }
 HISTOGRAMS = {
     "vidfarm_upload_duration_seconds",
@@ -68,6 +69,8 @@ HISTOGRAMS = {
     "vidfarm_job_wait_seconds",
     "vidfarm_transcode_duration_seconds",
     "vidfarm_transcode_speed_ratio",
+    "vidfarm_rendition_vmaf",
+    "vidfarm_rendition_vmaf_p5",
 }
 KNOWN_SERIES = COUNTERS_GAUGES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 

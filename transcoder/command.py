@@ -86,6 +86,32 @@ def audio_options() -> dict[str, str | int]:
     return {"c:a": "aac", "b:a": AUDIO_BITRATE, "ac": 2, "ar": AUDIO_RATE}
 
 
+@dataclass(frozen=True)
+class ReferenceFrames:
+    """Every n-th picture the encode reads, uncompressed at the source's display size: what the
+    quality scorer compares the renditions with (see transcoder/quality.py)."""
+
+    path: Path
+    every: int
+    width: int
+    height: int
+
+
+def sample_expr(every: int) -> str:
+    """Frames 0, n, 2n, ... of a stream whose frame numbers start at 0 (the chunk's first frame)."""
+    return f"not(mod(n,{every}))"
+
+
+def reference_output(branch, reference: ReferenceFrames, fps: Fraction):
+    # Consecutive timestamps at the plan's rate: the muxer neither drops nor repeats a sampled frame.
+    picture = (
+        branch.filter("select", sample_expr(reference.every))
+        .filter("settb", f"{fps.denominator}/{fps.numerator}").filter("setpts", "N")
+        .filter("scale", reference.width, reference.height).filter("setsar", 1).filter("format", "yuv420p")
+    )
+    return ffmpeg.output(picture, str(reference.path), format="nut", an=None, **{"c:v": "rawvideo"})
+
+
 QUIET = ("-hide_banner", "-nostdin", "-loglevel", "error")
 PROGRESS = ("-progress", "pipe:1", "-nostats")
 
@@ -93,6 +119,7 @@ PROGRESS = ("-progress", "pipe:1", "-nostats")
 def chunk_args(
     source: Path | str, outputs: Sequence[tuple[OutputPlan, Path]], *, window: ChunkWindow, frames: int | None,
     encoder: Encoder, deinterlace: bool = False, hdr_transfer: str | None = None,
+    reference: ReferenceFrames | None = None,
 ) -> list[str]:
     """Arguments (without the leading `ffmpeg`) encoding one chunk's frames into every planned rung:
     video only, timestamps from 0. The whole video is the chunk starting at frame 0 with no end.
@@ -100,6 +127,8 @@ def chunk_args(
     Timestamps are kept as they are in the source (`-copyts`) and the frame-rate converter's grid is
     anchored at an absolute frame, so frame k of the output is the same source frame whether the video
     is encoded in one piece or in chunks; the cut is made on those frames, after the converter.
+    `reference` adds one more branch of the same frames (sampled) for the quality scorer; the
+    renditions' bytes do not change.
     SDR sources keep their YUV matrix and their colour tags (ffmpeg carries them over), so players
     decode renditions exactly like the source; only HDR is converted (to BT.709) and re-tagged.
     """
@@ -118,13 +147,16 @@ def chunk_args(
     picture = picture.filter("fps", fps=f"{fps.numerator}/{fps.denominator}", start_time=f"{float(grid_start_s):.9f}")
     cut = {"start_frame": window.skip_frames} | ({"end_frame": window.skip_frames + frames} if frames else {})
     picture = picture.filter("trim", **cut).filter("setpts", "PTS-STARTPTS")
-    branches = picture.filter_multi_output("split", len(outputs)) if len(outputs) > 1 else None
+    branch_count = len(outputs) + (1 if reference else 0)
+    branches = picture.filter_multi_output("split", branch_count) if branch_count > 1 else None
     nodes = []
     for index, (plan, path) in enumerate(outputs):
         branch = branches.stream(index) if branches is not None else picture
         video = branch.filter("scale", plan.width, plan.height).filter("setsar", 1).filter("format", "yuv420p")
         options = video_options(plan, encoder) | (BT709_TAGS if hdr_transfer else {}) | codec_threads
         nodes.append(ffmpeg.output(video, str(path), format="mp4", an=None, **options))
+    if reference is not None:
+        nodes.append(reference_output(branches.stream(len(outputs)), reference, fps))
     merged = ffmpeg.merge_outputs(*nodes).global_args(*QUIET, *PROGRESS, *thread_args(encoder.threads))
     return merged.overwrite_output().get_args()
 

@@ -28,10 +28,11 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
-from transcoder import package
+from transcoder import package, quality
 from transcoder.command import (
     ENCODERS,
     Encoder,
+    ReferenceFrames,
     audio_args,
     chunk_args,
     concat_list,
@@ -39,7 +40,7 @@ from transcoder.command import (
     segment_args,
     stitch_args,
 )
-from transcoder.ladder import OutputPlan, plan_outputs, poster_size, rungs_named
+from transcoder.ladder import RUNGS, OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
 from vidfarm import cancel, events, lifecycle, metrics
 from vidfarm.catalog import Task
@@ -311,15 +312,42 @@ class ChunkAttempt(TaskAttempt):
         source = source_from_row(video)
         window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
         outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
+        reference = self.reference(source, self.planned_frames(video, task))
         args = chunk_args(self.source_input(), outputs, window=window, frames=task.frames, encoder=self.encoder,
-                          deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer)
+                          deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer, reference=reference)
         started = time.monotonic()
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
         frames = count_frames(outputs[0][1])
         self.check_frames(video, task, frames, fps)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
-        return {"frames": frames, "rungs": [plan.name for plan in plans]}
+        return {"frames": frames, "rungs": [plan.name for plan in plans],
+                "quality": self.score(reference, outputs, fps)}
+
+    def reference(self, source: SourceInfo, frames: int) -> ReferenceFrames | None:
+        """Where the encode writes the frames the scorer needs; None when no scorer runs here."""
+        settings = self.farm.settings
+        if quality.scorer_binary(settings.quality_scorer) is None:
+            return None
+        every = quality.sampling_interval(frames, source.width, source.height, settings.quality_every,
+                                          settings.quality_max_reference_bytes)
+        return quality.reference_for(self.folder, source.width, source.height, every)
+
+    @staticmethod
+    def planned_frames(video: dict[str, Any], task: Task) -> int:
+        """The chunk's frames; the last chunk (no end) gets what the plan leaves for it."""
+        return task.frames or max(1, (video.get("total_frames") or 0) - task.start_frame)
+
+    def score(self, reference: ReferenceFrames | None, outputs: list[tuple[OutputPlan, Path]],
+              fps: Fraction) -> dict[str, Any] | None:
+        binary = quality.scorer_binary(self.farm.settings.quality_scorer)
+        if reference is None or binary is None:
+            return None
+        return quality.score_chunk(binary, reference, outputs, fps=fps, threads=self.encoder.threads,
+                                   run=self.run_scorer)
+
+    def run_scorer(self, args: list[str], binary: str) -> None:
+        run_ffmpeg(args, should_cancel=self.cancel_requested, stall_timeout_s=IDENTITY.stall_timeout_s, binary=binary)
 
     def check_frames(self, video: dict[str, Any], task: Task, frames: int, fps: Fraction) -> None:
         """A chunk in the middle must hold exactly its planned frames; the last one must reach about
@@ -425,7 +453,8 @@ class FinalizeAttempt(TaskAttempt):
             sound = audio_path if plan.download else None
             self.ffmpeg(stitch_args(listing, sound, self.folder / f"{plan.name}.mp4"))
             if plan.download:
-                renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"]))
+                renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"])
+                                  | {"quality": quality.combine(_chunk_quality(t, plan.name) for t in chunks)})
         stream = self.package(plans, audio_path)
         poster = self.make_poster(video)
         self.publish(plans, stream, poster)
@@ -499,6 +528,7 @@ class FinalizeAttempt(TaskAttempt):
             return VideoStatus.CANCELED
         log.info("video %s: ready (%s)", self.video_id, ", ".join(r["name"] for r in result["renditions"]))
         self.observe_success(video)
+        metrics.observe_quality(result["renditions"], RUNGS)
         self.drop_work()
         return VideoStatus.READY
 
@@ -513,6 +543,10 @@ class FinalizeAttempt(TaskAttempt):
         wall_s = (time.time() - _timestamp(video["created_at"]))
         metrics.TRANSCODE_SPEED.labels(self.encoder.name).observe(video["duration_s"] / max(wall_s, 1e-3))
         metrics.TRANSCODES.labels(self.encoder.name, VideoStatus.READY).inc()
+
+
+def _chunk_quality(task: Task, rung: str) -> dict[str, Any] | None:
+    return (task.result.get("quality") or {}).get(rung)
 
 
 def _timestamp(iso: str) -> float:

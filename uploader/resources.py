@@ -34,6 +34,17 @@ class SourceOut(BaseModel):
     audio_codec: str | None
 
 
+class QualityOut(BaseModel):
+    """The rendition next to its source (transcoder/quality.py): VMAF (model vmaf_v0.6.1, the
+    rendition scaled to the source's size) over the scored frames, their 5th percentile, and the
+    mean luma PSNR."""
+
+    vmaf_mean: float
+    vmaf_p5: float
+    psnr_db: float
+    frames_scored: int
+
+
 class RenditionOut(BaseModel):
     name: str
     width: int
@@ -41,6 +52,7 @@ class RenditionOut(BaseModel):
     bitrate_kbps: int
     size_bytes: int
     url: str
+    quality: QualityOut | None = None  # null: not scored (no scorer on the worker, or it failed)
 
 
 class PlaybackOut(BaseModel):
@@ -121,7 +133,8 @@ def video_resource(video: VideoRow, base_url: str, settings: Settings) -> dict[s
         "error": video_error(video),
         "source": {k: video[k] for k in SourceOut.model_fields},
         "renditions": [
-            {**r, "url": f"{prefix}/renditions/{r['name']}"} for r in (video["renditions"] or [])
+            {**r, "quality": r.get("quality"), "url": f"{prefix}/renditions/{r['name']}"}
+            for r in (video["renditions"] or [])
         ] if ready else [],
         "poster_url": f"{prefix}/poster.jpg" if ready and video["has_poster"] else None,
         "playback": playback_urls(settings, video, base_url),

@@ -5,6 +5,8 @@ Names carry their unit; labels stay low-cardinality (never a video id or a filen
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Histogram buckets in seconds: requests take milliseconds, transcodes and queue waits up to hours.
@@ -31,6 +33,14 @@ FAILURES = Counter("vidfarm_failures_total", "Videos that failed, or were cancel
 STORAGE_ORPHANS = Gauge("vidfarm_storage_orphans", "Video ids in storage that the catalog has no row for "
                         "(kept, never removed automatically: `vidfarm storage orphans` lists them).")
 WORKERS = Gauge("vidfarm_workers", "Workers by pool and state.", ["pool", "state"])
+# One observation per published rendition (its whole-video mean), by rung; not-scored ones are counted.
+VMAF_BUCKETS = (20, 40, 50, 60, 70, 75, 80, 85, 90, 93, 95, 97, 99, 100)
+RENDITION_VMAF = Histogram("vidfarm_rendition_vmaf", "VMAF mean (vmaf_v0.6.1) of each published rendition.",
+                           ["rung"], buckets=VMAF_BUCKETS)
+RENDITION_VMAF_P5 = Histogram("vidfarm_rendition_vmaf_p5", "VMAF 5th percentile of each published rendition.",
+                              ["rung"], buckets=VMAF_BUCKETS)
+RENDITIONS_NOT_SCORED = Counter("vidfarm_renditions_not_scored_total", "Published renditions without a score.",
+                                ["rung"])
 
 # Known label values start at zero, so dashboards show a flat line instead of "no data" until the
 # first failure (and rate() has a series to work on).
@@ -40,3 +50,15 @@ for _reason in FAILURE_REASONS:
     FAILURES.labels(_reason)
 for _result in ("accepted", "rejected", "abandoned"):
     UPLOADS.labels(_result)
+
+
+def observe_quality(renditions: list[dict], rungs: Collection[str]) -> None:
+    """Renditions below the ladder (named by their own size) share one label: bounded cardinality."""
+    for rendition in renditions:
+        rung = rendition["name"] if rendition["name"] in rungs else "below_ladder"
+        score = rendition.get("quality")
+        if score is None:
+            RENDITIONS_NOT_SCORED.labels(rung).inc()
+            continue
+        RENDITION_VMAF.labels(rung).observe(score["vmaf_mean"])
+        RENDITION_VMAF_P5.labels(rung).observe(score["vmaf_p5"])

@@ -29,6 +29,9 @@ ENV = "env"  # the metadata key of a field's EnvVar
 Environ = Mapping[str, str]
 # A field's value from the environment and the fields read before it (`home` comes first).
 Reader = Callable[[Environ, dict[str, Any]], Any]
+# Score every n-th frame by default (bench/quality.py, BENCHMARKS.md). A prime, so the sampled frames do not line up
+# with the 2 s keyframe grid (keyframes look better than the frames between them, and would weigh too much).
+QUALITY_EVERY = 31
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ def _numbers(name: str, raw: str) -> tuple[float, ...]:
 
 def _flag(name: str, raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _at_least_one(name: str, raw: str) -> int:
+    return max(1, _integer(name, raw))
 
 
 def _text(name: str, raw: str) -> str:
@@ -266,6 +273,14 @@ class Settings:
     webhook_deliver_in_api: bool = setting("VIDFARM_WEBHOOK_DELIVER_IN_API", _flag, True, show=_show_flag)
     # Live event streams (SSE) one API key may hold open on one API process at once (429 beyond).
     max_event_streams_per_tenant: int = setting("VIDFARM_MAX_EVENT_STREAMS_PER_TENANT", _integer, 100)
+    # Quality scores (transcoder/quality.py): the ffmpeg with libvmaf that scores renditions ("" = the
+    # one the `quality` extra's imageio-ffmpeg wheel ships, "off" = none: renditions are not scored),
+    # and which frames it scores: every n-th (1 = every frame; n measured in BENCHMARKS.md).
+    quality_scorer: str = setting("VIDFARM_QUALITY_SCORER", _text, "")
+    quality_every: int = setting("VIDFARM_QUALITY_EVERY", _at_least_one, QUALITY_EVERY)
+    # Scratch the scorer's reference frames (uncompressed, source size) of one chunk may take; a chunk
+    # that would need more samples fewer frames.
+    quality_max_reference_bytes: int = setting("VIDFARM_QUALITY_MAX_REFERENCE_BYTES", _integer, GIB)
 
     @classmethod
     def from_env(cls, environ: Environ | None = None) -> Settings:

@@ -38,13 +38,20 @@ def wait_with_bar(client, video_id: str) -> dict:
         return api_call(client.wait, video_id, advance)
 
 
+def quality_text(quality: dict | None) -> str:
+    if not quality:
+        return "not scored"
+    return (f"VMAF {quality['vmaf_mean']:.1f} (p5 {quality['vmaf_p5']:.1f})  PSNR {quality['psnr_db']:.1f} dB  "
+            f"{quality['frames_scored']} frames scored")
+
+
 def print_video(video: dict) -> None:
     click.echo(f"{video['id']}  {video['status']}  {video['progress']:.0f}%  attempts={video['attempts']}")
     if video.get("error"):
         click.echo(f"  error: {video['error']['code']}: {video['error']['message']}")
     for rendition in video.get("renditions", []):
         click.echo(f"  {rendition['name']:>6} {rendition['width']}x{rendition['height']} "
-                   f"{rendition['bitrate_kbps']} kb/s  {rendition['url']}")
+                   f"{rendition['bitrate_kbps']} kb/s  {quality_text(rendition.get('quality'))}  {rendition['url']}")
     if video.get("poster_url"):
         click.echo(f"  poster {video['poster_url']}")
     if video.get("playback"):

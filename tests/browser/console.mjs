@@ -117,6 +117,9 @@ try {
   }));
   const videoId = await video.getAttribute("data-id");
   step("ready", { id: videoId, seen, row: await video.innerText() });
+  // Each rendition is listed with its quality score once the whole document is fetched.
+  await video.locator(".renditions li").first().waitFor({ timeout: 15_000 });
+  step("scored", { renditions: await video.locator(".renditions").innerText() });
   await page.click("#nav-farm");
   await page.waitForTimeout(1500); // a couple more samples in the chart
   await shot("farm");

@@ -336,6 +336,24 @@ function renderVideo(row, video) {
   part(".error").textContent = v.error ? `${v.error.message} (${v.error.code})` : "";
   part(".error").hidden = !v.error;
   part(".play").hidden = v.status !== "ready";
+  renderRenditions(part(".renditions"), v.status === "ready" ? v.renditions || [] : []);
+}
+
+// Each rendition with what it looks like next to the source (VMAF, its 5th percentile, PSNR), or
+// "not scored" where the worker had no scorer.
+function renderRenditions(list, renditions) {
+  list.replaceChildren(...renditions.map((r) => {
+    const item = document.createElement("li");
+    const size = `${r.name} · ${r.width}×${r.height} · ${r.bitrate_kbps} kb/s`;
+    const q = r.quality;
+    item.textContent = q
+      ? `${size} · VMAF ${q.vmaf_mean.toFixed(1)} (5th percentile ${q.vmaf_p5.toFixed(1)}) · PSNR ${q.psnr_db.toFixed(1)} dB`
+      : `${size} · not scored`;
+    if (q) item.title = `${q.frames_scored} frames scored`;
+    else item.className = "not-scored";
+    return item;
+  }));
+  list.hidden = renditions.length === 0;
 }
 
 // Server-Sent Events read with fetch, so the key goes in the Authorization header (EventSource

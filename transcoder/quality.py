@@ -1,0 +1,186 @@
+"""What each rendition looks like next to its source: VMAF (model vmaf_v0.6.1) and PSNR, per chunk.
+
+The encode stays on the system ffmpeg (Debian's has no libvmaf). The scorer is a second ffmpeg that
+has it: `VIDFARM_QUALITY_SCORER`, or by default the static build inside the pinned `imageio-ffmpeg`
+wheel. Where neither runs, renditions are "not scored" and everything else works as before.
+
+Decoding the source a second time would cost more than the 10 % of the encode's CPU the scoring may
+spend (a high-bit-rate source decodes in about half the time a veryfast ladder encodes it), so the
+encode itself writes the reference: every n-th of its frames, after the frame-rate converter and the
+cut, at the source's display size, uncompressed. The scorer reads those and the same frames of each
+rendition (scaled back up to the source's size, as the VMAF authors recommend for a ladder).
+A chunk's result keeps its per-frame VMAF scores, so the video's mean and 5th percentile are the
+frame-weighted combination of its chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+
+from transcoder.command import QUIET, ReferenceFrames, sample_expr
+from transcoder.ladder import OutputPlan
+from transcoder.runner import FfmpegError, FfmpegKilled, FfmpegStalled
+
+log = logging.getLogger(__name__)
+
+VMAF_MODEL = "vmaf_v0.6.1"
+LOW_PERCENTILE = 5
+REFERENCE_FILE = "reference.nut"
+OFF = "off"
+
+
+@functools.cache
+def scorer_binary(configured: str) -> str | None:
+    """An ffmpeg whose filters include libvmaf, or None ("not scored"). Checked once per process."""
+    if configured.strip().lower() == OFF:
+        return None
+    candidate = configured.strip() or _bundled_ffmpeg()
+    if not candidate:
+        return None
+    binary = shutil.which(candidate) or candidate
+    try:
+        listed = subprocess.run([binary, "-hide_banner", "-filters"], capture_output=True, text=True,
+                                timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("no quality scores: cannot run %s: %s", binary, exc)
+        return None
+    if " libvmaf " not in listed.stdout:
+        log.warning("no quality scores: %s has no libvmaf filter", binary)
+        return None
+    return binary
+
+
+def _bundled_ffmpeg() -> str | None:
+    try:
+        import imageio_ffmpeg  # the optional `quality` extra
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # the wheel for another platform, or its binary removed
+        return None
+
+
+def frames_sampled(frames: int, every: int) -> int:
+    return math.ceil(frames / every) if frames > 0 else 0
+
+
+def scorer_args(reference: ReferenceFrames, renditions: Sequence[tuple[OutputPlan, Path, Path]], *, fps: Fraction,
+                threads: int | None) -> list[str]:
+    """The scorer's arguments: one decode of the reference, one libvmaf (with PSNR) per rendition,
+    each writing its per-frame log (JSON) to the given path."""
+    timebase = f"{fps.denominator}/{fps.numerator}"
+    every = reference.every
+    # One thread per decoder and filter unless the worker says otherwise: the least CPU per frame,
+    # and chunks already run in parallel on every worker.
+    n_threads = threads or 1
+    ref = ffmpeg.input(str(reference.path), threads=n_threads).video.filter("settb", timebase).filter("setpts", "N")
+    copies = ref.filter_multi_output("split", len(renditions)) if len(renditions) > 1 else None
+    nodes = []
+    for index, (_plan, path, log_path) in enumerate(renditions):
+        source = copies.stream(index) if copies is not None else ref
+        distorted = (
+            ffmpeg.input(str(path), threads=n_threads).video.filter("select", sample_expr(every))
+            .filter("settb", timebase).filter("setpts", "N")
+            # To the reference's size: bicubic, as the VMAF authors do for a ladder.
+            .filter("scale", reference.width, reference.height, flags="bicubic").filter("format", "yuv420p")
+        )
+        scored = ffmpeg.filter(
+            [distorted, source], "libvmaf", model=f"version={VMAF_MODEL}", feature="name=psnr",
+            log_fmt="json", log_path=str(log_path), n_threads=n_threads,
+        )
+        nodes.append(scored.output("-", format="null"))
+    merged = ffmpeg.merge_outputs(*nodes).global_args(*QUIET, "-progress", "pipe:1", "-nostats",
+                                                      "-filter_complex_threads", str(n_threads))
+    return merged.get_args()
+
+
+@dataclass(frozen=True)
+class ChunkScore:
+    """One rendition of one chunk: VMAF of every scored frame, and the sum of their luma PSNR."""
+
+    vmaf: list[float]
+    psnr_sum: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"vmaf": self.vmaf, "psnr_sum": round(self.psnr_sum, 3)}
+
+
+def read_log(path: Path) -> ChunkScore:
+    frames = json.loads(path.read_text())["frames"]
+    vmaf = [round(float(f["metrics"]["vmaf"]), 3) for f in frames]
+    # PSNR of identical pictures is infinite; libvmaf caps it (60 dB at 8 bits), which keeps the sum finite.
+    psnr = sum(float(f["metrics"]["psnr_y"]) for f in frames)
+    return ChunkScore(vmaf, psnr)
+
+
+def combine(chunks: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The rendition's quality from its chunks' scores (frame-weighted), or None if any chunk has
+    none: a score that silently left out part of the video would be a lie."""
+    vmaf: list[float] = []
+    psnr_sum = 0.0
+    for chunk in chunks:
+        if not chunk or not chunk.get("vmaf"):
+            return None
+        vmaf.extend(chunk["vmaf"])
+        psnr_sum += chunk["psnr_sum"]
+    if not vmaf:
+        return None
+    return {
+        "vmaf_mean": round(sum(vmaf) / len(vmaf), 2),
+        "vmaf_p5": round(percentile(vmaf, LOW_PERCENTILE), 2),
+        "psnr_db": round(psnr_sum / len(vmaf), 2),
+        "frames_scored": len(vmaf),
+    }
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def reference_for(folder: Path, source_width: int, source_height: int, every: int) -> ReferenceFrames:
+    # Even sizes: 4:2:0 chroma needs them; the renditions are scaled to exactly this size.
+    return ReferenceFrames(folder / REFERENCE_FILE, every, source_width - source_width % 2,
+                           source_height - source_height % 2)
+
+
+def sampling_interval(frames: int, width: int, height: int, every: int, max_bytes: int) -> int:
+    """`every`, or a larger interval where the chunk's reference frames (uncompressed 4:2:0) would
+    pass `max_bytes` of scratch: a 60 s chunk of an 8K source samples fewer frames, never fills a disk."""
+    frames_fitting = max(1, max_bytes // (width * height * 3 // 2))
+    return max(every, math.ceil(frames / frames_fitting))
+
+
+def score_chunk(binary: str, reference: ReferenceFrames, outputs: Sequence[tuple[OutputPlan, Path]], *,
+                fps: Fraction, threads: int | None, run) -> dict[str, dict[str, Any]] | None:
+    """Each rendition's ChunkScore (as JSON) by rung name, or None where the scorer failed: a score
+    is a report on the encode, never a reason to fail it. `run` runs ffmpeg (the attempt's, so a
+    cancel stops the scorer too)."""
+    logs = [(plan, path, reference.path.with_name(f"{plan.name}.vmaf.json")) for plan, path in outputs]
+    try:
+        run(scorer_args(reference, logs, fps=fps, threads=threads), binary)
+        return {plan.name: read_log(log_path).as_json() for plan, _path, log_path in logs}
+    except (FfmpegError, FfmpegStalled, FfmpegKilled, OSError, ValueError, KeyError) as exc:
+        log.warning("not scored: the scorer failed: %s", exc)
+        return None
+    finally:
+        reference.path.unlink(missing_ok=True)
+        for _plan, _path, log_path in logs:
+            log_path.unlink(missing_ok=True)
