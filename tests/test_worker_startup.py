@@ -15,12 +15,21 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import redis
 from rq import Queue
+from rq.job import JobStatus
 
 from tests.conftest import ROOT, make_clip, settings_env
 from transcoder.command import X264, chunk_args
 from transcoder.ladder import OutputPlan
-from transcoder.worker import DEQUEUE_SLICE_S, FFMPEG_THREADS_ENV, FarmWorker, ffmpeg_threads, nvenc_error
+from transcoder.worker import (
+    DEQUEUE_SLICE_S,
+    FFMPEG_THREADS_ENV,
+    FarmWorker,
+    ffmpeg_threads,
+    nvenc_error,
+    work_through_redis_outages,
+)
 from vidfarm.chunks import ChunkWindow
 from vidfarm.farm import Farm
 from vidfarm.localredis import free_port
@@ -66,6 +75,38 @@ def test_an_idle_worker_stops_even_when_the_signals_exception_was_swallowed(farm
         for sig, handler in handlers.items():  # work() installed RQ's in this (pytest's) process
             signal.signal(sig, handler)
     assert time.monotonic() - started < 1 + DEQUEUE_SLICE_S + 3
+
+
+@pytest.mark.timeout(60)
+def test_a_redis_error_while_rq_records_a_job_does_not_end_the_worker(farm: Farm) -> None:
+    # Redis going away while RQ does a job's bookkeeping ends RQ's loop ("found an unhandled
+    # exception, quitting"). The worker must take jobs again once Redis answers, not exit: here the
+    # first loop meets the error on its first job, and the next loop runs the second job.
+    queue = Queue("cpu", connection=farm.rq_redis)
+    loops: list[FarmWorker] = []
+
+    class RedisDropsOnce(FarmWorker):
+        def execute_job(self, job, queue) -> None:
+            if len(loops) == 1:
+                raise redis.ConnectionError("Redis went away while recording the job")
+            super().execute_job(job, queue)
+            self._stop_requested = True  # the second job ran: the test is over
+
+    def next_loop() -> FarmWorker:
+        info = WorkerInfo(name=f"test-{os.getpid()}", pid=os.getpid(), host="test", queues="cpu", encoder="x264")
+        loops.append(RedisDropsOnce([queue], farm=farm, info=info))
+        return loops[-1]
+
+    queue.enqueue("os.getpid")
+    second = queue.enqueue("os.getpid")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        work_through_redis_outages(next_loop)
+    finally:
+        for sig, handler in handlers.items():  # work() installed RQ's in this (pytest's) process
+            signal.signal(sig, handler)
+    assert len(loops) == 2
+    assert second.get_status(refresh=True) == JobStatus.FINISHED
 
 
 def test_a_stopping_worker_leaves_rqs_command_channel_at_once(farm: Farm) -> None:

@@ -244,24 +244,26 @@ def run_worker(
 
 def work_through_redis_outages(make_worker: Callable[[], FarmWorker]) -> None:
     """Run RQ's loop until it stops as asked. RQ survives a Redis outage only while it waits for a
-    job; one that comes while it records a finished job ends `work()` with the error, and a worker
-    that exits then leaves the queue without a consumer (a pool at its maximum starts no other). So
-    the worker waits for Redis and works again, under the same name."""
+    job: one that comes while it records a finished job ends its loop ("found an unhandled
+    exception, quitting", or the error itself when its teardown fails too), and a worker that exits
+    then leaves the queue without a consumer (a pool at its maximum starts no other). So a loop that
+    ended without a stop request is started again, under the same name, once Redis answers."""
     while True:
         worker = make_worker()
         worker.start_heartbeat()
         try:
             worker.work(logging_level="WARNING", with_scheduler=False)
-            return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if worker._stop_requested:
-                return
-            log.warning("worker %s: Redis went away (%s); taking jobs again once it answers", worker.name, exc)
+            log.warning("worker %s: Redis went away (%s)", worker.name, exc)
         finally:
             worker.stop_heartbeat()
+        if worker._stop_requested:
+            return
+        log.warning("worker %s: RQ's loop ended unasked; taking jobs again once Redis answers", worker.name)
         try:
+            time.sleep(REDIS_RETRY_S)  # a loop that keeps ending is not restarted in a tight spin
             wait_for_redis(worker)
-        except StopRequested:  # RQ's signal handler, still installed: asked to stop while Redis was away
+        except StopRequested:  # RQ's signal handler, still installed: asked to stop meanwhile
             return
 
 
