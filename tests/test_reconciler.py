@@ -15,7 +15,7 @@ from rq import Queue
 from sqlalchemy import event
 
 from tests.conftest import BACKENDS, FakeClock
-from vidfarm import presence
+from vidfarm import lifecycle, presence
 from vidfarm.catalog import VideoRow, utcnow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, plan_tasks
@@ -318,3 +318,14 @@ def test_a_pass_costs_the_catalog_the_same_however_many_videos_are_active(farm, 
     for _ in range(20):
         add_video(farm)
     assert statements_in_one_pass() == one_video
+
+
+def test_a_task_requeued_as_its_video_fails_leaves_nothing_queued(farm, clock):
+    # The race: a pass reads the video as active and takes its task's job for lost; meanwhile the video
+    # fails and its stop drops the jobs the catalog named. The pass's new job must not stay queued.
+    reconciler = Reconciler(farm, clock=clock)
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5, enqueued=False)
+    task = next(t for t in farm.catalog.tasks(video["id"]) if t.kind == TaskKind.CHUNK)
+    assert lifecycle.fail(farm, video["id"], "media_error", "a chunk failed for good")
+    assert reconciler._requeue(video, task, "its job is missing from Redis") == 0
+    assert Queue("cpu", connection=farm.rq_redis).count == 0

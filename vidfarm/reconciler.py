@@ -35,7 +35,7 @@ from vidfarm.jobs import (
     plan_tasks,
     total_frames,
 )
-from vidfarm.states import TaskKind, TaskStatus, VideoStatus
+from vidfarm.states import ACTIVE, TaskKind, TaskStatus, VideoStatus
 from vidfarm.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ class Reconciler:
         else:
             enqueue_task(self.farm.rq_redis, self.farm.settings, video, again)
             self._requeue_finalize_after(video)
+        if self._drop_if_ended(video["id"], again.job_id):
+            return 0
         notify(self.farm.rq_redis, video["queue"])
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
         return 1
@@ -251,6 +253,17 @@ class Reconciler:
             self._forget_job(finalize.job_id)
             enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
                          depends_on=self._unfinished_jobs(video["id"]))
+            self._drop_if_ended(video["id"], again.job_id)
+
+    def _drop_if_ended(self, video_id: str, job_id: str) -> bool:
+        """A video that failed or was canceled while this pass re-queued one of its tasks: its stop read
+        the catalog's job ids before this job existed, or deleted the job this pass took for lost. Drop
+        the new one too, so nothing of an ended video waits in a queue."""
+        row = self.farm.catalog.get(video_id)
+        if row is not None and row["status"] in ACTIVE:
+            return False
+        self._forget_job(job_id)
+        return True
 
     def _unfinished_jobs(self, video_id: str) -> list[str]:
         """Jobs finalize must wait for: those of unfinished tasks that RQ still knows (a running task
