@@ -109,10 +109,10 @@ class GraphCommands:
 
 
 def graph_commands(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], folder: Path, *,
-                   chunk_s: float, encoder: Encoder = X264) -> GraphCommands:
-    """The commands of transcoder.job for one video with `chunk_s` chunks, writing under `folder`
-    (created, with the concat lists the stitch reads)."""
-    spans = plan_chunks(info.duration_s, output_fps(info.fps), chunk_s)
+                   chunk_s: float, encoder: Encoder = X264, spans: Sequence[ChunkSpan] | None = None) -> GraphCommands:
+    """The commands of transcoder.job for one video with `chunk_s` chunks (or the given `spans`),
+    writing under `folder` (created, with the concat lists the stitch reads)."""
+    spans = spans or plan_chunks(info.duration_s, output_fps(info.fps), chunk_s)
     parts = [folder / chunk_name(span.index) for span in spans]
     chunks = []
     for span, part in zip(spans, parts, strict=True):

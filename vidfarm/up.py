@@ -352,6 +352,8 @@ def run_up(settings: Settings, options: UpOptions, *,
     """Run until SIGINT/SIGTERM (or until `after_start` returns, for `vidfarm demo`).
     Raises UpError, having started nothing or stopped what it started, when the farm cannot run."""
     settings = serve_queues(settings, options.queues)
+    # The API plans each video's chunks for the most workers its one pool runs.
+    settings = replace(settings, pool_max_workers=options.max_workers)
     if not settings.local_url:  # without a public URL, the links in webhook payloads point at the API `up` serves
         settings = replace(settings, local_url=f"http://{options.host}:{options.port}")
     with hold_home(settings.home), api_socket(options.host, options.port) as sock:
