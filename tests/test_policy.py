@@ -29,7 +29,7 @@ def snap(
     running_work_s: float = 0.0,
     starts: tuple[float, ...] = (),
 ) -> Snapshot:
-    return Snapshot(now, queued, running, idle, busy, current, queued_work_s, running_work_s, starts)
+    return Snapshot(now, queued, running, idle, busy, current, queued_work_s, running_work_s, worker_starts_s=starts)
 
 
 NO_SURPLUS = PolicyState()
