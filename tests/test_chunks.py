@@ -46,7 +46,11 @@ def test_the_last_chunk_takes_the_remainder_and_any_error_in_the_declared_durati
 
 
 def test_a_long_video_has_a_chunk_for_every_worker_of_the_pool():
-    spans = plan_chunks(1200.0, Fraction(30), 60, workers=8)  # 20 min: 199 segments after the first
+    spans = plan_chunks(1200.0, Fraction(30), 60, workers=8)  # 20 min, with the measured minimum
+    later = lengths(spans)[1:]
+    assert len(later) >= 8 and all(n is None or 3 <= n <= 10 for n in later)
+    assert max(n for n in later if n) - min(n for n in later if n) <= 1
+    spans = plan_chunks(1200.0, Fraction(30), 60, workers=8, min_chunk_seconds=18)  # 199 segments after the first
     later = lengths(spans)[1:-1]
     # Three whole waves of 8 chunks (two would need chunks over 60 s), as even as whole segments allow.
     assert len(spans) - 1 == 24

@@ -23,9 +23,11 @@ GOP_SECONDS = 2
 GOPS_PER_SEGMENT = 3  # 6 s segments, Apple's recommended length; transcoder/package.py cuts these
 DEFAULT_CHUNK_SECONDS = 60.0
 DEFAULT_POOL_MAX_WORKERS = 10  # deploy/k8s/base/pools.yaml's max for the cpu pool
-# The shortest later chunk whose fixed cost (job start, probe, seek, warm-up decode, encoder start)
-# stays within 3 % of its encode, measured with bench/chunking.py --overhead (BENCHMARKS.md).
-MIN_CHUNK_SECONDS = 18.0
+# The shortest later chunk whose fixed cost (job start, the seek from the source keyframe before it,
+# the warm-up decoded twice, the encoders' start) stays within 3 % of its encode: about 1.6 CPU s a
+# chunk at 720p, 3 % at 52 s, rounded up to whole segments (bench/chunking.py --part overhead,
+# BENCHMARKS.md "Chunk length and overhead").
+MIN_CHUNK_SECONDS = 54.0
 # A video of up to this many segments is one chunk: see plan_chunks.
 SINGLE_CHUNK_SEGMENTS = 2
 MAX_FPS = 60.0
