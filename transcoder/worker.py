@@ -21,13 +21,15 @@ from collections.abc import Callable, Sequence
 import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
+from rq.worker import WorkerStatus
 
 from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
+from vidfarm.queues import RANG, Dispatcher, pool_queues
 from vidfarm.states import TERMINAL, WorkerState
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class FarmWorker(SimpleWorker):
         self.farm = farm
         self.info = info
         self._beating = threading.Event()
+        self.dispatcher = Dispatcher(farm.rq_redis, [q.name for q in queues])
 
     # -- presence ---------------------------------------------------------------------------------
 
@@ -172,6 +175,10 @@ class FarmWorker(SimpleWorker):
             self.info.video_id = self.info.job_id = ""
             self.info.state = WorkerState.DRAINING if self._stop_requested else WorkerState.IDLE
             self.beat()
+            if self._stop_requested:
+                # This worker takes no next job: the finalize its job may have released is another's.
+                with contextlib.suppress(redis.RedisError):
+                    self.dispatcher.ring()
 
     def request_stop(self, signum, frame) -> None:
         # No Redis call here: a signal handler may interrupt this thread inside redis-py's pool lock.
@@ -188,14 +195,69 @@ class FarmWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None,
                                      max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        """The next job as `vidfarm.queues.Dispatcher` picks it (first chunks first, round-robin
+        across tenants), instead of RQ's pop from a fixed list of queues."""
         if timeout is None:  # burst mode: RQ does not wait at all
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            return self._take(None)
         while not self._stop_requested:
-            # RQ returns None once a wait of `max_idle_time` ends with no job: one slice.
-            found = super().dequeue_job_and_maintain_ttl(DEQUEUE_SLICE_S, max_idle_time=DEQUEUE_SLICE_S)
+            # A slice: the loop looks at a stop request between slices (RQ's own wait is minutes long).
+            found = self._take(DEQUEUE_SLICE_S)
             if found is not None:
                 return found
         return None  # RQ's loop then ends: a warm stop
+
+    def _take(self, wait_s: float | None) -> tuple[Job, Queue] | None:
+        """One slice of RQ's dequeue: mark idle, maintain, then pop, blocking up to `wait_s` for a
+        doorbell; Redis errors are waited out here, as RQ does while waiting for a job."""
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        deadline = time.monotonic() + (wait_s or 0)
+        woken = False
+        while True:
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                popped = self.dispatcher.pop()
+                left = deadline - time.monotonic()
+                if popped is None and wait_s is not None and left > 0:
+                    popped = self.dispatcher.wait(left)
+                    if popped == RANG:
+                        woken = True
+                        continue
+                if popped is None:
+                    return None
+                found = self._fetch(*popped)
+                if found is None:
+                    continue  # deleted while it waited (a stopped video): take the next one
+                if woken:
+                    self.dispatcher.ring()  # the burst that woke this worker may have more jobs
+                self.heartbeat()
+                return found
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("worker %s: Redis unavailable while waiting for a job (%s)", self.name, exc)
+                time.sleep(REDIS_RETRY_S)
+
+    def _fetch(self, queue_name: str, job_id: str) -> tuple[Job, Queue] | None:
+        queue = Queue(queue_name, connection=self.connection, job_class=self.job_class, serializer=self.serializer)
+        try:
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            return None
+        job.redis_server_version = self.get_redis_server_version()
+        log.info("worker %s: %s: %s", self.name, queue_name, job.description)
+        return job, queue
+
+    def clean_registries(self) -> None:
+        """RQ's upkeep (abandoned started jobs, dependents left ready) for every queue of the pools,
+        not only the pool queues the worker was started with."""
+        own = self.queues
+        self.queues = [Queue(name, connection=self.connection) for pool in self.dispatcher.pools
+                       for name in pool_queues(self.connection, pool, with_work_only=False)]
+        try:
+            super().clean_registries()
+        finally:
+            self.queues = own
 
 
 def default_name() -> str:

@@ -1,16 +1,224 @@
-"""Per-queue job counts as RQ keeps them: waiting in the list, running in the StartedJobRegistry
-(which KEDA's LLEN never sees), failed in the FailedJobRegistry."""
+"""Which RQ queue a task waits in, how workers take the next one, and per-pool job counts.
+
+A pool is configured by its queue names (`queues: [cpu]` in the autoscaler's pools, `vidfarm worker
+--queue cpu`, VIDFARM_QUEUES); every name below is derived from those here, so no user lists them.
+Two levels, each with one RQ queue per tenant:
+
+- `<pool>.first.<tag>`: a video's first chunk and its audio task (the segments a player needs first);
+- `<pool>.rest.<tag>`: every other task of that tenant (later chunks, finalize).
+
+`<tag>` is 16 hex digits of the tenant id's SHA-256, so a queue name is bounded in length and charset
+whatever a tenant id looks like. The plain `<pool>` queue is still served, last: jobs queued under the
+old names before an upgrade run as before.
+
+Why per-tenant RQ queues and a dispatch script rather than RQ's `dequeue_strategy="round_robin"`: RQ
+rotates one fixed list of queues (fixed when the worker starts), so it neither learns of a tenant that
+appears later nor keeps the first-chunk level ahead of the rest while it rotates. Why RQ queues at all
+rather than lists of our own: a job keeps RQ's bookkeeping (its origin queue, the started, failed and
+deferred registries, finalize's dependency re-queueing it into its origin), which the reconciler, stop
+and the metrics read. So jobs are queued by RQ as ever, and a worker takes the next one with one Lua
+script (`DISPATCH`) that, atomically:
+
+1. reads the pool's set of tenants with work (`vidfarm:dispatch:<pool>:tenants`, tags);
+2. walks the first-chunk level, then the rest level, each round-robin across those tenants starting
+   after the tenant this worker served last, then the plain pool queue, and LPOPs the first job found;
+3. drops from the set each tenant it walked past whose queues, deferred and ready registries are all
+   empty (atomic with the pops, and an enqueue adds its tenant after pushing the job, so a tenant is
+   never dropped while it has a job waiting).
+
+Cost to Redis per dequeue: one EVALSHA doing at most 2·T+1 LPOPs (T: tenants with work in the pool)
+plus up to 4 LLEN/ZCARD per emptied tenant, then RQ's usual job fetch. An idle worker blocks in one
+BLPOP on the pool's doorbell list and the plain queue (a slice of up to 10 s, as before); every enqueue
+rings the doorbell (RPUSH + LTRIM, kept at DOORBELL_MAX entries), and a worker that was woken and took a
+job rings it again, so a burst wakes as many idle workers as it has jobs, one after the other.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import redis
 from rq import Queue
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, ReadyJobRegistry, StartedJobRegistry
+
+FIRST, REST = "first", "rest"
+LEVELS = (FIRST, REST)
+TAG_DIGITS = 16
+# Wake-ups kept for idle workers. More would only wake workers to find nothing: a woken worker that
+# finds a job wakes the next one itself.
+DOORBELL_MAX = 16
+
+QUEUE_PREFIX = Queue.redis_queue_namespace_prefix
+RANG = ("", "")  # Dispatcher.wait: a doorbell woke the worker, no job taken yet
+
+# KEYS: the tenant sets of the pools, in order. ARGV: the queue key prefix, the deferred and ready
+# registry key prefixes, the tag served last ("" for none), then the pool names (as many as KEYS).
+DISPATCH = """
+local qp, dp, rp, last = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local pools, tags = {}, {}
+for i = 1, #KEYS do
+  pools[i] = ARGV[4 + i]
+  local members = redis.call('SMEMBERS', KEYS[i])
+  table.sort(members)
+  local start = #members + 1
+  for j = 1, #members do
+    if members[j] > last then start = j break end
+  end
+  local order = {}
+  for j = start, #members do order[#order + 1] = members[j] end
+  for j = 1, start - 1 do order[#order + 1] = members[j] end
+  tags[i] = order
+end
+local function idle(name)
+  return redis.call('LLEN', qp .. name) == 0 and redis.call('ZCARD', dp .. name) == 0
+    and redis.call('ZCARD', rp .. name) == 0
+end
+for _, level in ipairs({'first', 'rest'}) do
+  for i = 1, #KEYS do
+    for _, tag in ipairs(tags[i]) do
+      local name = pools[i] .. '.' .. level .. '.' .. tag
+      local id = redis.call('LPOP', qp .. name)
+      if id then return {name, id, tag} end
+      if level == 'rest' and idle(name) and idle(pools[i] .. '.first.' .. tag) then
+        redis.call('SREM', KEYS[i], tag)
+      end
+    end
+  end
+end
+for i = 1, #KEYS do
+  local id = redis.call('LPOP', qp .. pools[i])
+  if id then return {pools[i], id, ''} end
+end
+return false
+"""
+
+
+def tenant_tag(tenant: str) -> str:
+    return hashlib.sha256(tenant.encode()).hexdigest()[:TAG_DIGITS]
+
+
+def task_queue(pool: str, tenant: str, first: bool) -> str:
+    """The RQ queue a task of `tenant`'s video on `pool` waits in."""
+    return f"{pool}.{FIRST if first else REST}.{tenant_tag(tenant)}"
+
+
+def pool_of(queue_name: str) -> str:
+    """The pool queue a derived queue belongs to (a pool's own name is its own pool)."""
+    parts = queue_name.rsplit(".", 2)
+    if len(parts) == 3 and parts[1] in LEVELS and len(parts[2]) == TAG_DIGITS:
+        return parts[0]
+    return queue_name
+
+
+def tenants_key(pool: str) -> str:
+    return f"vidfarm:dispatch:{pool}:tenants"
+
+
+def doorbell_key(pool: str) -> str:
+    return f"vidfarm:dispatch:{pool}:doorbell"
+
+
+def announce(rq_redis: redis.Redis, pool: str, tenants: Sequence[str], *, wake: bool = True) -> None:
+    """After queueing jobs: add their tenants to the pool's tenants with work (after the push, so the
+    dispatch script never drops a tenant with a job waiting) and wake one idle worker."""
+    pipe = rq_redis.pipeline(transaction=False)
+    pipe.sadd(tenants_key(pool), *{tenant_tag(t) for t in tenants})
+    if wake:
+        ring(pipe, pool)
+    pipe.execute()
+
+
+def ring(pipe: redis.client.Pipeline, pool: str) -> None:
+    pipe.rpush(doorbell_key(pool), 1)
+    pipe.ltrim(doorbell_key(pool), -DOORBELL_MAX, -1)
+
+
+def pool_queues(rq_redis: redis.Redis, pool: str, *, with_work_only: bool = True) -> list[str]:
+    """The pool's RQ queues: its plain queue, then the derived queues of its tenants with work (or,
+    without `with_work_only`, of every tenant RQ has a queue of, for registries that outlive the
+    tenant's waiting jobs: running and failed)."""
+    if with_work_only:
+        tags = sorted(t.decode() for t in rq_redis.smembers(tenants_key(pool)))
+        return [pool] + [f"{pool}.{level}.{tag}" for level in LEVELS for tag in tags]
+    known = (q.name for q in Queue.all(connection=rq_redis))
+    return [pool] + sorted(name for name in known if name != pool and pool_of(name) == pool)
+
+
+def tenant_queues(pool: str, tenant: str) -> list[str]:
+    """Every queue a task of `tenant`'s video on `pool` can wait in, the plain pool queue included
+    (where jobs queued before the upgrade wait)."""
+    return [pool, task_queue(pool, tenant, True), task_queue(pool, tenant, False)]
+
+
+def waiting_job_ids(rq_redis: redis.Redis, names: Sequence[str]) -> set[str]:
+    """The ids of the jobs waiting in these queues: one pipeline of one LRANGE per queue."""
+    pipe = rq_redis.pipeline(transaction=False)
+    for name in sorted(set(names)):
+        pipe.lrange(QUEUE_PREFIX + name, 0, -1)
+    return {job_id.decode() for ids in pipe.execute() for job_id in ids}
 
 
 def queue_counts(rq_redis: redis.Redis, name: str) -> dict[str, int]:
+    """One RQ queue's jobs: waiting in the list, running in the StartedJobRegistry (which KEDA's LLEN
+    never sees), failed in the FailedJobRegistry."""
     return {
         "queued": Queue(name, connection=rq_redis).count,
         "running": StartedJobRegistry(name, connection=rq_redis).count,
         "failed": FailedJobRegistry(name, connection=rq_redis).count,
     }
+
+
+def pool_counts(rq_redis: redis.Redis, pool: str) -> dict[str, int]:
+    """A pool's jobs over all its queues, plus `first`: how many of the queued ones are first chunks
+    (or audio) a user waits for to play."""
+    totals = {"queued": 0, "running": 0, "failed": 0, FIRST: 0}
+    for name in pool_queues(rq_redis, pool, with_work_only=False):
+        for state, count in queue_counts(rq_redis, name).items():
+            totals[state] += count
+        if name.startswith(f"{pool}.{FIRST}."):
+            totals[FIRST] += Queue(name, connection=rq_redis).count
+    return totals
+
+
+class Dispatcher:
+    """Takes the next job id for a worker serving `pools`: first chunks first, round-robin across
+    tenants, then the plain pool queues (see the module docstring)."""
+
+    def __init__(self, rq_redis: redis.Redis, pools: Sequence[str]) -> None:
+        self.redis = rq_redis
+        self.pools = list(pools)
+        self.last_tag = ""
+        self._script = rq_redis.register_script(DISPATCH)
+        self._prefixes = [QUEUE_PREFIX, DeferredJobRegistry.key_template.format(""),
+                          ReadyJobRegistry.key_template.format("")]
+
+    def pop(self) -> tuple[str, str] | None:
+        """(queue name, job id) of the next job, taken off its queue; None when every queue is empty."""
+        found = self._script(keys=[tenants_key(p) for p in self.pools],
+                             args=[*self._prefixes, self.last_tag, *self.pools], client=self.redis)
+        if not found:
+            return None
+        name, job_id, tag = (part.decode() for part in found)
+        if tag:
+            self.last_tag = tag
+        return name, job_id
+
+    def wait(self, timeout_s: float) -> tuple[str, str] | None:
+        """Block until a doorbell rings (RANG: pop again) or a job reaches a plain pool queue (that
+        job, taken), at most `timeout_s` (None)."""
+        keys = [doorbell_key(p) for p in self.pools] + [QUEUE_PREFIX + p for p in self.pools]
+        found = self.redis.blpop(keys, timeout_s)
+        if found is None:
+            return None
+        key, value = (part.decode() for part in found)
+        if key.startswith(QUEUE_PREFIX):
+            return key[len(QUEUE_PREFIX):], value
+        return RANG
+
+    def ring(self) -> None:
+        """Wake the next idle worker: there may be more jobs than the one just taken."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pool in self.pools:
+            ring(pipe, pool)
+        pipe.execute()
