@@ -19,9 +19,9 @@ import httpx
 import psycopg
 import pytest
 import redis
-from rq import Queue
 
 from tests.conftest import PG_URL, ApiServer, WorkerProcess, pg_available, reconciling, upload, wait_for, wait_until
+from tests.queued import queued_ids, take
 from transcoder.worker import FREEZE_IN_PROGRESS_ENV
 from vidfarm import presence
 from vidfarm.farm import Farm
@@ -49,10 +49,6 @@ def clip(tmp_path_factory) -> Path:
 
 def chunk_task(farm: Farm, video_id: str) -> dict:
     return next(t for t in farm.catalog.tasks(video_id) if t.kind == TaskKind.CHUNK)
-
-
-def queued_ids(farm: Farm) -> list[str]:
-    return Queue("cpu", connection=farm.rq_redis).job_ids
 
 
 def stored_files(farm: Farm, video_id: str) -> list[str]:
@@ -84,7 +80,7 @@ def test_a_job_whose_consumer_died_after_the_pop_runs_again_and_the_video_ends_r
     job_id = wait_until(lambda: (j := chunk_task(farm, video_id).job_id) in queued_ids(farm) and j, 30,
                         "the chunk's job to be queued")
     # What a consumer that died right after its BLPOP leaves: the job in no list, RQ and the catalog `queued`.
-    assert farm.rq_redis.lrem(Queue("cpu", connection=farm.rq_redis).key, 0, job_id) == 1
+    take(farm, job_id)
     removed_at = time.monotonic()
     start_worker()
     wait_until(lambda: chunk_task(farm, video_id).job_id != job_id, 60, "the chunk to be queued again")
