@@ -14,6 +14,10 @@ from fractions import Fraction
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+# 3 GOPs of 2 s: 6 s segments. Defined with the chunk plan, whose chunks end on segment boundaries;
+# re-exported under the name the segmenter's callers use.
+from vidfarm.chunks import GOPS_PER_SEGMENT as SEGMENTS_PER_CHUNK_GOPS  # noqa: F401
+
 AUDIO_FOLDER = "audio"
 AUDIO_GROUP = "aac"
 AAC_LC_CODECS = "mp4a.40.2"
@@ -21,7 +25,6 @@ MEDIA_PLAYLIST = "index.m3u8"
 MASTER_PLAYLIST = "master.m3u8"
 DASH_MANIFEST = "manifest.mpd"
 INIT_SEGMENT = "init.mp4"
-SEGMENTS_PER_CHUNK_GOPS = 3  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
 VIDEO_TIMESCALE = 90000
 # Where playback starts (the first variant listed): about what a phone on a slow mobile network gets.
 START_BANDWIDTH_BPS = 1_000_000
