@@ -1,0 +1,105 @@
+"""Which job a worker takes next: first chunks before anything else, round-robin across the tenants
+with work, jobs queued under the old (plain pool) names last. Real Redis and RQ queues; the tests with
+real workers and uploads are in tests/test_dispatch_farm.py."""
+
+from __future__ import annotations
+
+from rq import Queue
+
+from vidfarm.farm import Farm
+from vidfarm.queues import (
+    Dispatcher,
+    announce,
+    pool_counts,
+    pool_of,
+    task_queue,
+    tenant_tag,
+    tenants_key,
+)
+
+
+def queue_job(farm: Farm, tenant: str, first: bool, name: str, *, depends_on: str | None = None) -> str:
+    """A job of `tenant` queued as `vidfarm.jobs.enqueue_task` queues one, announced as it announces."""
+    queue = Queue(task_queue("cpu", tenant, first), connection=farm.rq_redis)
+    queue.enqueue("os.getpid", job_id=name, depends_on=depends_on)
+    announce(farm.rq_redis, "cpu", [tenant])
+    return name
+
+
+def taken(dispatcher: Dispatcher, count: int) -> list[str]:
+    jobs = []
+    for _ in range(count):
+        popped = dispatcher.pop()
+        assert popped is not None, f"nothing to take after {jobs}"
+        jobs.append(popped[1])
+    return jobs
+
+
+def test_first_chunks_go_first_and_tenants_take_turns(farm: Farm) -> None:
+    for n in range(3):
+        queue_job(farm, "burst", False, f"burst-later-{n}")
+    for n in range(3):
+        queue_job(farm, "burst", True, f"burst-first-{n}")
+    queue_job(farm, "single", False, "single-later")
+    queue_job(farm, "single", True, "single-first")
+    dispatcher = Dispatcher(farm.rq_redis, ["cpu"])
+    order = taken(dispatcher, 8)
+    # Every first chunk before any later one; within a level the tenants alternate while both have work.
+    assert set(order[:4]) == {"burst-first-0", "burst-first-1", "burst-first-2", "single-first"}
+    assert order.index("single-first") <= 1
+    assert order.index("single-later") <= 5
+    assert [j for j in order if j.startswith("burst")] == [
+        "burst-first-0", "burst-first-1", "burst-first-2", "burst-later-0", "burst-later-1", "burst-later-2"]
+    assert dispatcher.pop() is None
+
+
+def test_a_burst_of_one_tenant_lets_every_other_tenant_in_within_a_round(farm: Farm) -> None:
+    for n in range(20):
+        queue_job(farm, "a", True, f"a-{n}")
+    dispatcher = Dispatcher(farm.rq_redis, ["cpu"])
+    assert taken(dispatcher, 2) == ["a-0", "a-1"]
+    queue_job(farm, "b", True, "b-0")
+    assert "b-0" in taken(dispatcher, 2)
+
+
+def test_jobs_queued_under_the_plain_pool_name_still_run_after_the_others(farm: Farm) -> None:
+    # What an upgrade leaves in Redis: jobs queued in `cpu` itself before queues were derived.
+    Queue("cpu", connection=farm.rq_redis).enqueue("os.getpid", job_id="old")
+    queue_job(farm, "t", False, "new")
+    dispatcher = Dispatcher(farm.rq_redis, ["cpu"])
+    assert taken(dispatcher, 2) == ["new", "old"]
+    assert farm.rq_redis.smembers(tenants_key("cpu")) == set()  # nothing left: t is dropped
+
+
+def test_a_tenant_waiting_on_a_deferred_job_stays_announced(farm: Farm) -> None:
+    # Finalize waits (deferred) on the chunks; when the last one ends RQ queues it in the tenant's queue
+    # without telling the dispatcher, so the tenant must not have been dropped meanwhile.
+    queue_job(farm, "t", True, "chunk")
+    queue_job(farm, "t", False, "finalize", depends_on="chunk")
+    dispatcher = Dispatcher(farm.rq_redis, ["cpu"])
+    assert taken(dispatcher, 1) == ["chunk"]
+    assert dispatcher.pop() is None
+    assert farm.rq_redis.smembers(tenants_key("cpu")) == {tenant_tag("t").encode()}
+
+
+def test_queue_names_are_bounded_and_belong_to_their_pool(farm: Farm) -> None:
+    name = task_queue("cpu", "tenant/with spaces:and" + "x" * 200, first=True)
+    assert name == f"cpu.first.{tenant_tag('tenant/with spaces:andx' + 'x' * 199)}"
+    assert len(name) == len("cpu.first.") + 16 and name.replace(".", "").isalnum()
+    assert pool_of(name) == "cpu" and pool_of("cpu") == "cpu" and pool_of("gpu.rest.x") == "gpu.rest.x"
+
+
+def test_pool_counts_add_up_every_queue_of_the_pool(farm: Farm) -> None:
+    queue_job(farm, "a", True, "a-first")
+    queue_job(farm, "b", False, "b-later")
+    Queue("cpu", connection=farm.rq_redis).enqueue("os.getpid", job_id="old")
+    Queue("gpu", connection=farm.rq_redis).enqueue("os.getpid", job_id="elsewhere")
+    assert pool_counts(farm.rq_redis, "cpu") == {"queued": 3, "running": 0, "failed": 0, "first": 1}
+
+
+def test_a_worker_of_several_pools_takes_every_pools_first_chunks_first(farm: Farm) -> None:
+    Queue(task_queue("cpu", "t", False), connection=farm.rq_redis).enqueue("os.getpid", job_id="cpu-later")
+    announce(farm.rq_redis, "cpu", ["t"])
+    Queue(task_queue("gpu", "t", True), connection=farm.rq_redis).enqueue("os.getpid", job_id="gpu-first")
+    announce(farm.rq_redis, "gpu", ["t"])
+    assert taken(Dispatcher(farm.rq_redis, ["cpu", "gpu"]), 2) == ["gpu-first", "cpu-later"]
