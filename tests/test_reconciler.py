@@ -15,12 +15,12 @@ from rq.job import Job
 from sqlalchemy import event
 
 from tests.conftest import BACKENDS, FakeClock
-from tests.queued import queued_ids, take
+from tests.queued import queue_of, queued_ids, take
 from vidfarm import lifecycle, presence
 from vidfarm.catalog import VideoRow, utcnow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, plan_tasks
-from vidfarm.queues import tenant_queues
+from vidfarm.queues import Dispatcher, task_queue, tenant_queues, tenants_key
 from vidfarm.reconciler import QUEUED_GRACE_S, Reconciler
 from vidfarm.states import TaskKind, TaskStatus, VideoStatus, WorkerState
 from vidfarm.storage import new_video_id
@@ -39,14 +39,15 @@ def reconciler(farm: Farm, clock: FakeClock) -> Reconciler:
     return Reconciler(farm, clock=clock)
 
 
-def add_video(farm: Farm, *, age_s: float = 0.0, enqueued: bool = True, running_attempt: int = 0) -> VideoRow:
-    """A 2 s video and its tasks, last touched `age_s` ago; with `running_attempt`, WORKER claimed its
-    chunk for that attempt."""
+def add_video(farm: Farm, *, age_s: float = 0.0, enqueued: bool = True, running_attempt: int = 0,
+              duration_s: float = 2.0) -> VideoRow:
+    """A video (2 s: one chunk) and its tasks, last touched `age_s` ago; with `running_attempt`, WORKER
+    claimed its chunk for that attempt."""
     video_id = new_video_id()
-    tasks = plan_tasks(video_id, 2.0, 25.0, False, farm.settings.chunk_seconds)
+    tasks = plan_tasks(video_id, duration_s, 25.0, False, farm.settings.chunk_seconds)
     status = VideoStatus.PROCESSING if running_attempt else VideoStatus.QUEUED
     video = farm.catalog.create(
-        id=video_id, tenant="t", status=status, attempts=0, filename="a.mp4", size_bytes=10, duration_s=2.0,
+        id=video_id, tenant="t", status=status, attempts=0, filename="a.mp4", size_bytes=10, duration_s=duration_s,
         width=320, height=240, fps=25.0, video_codec="h264", audio_codec=None, queue="cpu",
         job_id=None, requested=None, tasks=tasks,
     )
@@ -97,6 +98,20 @@ def test_a_queued_task_whose_job_waits_in_redis_is_left_alone(farm, reconciler):
     waiting = queued_job_ids(farm)
     assert reconciler.step() == 0
     assert queued_job_ids(farm) == waiting == [chunk(farm, video).job_id]
+
+
+def test_a_job_waiting_in_its_tenants_queue_is_alive_and_left_where_a_worker_takes_it(farm, reconciler, clock):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    job_id = chunk(farm, video).job_id
+    assert queue_of(farm, job_id).name == task_queue("cpu", "t", first=True)
+    # The pool's set of tenants with work lost (a Redis restored from an older snapshot): no worker
+    # would look at t's queues. The job still counts as alive, and t is announced again.
+    farm.rq_redis.delete(tenants_key("cpu"))
+    for _ in range(3):
+        assert reconciler.step() == 0
+        clock.now += 2 * farm.settings.lost_job_grace_s
+    assert chunk(farm, video).job_id == job_id and chunk(farm, video).attempts == 0
+    assert Dispatcher(farm.rq_redis, ["cpu"]).pop() == (task_queue("cpu", "t", first=True), job_id)
 
 
 def popped(farm: Farm, job_id: str) -> None:
