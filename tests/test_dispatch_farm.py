@@ -105,3 +105,14 @@ def test_a_burst_of_one_tenant_does_not_hold_up_another_tenants_upload(http, api
     # A's third video was queued long before B's, and is ready after it (a ready row changes no more).
     ready_at = {vid: farm.catalog.get(vid)["updated_at"] for vid in (b_id, burst[2])}
     assert ready_at[b_id] < ready_at[burst[2]], ready_at
+
+
+def test_the_farm_view_counts_every_tenants_queues_under_their_pool(http, api: ApiServer, farm, clips):
+    # No worker: the jobs wait. Two tenants, two videos each with a first chunk and a later one.
+    for client in (http, api.client(OTHER_KEY)):
+        upload(client, clips["short"])
+        upload(client, clips["long"])
+    view = http.get("/v1/farm").json()
+    assert set(view["queues"]) == set(farm.settings.served_queues)  # no tenant's queue shows, by name or count
+    waiting = sum(t.kind != TaskKind.FINALIZE for v in farm.catalog.active() for t in farm.catalog.tasks(v["id"]))
+    assert view["queues"]["cpu"] == {"queued": waiting, "running": 0, "failed": 0}
