@@ -46,7 +46,7 @@ from transcoder.ladder import RUNGS, OutputPlan, plan_outputs, poster_size, rung
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
 from vidfarm import cancel, events, lifecycle, metrics, segments
 from vidfarm.catalog import Task
-from vidfarm.chunks import ChunkSpan, chunk_window
+from vidfarm.chunks import ChunkSpan, chunk_window, segment_frames
 from vidfarm.farm import Farm
 from vidfarm.probe import SourceInfo
 from vidfarm.rungs import stream_only
@@ -339,7 +339,7 @@ class ChunkAttempt(TaskAttempt):
         """The chunk's final CMAF segments of every rung (stream copy of its MP4, which finalize still
         stitches into the downloads), numbered and timed on the whole video's grid: what the result
         records (vidfarm/segments.py)."""
-        per_segment = segments.SEGMENT_GOPS * plans[0].gop_frames
+        per_segment = segment_frames(plans[0].fps)
         if start_frame % per_segment:
             raise VideoFailed("internal_error", f"{self.task_name} starts at frame {start_frame}, "
                               f"not on a segment boundary (every {per_segment} frames)")
