@@ -5,13 +5,17 @@ real workers and uploads are in tests/test_dispatch_farm.py."""
 from __future__ import annotations
 
 from rq import Queue
+from rq.job import Job
 
+from tests.test_worker_startup import farm_worker
 from vidfarm.farm import Farm
 from vidfarm.queues import (
     Dispatcher,
     announce,
+    forget_idle_queues,
     pool_counts,
     pool_of,
+    pool_queues,
     task_queue,
     tenant_tag,
     tenants_key,
@@ -103,3 +107,29 @@ def test_a_worker_of_several_pools_takes_every_pools_first_chunks_first(farm: Fa
     Queue(task_queue("gpu", "t", True), connection=farm.rq_redis).enqueue("os.getpid", job_id="gpu-first")
     announce(farm.rq_redis, "gpu", ["t"])
     assert taken(Dispatcher(farm.rq_redis, ["cpu", "gpu"]), 2) == ["gpu-first", "cpu-later"]
+
+
+def test_a_tenants_queues_are_forgotten_once_nothing_is_left_in_them(farm: Farm) -> None:
+    done = queue_job(farm, "done", True, "done-job")
+    failed = queue_job(farm, "failed", True, "failed-job")
+    dispatcher = Dispatcher(farm.rq_redis, ["cpu"])
+    taken(dispatcher, 2)
+    failed_queue = Queue(task_queue("cpu", "failed", True), connection=farm.rq_redis)
+    failed_queue.failed_job_registry.add(failed_queue.fetch_job(failed), ttl=3600)
+    names = pool_queues(farm.rq_redis, "cpu", with_work_only=False)
+    assert task_queue("cpu", "done", True) in names
+    assert forget_idle_queues(farm.rq_redis, names) == 1
+    # The failed job still counts (for a day: RQ's failure TTL), the one that ran leaves nothing.
+    assert pool_queues(farm.rq_redis, "cpu", with_work_only=False) == ["cpu", failed_queue.name]
+    assert pool_counts(farm.rq_redis, "cpu")["failed"] == 1
+    assert Job.exists(done, connection=farm.rq_redis)  # jobs are untouched: only the queue is unlisted
+    queue_job(farm, "done", True, "again")  # a new job brings its queue back
+    assert task_queue("cpu", "done", True) in pool_queues(farm.rq_redis, "cpu", with_work_only=False)
+
+
+def test_a_workers_upkeep_covers_every_queue_of_its_pool(farm: Farm) -> None:
+    queue_job(farm, "t", True, "ran")
+    Dispatcher(farm.rq_redis, ["cpu"]).pop()
+    assert task_queue("cpu", "t", True) in pool_queues(farm.rq_redis, "cpu", with_work_only=False)
+    farm_worker(farm).clean_registries()
+    assert pool_queues(farm.rq_redis, "cpu", with_work_only=False) == ["cpu"]

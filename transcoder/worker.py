@@ -29,7 +29,7 @@ from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
-from vidfarm.queues import RANG, Dispatcher, pool_queues
+from vidfarm.queues import RANG, Dispatcher, forget_idle_queues, pool_queues
 from vidfarm.states import TERMINAL, WorkerState
 
 log = logging.getLogger(__name__)
@@ -249,15 +249,18 @@ class FarmWorker(SimpleWorker):
         return job, queue
 
     def clean_registries(self) -> None:
-        """RQ's upkeep (abandoned started jobs, dependents left ready) for every queue of the pools,
-        not only the pool queues the worker was started with."""
+        """RQ's upkeep (abandoned started jobs, dependents left ready, expired entries) for every
+        queue of the pools, not only the pool queues the worker was started with; then the queues
+        left with nothing in them are forgotten."""
         own = self.queues
-        self.queues = [Queue(name, connection=self.connection) for pool in self.dispatcher.pools
-                       for name in pool_queues(self.connection, pool, with_work_only=False)]
+        names = [name for pool in self.dispatcher.pools for name in pool_queues(self.connection, pool,
+                                                                                 with_work_only=False)]
+        self.queues = [Queue(name, connection=self.connection) for name in names]
         try:
             super().clean_registries()
         finally:
             self.queues = own
+        forget_idle_queues(self.connection, names)
 
 
 def default_name() -> str:

@@ -40,7 +40,13 @@ from collections.abc import Sequence
 
 import redis
 from rq import Queue
-from rq.registry import DeferredJobRegistry, FailedJobRegistry, ReadyJobRegistry, StartedJobRegistry
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ReadyJobRegistry,
+    StartedJobRegistry,
+)
 
 FIRST, REST = "first", "rest"
 LEVELS = (FIRST, REST)
@@ -94,6 +100,22 @@ return false
 """
 
 
+# ARGV: RQ's set of queue keys, then per queue its key and the keys of its registries (REGISTRIES).
+FORGET = """
+local known, forgotten, i = ARGV[1], 0, 2
+while i <= #ARGV do
+  local empty = redis.call('LLEN', ARGV[i]) == 0
+  for j = 1, 5 do
+    empty = empty and redis.call('ZCARD', ARGV[i + j]) == 0
+  end
+  if empty then forgotten = forgotten + redis.call('SREM', known, ARGV[i]) end
+  i = i + 6
+end
+return forgotten
+"""
+REGISTRIES = (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, ReadyJobRegistry)
+
+
 def tenant_tag(tenant: str) -> str:
     return hashlib.sha256(tenant.encode()).hexdigest()[:TAG_DIGITS]
 
@@ -143,6 +165,18 @@ def pool_queues(rq_redis: redis.Redis, pool: str, *, with_work_only: bool = True
         return [pool] + [f"{pool}.{level}.{tag}" for level in LEVELS for tag in tags]
     known = (q.name for q in Queue.all(connection=rq_redis))
     return [pool] + sorted(name for name in known if name != pool and pool_of(name) == pool)
+
+
+def forget_idle_queues(rq_redis: redis.Redis, names: Sequence[str]) -> int:
+    """Drop from RQ's set of queues the derived queues with nothing in their list or any registry, so
+    that what counts and cleans every queue of a pool (`pool_counts`, the workers' upkeep) costs as
+    many queues as tenants with recent jobs, not every tenant ever seen. Atomic per queue; an enqueue
+    adds its queue back (RQ's enqueue does). Returns how many were dropped."""
+    derived = [name for name in names if pool_of(name) != name]
+    args = [Queue.redis_queues_keys]
+    for name in derived:
+        args += [QUEUE_PREFIX + name, *(registry.key_template.format(name) for registry in REGISTRIES)]
+    return int(rq_redis.eval(FORGET, 0, *args)) if derived else 0
 
 
 def tenant_queues(pool: str, tenant: str) -> list[str]:
