@@ -31,6 +31,8 @@ plus up to 4 LLEN/ZCARD per emptied tenant, then RQ's usual job fetch. An idle w
 BLPOP on the pool's doorbell list and the plain queue (a slice of up to 10 s, as before); every enqueue
 rings the doorbell (RPUSH + LTRIM, kept at DOORBELL_MAX entries), and a worker that was woken and took a
 job rings it again, so a burst wakes as many idle workers as it has jobs, one after the other.
+Counting a pool is two round trips (`pool_counts`); the workers' upkeep forgets a tenant's queues once
+nothing is left in them (`forget_idle_queues`), so both cost the tenants with recent jobs only.
 """
 
 from __future__ import annotations
