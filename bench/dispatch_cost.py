@@ -1,8 +1,8 @@
 """What taking the next job costs Redis, by the number of tenants with work (issue 20).
 
 A private redis-server (no persistence). For each tenant count T, every tenant has jobs waiting in
-its later-chunks queue only (the dispatch script then walks all T empty first-chunk queues before it
-finds one: the worst case for a pool with work), and 2,000 jobs are taken with
+its later-chunks queue only and is announced at both levels as an enqueue does (so the first pop also
+drops all T tenants from the first-chunk level), and 2,000 jobs are taken with
 `vidfarm.queues.Dispatcher.pop` (RQ's job fetch, the same for any dispatch, is left out). Reported:
 Redis commands per pop (from INFO commandstats: the EVALSHA and every command it ran), the server's
 time per pop (the script's usec), and the client's round trip.

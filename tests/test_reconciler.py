@@ -20,7 +20,7 @@ from vidfarm import lifecycle, presence
 from vidfarm.catalog import VideoRow, utcnow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, plan_tasks
-from vidfarm.queues import Dispatcher, task_queue, tenant_queues, tenants_key
+from vidfarm.queues import FIRST, REST, Dispatcher, task_queue, tenant_queues, tenants_key
 from vidfarm.reconciler import QUEUED_GRACE_S, Reconciler
 from vidfarm.states import TaskKind, TaskStatus, VideoStatus, WorkerState
 from vidfarm.storage import new_video_id
@@ -106,7 +106,7 @@ def test_a_job_waiting_in_its_tenants_queue_is_alive_and_left_where_a_worker_tak
     assert queue_of(farm, job_id).name == task_queue("cpu", "t", first=True)
     # The pool's set of tenants with work lost (a Redis restored from an older snapshot): no worker
     # would look at t's queues. The job still counts as alive, and t is announced again.
-    farm.rq_redis.delete(tenants_key("cpu"))
+    farm.rq_redis.delete(tenants_key("cpu", FIRST), tenants_key("cpu", REST))
     for _ in range(3):
         assert reconciler.step() == 0
         clock.now += 2 * farm.settings.lost_job_grace_s

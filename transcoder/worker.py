@@ -29,7 +29,7 @@ from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
-from vidfarm.queues import RANG, Dispatcher, forget_idle_queues, pool_queues
+from vidfarm.queues import RANG, Dispatcher, announce_released, forget_idle_queues, pool_queues
 from vidfarm.states import TERMINAL, WorkerState
 
 log = logging.getLogger(__name__)
@@ -175,10 +175,18 @@ class FarmWorker(SimpleWorker):
             self.info.video_id = self.info.job_id = ""
             self.info.state = WorkerState.DRAINING if self._stop_requested else WorkerState.IDLE
             self.beat()
+            self._announce_released(queue)
+
+    def _announce_released(self, queue: Queue) -> None:
+        """The job's end may have released a finalize into its tenant's queue (RQ queues a dependent
+        without telling the dispatch): announce that tenant; a worker that takes no next job wakes
+        another for it. Best effort: the reconciler announces every tenant with queued tasks too."""
+        try:
+            announce_released(self.connection, queue.name)
             if self._stop_requested:
-                # This worker takes no next job: the finalize its job may have released is another's.
-                with contextlib.suppress(redis.RedisError):
-                    self.dispatcher.ring()
+                self.dispatcher.ring()
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not announce what its job released: %s", self.name, exc)
 
     def request_stop(self, signum, frame) -> None:
         # No Redis call here: a signal handler may interrupt this thread inside redis-py's pool lock.

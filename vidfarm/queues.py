@@ -17,17 +17,19 @@ appears later nor keeps the first-chunk level ahead of the rest while it rotates
 rather than lists of our own: a job keeps RQ's bookkeeping (its origin queue, the started, failed and
 deferred registries, finalize's dependency re-queueing it into its origin), which the reconciler, stop
 and the metrics read. So jobs are queued by RQ as ever, and a worker takes the next one with one Lua
-script (`DISPATCH`) that, atomically:
+script (`DISPATCH`) that, atomically, for the first-chunk level and then the rest level:
 
-1. reads the pool's set of tenants with work (`vidfarm:dispatch:<pool>:tenants`, tags);
-2. walks the first-chunk level, then the rest level, each round-robin across those tenants starting
-   after the tenant this worker served last, then the plain pool queue, and LPOPs the first job found;
-3. drops from the set each tenant it walked past whose queues, deferred and ready registries are all
-   empty (atomic with the pops, and an enqueue adds its tenant after pushing the job, so a tenant is
-   never dropped while it has a job waiting).
+1. takes from the level's sorted set of tenants with work (`vidfarm:dispatch:<pool>:<level>`, tags
+   in lexical order) the first tag after the one this worker served last (wrapping around): round-robin;
+2. LPOPs that tenant's queue of the level; an empty one leaves the set (ZREM) and the walk goes on;
 
-Cost to Redis per dequeue: one EVALSHA doing at most 2·T+1 LPOPs (T: tenants with work in the pool)
-plus up to 4 LLEN/ZCARD per emptied tenant, then RQ's usual job fetch. An idle worker blocks in one
+then the plain pool queue. A tenant is added to a level's set after its job is pushed (`announce`:
+on enqueue, and by the worker after each job, whose end may have released a finalize into its
+tenant's queue), so a tenant never leaves a set with a job waiting.
+
+Cost to Redis per dequeue: one EVALSHA running a ZRANGE BYLEX (two on a wrap) and an LPOP, O(log T)
+for T tenants with work, plus a ZREM and a ZRANGE per tenant found empty (each tenant once per time it
+runs dry), then RQ's usual job fetch (`bench/dispatch_cost.py`). An idle worker blocks in one
 BLPOP on the pool's doorbell list and the plain queue (a slice of up to 10 s, as before); every enqueue
 rings the doorbell (RPUSH + LTRIM, kept at DOORBELL_MAX entries), and a worker that was woken and took a
 job rings it again, so a burst wakes as many idle workers as it has jobs, one after the other.
@@ -60,48 +62,35 @@ DOORBELL_MAX = 16
 QUEUE_PREFIX = Queue.redis_queue_namespace_prefix
 RANG = ("", "")  # Dispatcher.wait: a doorbell woke the worker, no job taken yet
 
-# KEYS: the tenant sets of the pools, in order. ARGV: the queue key prefix, the deferred and ready
-# registry key prefixes, the tag served last ("" for none), then the pool names (as many as KEYS).
+# KEYS: per pool, its first-level then its rest-level set of tenants with work. ARGV: the queue key
+# prefix, the tag served last ("" for none), then the pool names.
 DISPATCH = """
-local qp, dp, rp, last = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local pools, tags = {}, {}
-for i = 1, #KEYS do
-  pools[i] = ARGV[4 + i]
-  local members = redis.call('SMEMBERS', KEYS[i])
-  table.sort(members)
-  local start = #members + 1
-  for j = 1, #members do
-    if members[j] > last then start = j break end
-  end
-  local order = {}
-  for j = start, #members do order[#order + 1] = members[j] end
-  for j = 1, start - 1 do order[#order + 1] = members[j] end
-  tags[i] = order
+local qp, last = ARGV[1], ARGV[2]
+local function after(key, tag)
+  local found = {}
+  if tag ~= '' then found = redis.call('ZRANGE', key, '(' .. tag, '+', 'BYLEX', 'LIMIT', 0, 1) end
+  if #found == 0 then found = redis.call('ZRANGE', key, '-', '+', 'BYLEX', 'LIMIT', 0, 1) end
+  return found[1]
 end
-local function idle(name)
-  return redis.call('LLEN', qp .. name) == 0 and redis.call('ZCARD', dp .. name) == 0
-    and redis.call('ZCARD', rp .. name) == 0
-end
-for _, level in ipairs({'first', 'rest'}) do
-  for i = 1, #KEYS do
-    for _, tag in ipairs(tags[i]) do
-      local name = pools[i] .. '.' .. level .. '.' .. tag
-      local id = redis.call('LPOP', qp .. name)
-      if id then return {name, id, tag} end
-      if level == 'rest' and idle(name) and idle(pools[i] .. '.first.' .. tag) then
-        redis.call('SREM', KEYS[i], tag)
-      end
+local pools = #ARGV - 2
+for level, label in ipairs({'first', 'rest'}) do
+  for i = 1, pools do
+    local key, name = KEYS[2 * (i - 1) + level], ARGV[2 + i] .. '.' .. label .. '.'
+    local tag = after(key, last)
+    while tag do
+      local id = redis.call('LPOP', qp .. name .. tag)
+      if id then return {name .. tag, id, tag} end
+      redis.call('ZREM', key, tag)
+      tag = after(key, tag)
     end
   end
 end
-for i = 1, #KEYS do
-  local id = redis.call('LPOP', qp .. pools[i])
-  if id then return {pools[i], id, ''} end
+for i = 1, pools do
+  local id = redis.call('LPOP', qp .. ARGV[2 + i])
+  if id then return {ARGV[2 + i], id, ''} end
 end
 return false
 """
-
-
 # ARGV: RQ's set of queue keys, then per queue its key and the keys of its registries (REGISTRIES).
 FORGET = """
 local known, forgotten, i = ARGV[1], 0, 2
@@ -135,8 +124,8 @@ def pool_of(queue_name: str) -> str:
     return queue_name
 
 
-def tenants_key(pool: str) -> str:
-    return f"vidfarm:dispatch:{pool}:tenants"
+def tenants_key(pool: str, level: str) -> str:
+    return f"vidfarm:dispatch:{pool}:{level}"
 
 
 def doorbell_key(pool: str) -> str:
@@ -144,13 +133,23 @@ def doorbell_key(pool: str) -> str:
 
 
 def announce(rq_redis: redis.Redis, pool: str, tenants: Sequence[str], *, wake: bool = True) -> None:
-    """After queueing jobs: add their tenants to the pool's tenants with work (after the push, so the
-    dispatch script never drops a tenant with a job waiting) and wake one idle worker."""
+    """After queueing jobs: add their tenants to the pool's tenants with work at both levels (after the
+    push, so the dispatch script never drops a tenant with a job waiting; one without jobs at a level
+    is dropped at the next walk) and wake one idle worker."""
     pipe = rq_redis.pipeline(transaction=False)
-    pipe.sadd(tenants_key(pool), *{tenant_tag(t) for t in tenants})
+    for level in LEVELS:
+        pipe.zadd(tenants_key(pool, level), dict.fromkeys({tenant_tag(t) for t in tenants}, 0))
     if wake:
         ring(pipe, pool)
     pipe.execute()
+
+
+def announce_released(rq_redis: redis.Redis, queue_name: str) -> None:
+    """After a job of `queue_name` ended: RQ may have queued what depended on it (finalize) into its
+    tenant's later-chunks queue, without announcing it."""
+    pool = pool_of(queue_name)
+    if pool != queue_name:
+        rq_redis.zadd(tenants_key(pool, REST), {queue_name.rsplit(".", 1)[1]: 0})
 
 
 def ring(pipe: redis.client.Pipeline, pool: str) -> None:
@@ -163,8 +162,11 @@ def pool_queues(rq_redis: redis.Redis, pool: str, *, with_work_only: bool = True
     without `with_work_only`, of every tenant RQ has a queue of, for registries that outlive the
     tenant's waiting jobs: running and failed)."""
     if with_work_only:
-        tags = sorted(t.decode() for t in rq_redis.smembers(tenants_key(pool)))
-        return [pool] + [f"{pool}.{level}.{tag}" for level in LEVELS for tag in tags]
+        pipe = rq_redis.pipeline(transaction=False)
+        for level in LEVELS:
+            pipe.zrange(tenants_key(pool, level), 0, -1)
+        levels = zip(LEVELS, pipe.execute(), strict=True)
+        return [pool] + [f"{pool}.{level}.{tag.decode()}" for level, tags in levels for tag in tags]
     known = (q.name for q in Queue.all(connection=rq_redis))
     return [pool] + sorted(name for name in known if name != pool and pool_of(name) == pool)
 
@@ -228,13 +230,11 @@ class Dispatcher:
         self.pools = list(pools)
         self.last_tag = ""
         self._script = rq_redis.register_script(DISPATCH)
-        self._prefixes = [QUEUE_PREFIX, DeferredJobRegistry.key_template.format(""),
-                          ReadyJobRegistry.key_template.format("")]
+        self._keys = [tenants_key(pool, level) for pool in self.pools for level in LEVELS]
 
     def pop(self) -> tuple[str, str] | None:
         """(queue name, job id) of the next job, taken off its queue; None when every queue is empty."""
-        found = self._script(keys=[tenants_key(p) for p in self.pools],
-                             args=[*self._prefixes, self.last_tag, *self.pools], client=self.redis)
+        found = self._script(keys=self._keys, args=[QUEUE_PREFIX, self.last_tag, *self.pools], client=self.redis)
         if not found:
             return None
         name, job_id, tag = (part.decode() for part in found)
