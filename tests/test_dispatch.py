@@ -5,10 +5,14 @@ real workers and uploads are in tests/test_dispatch_farm.py."""
 from __future__ import annotations
 
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from tests.conftest import wait_until
 from tests.test_worker_startup import farm_worker
 from vidfarm.farm import Farm
 from vidfarm.queues import (
@@ -151,3 +155,23 @@ def test_a_workers_upkeep_covers_every_queue_of_its_pool(farm: Farm) -> None:
     assert task_queue("cpu", "t", True) in pool_queues(farm.rq_redis, "cpu", with_work_only=False)
     farm_worker(farm).clean_registries()
     assert pool_queues(farm.rq_redis, "cpu", with_work_only=False) == ["cpu"]
+
+
+def test_one_enqueue_wakes_as_many_idle_workers_as_it_has_jobs(farm: Farm) -> None:
+    # Three idle workers wait; a video's graph rings the doorbell once. Each worker that wakes and finds
+    # a job wakes the next, so both jobs start at once, and the third worker goes back to waiting.
+    idle = [Dispatcher(redis.Redis.from_url(farm.settings.redis_url), ["cpu"]) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        waiting = [pool.submit(lambda d: (d.take(5.0), time.monotonic()), d) for d in idle]
+        wait_until(lambda: blocked_pops(farm) == 3, 5, "three workers blocked")
+        started = time.monotonic()
+        for n in range(2):
+            Queue(task_queue("cpu", "t", n == 0), connection=farm.rq_redis).enqueue("os.getpid", job_id=f"j{n}")
+        announce(farm.rq_redis, "cpu", ["t"])
+        results = [w.result() for w in waiting]
+    taken_at = {popped[1]: at - started for popped, at in results if popped is not None}
+    assert sorted(taken_at) == ["j0", "j1"] and max(taken_at.values()) < 1.0, taken_at
+
+
+def blocked_pops(farm: Farm) -> int:
+    return sum(c["cmd"] == "blpop" and "b" in c["flags"] for c in farm.rq_redis.client_list())

@@ -29,7 +29,7 @@ from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
-from vidfarm.queues import RANG, Dispatcher, announce_released, forget_idle_queues, pool_queues
+from vidfarm.queues import Dispatcher, announce_released, forget_idle_queues, pool_queues
 from vidfarm.states import TERMINAL, WorkerState
 
 log = logging.getLogger(__name__)
@@ -215,33 +215,23 @@ class FarmWorker(SimpleWorker):
         return None  # RQ's loop then ends: a warm stop
 
     def _take(self, wait_s: float | None) -> tuple[Job, Queue] | None:
-        """One slice of RQ's dequeue: mark idle, maintain, then pop, blocking up to `wait_s` for a
-        doorbell; Redis errors are waited out here, as RQ does while waiting for a job."""
+        """One slice of RQ's dequeue: mark idle, maintain, then take a job, waiting up to `wait_s`;
+        Redis errors are waited out here, as RQ does while waiting for a job."""
         self.set_state(WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
-        deadline = time.monotonic() + (wait_s or 0)
-        woken = False
         while True:
             try:
                 self.heartbeat()
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
-                popped = self.dispatcher.pop()
-                left = deadline - time.monotonic()
-                if popped is None and wait_s is not None and left > 0:
-                    popped = self.dispatcher.wait(left)
-                    if popped == RANG:
-                        woken = True
-                        continue
+                popped = self.dispatcher.take(wait_s)
                 if popped is None:
                     return None
                 found = self._fetch(*popped)
-                if found is None:
-                    continue  # deleted while it waited (a stopped video): take the next one
-                if woken:
-                    self.dispatcher.ring()  # the burst that woke this worker may have more jobs
-                self.heartbeat()
-                return found
+                if found is not None:
+                    self.heartbeat()
+                    return found
+                # The job was deleted while it waited (a stopped video): take the next one.
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("worker %s: Redis unavailable while waiting for a job (%s)", self.name, exc)
                 time.sleep(REDIS_RETRY_S)

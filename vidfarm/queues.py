@@ -40,6 +40,7 @@ nothing is left in them (`forget_idle_queues`), so both cost the tenants with re
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 
 import redis
@@ -241,6 +242,24 @@ class Dispatcher:
         if tag:
             self.last_tag = tag
         return name, job_id
+
+    def take(self, wait_s: float | None) -> tuple[str, str] | None:
+        """`pop`, or wait up to `wait_s` (None: not at all) for a doorbell and pop again. A worker
+        that a doorbell woke and that found a job rings for the next idle one: the burst that rang
+        may have more jobs."""
+        deadline = time.monotonic() + (wait_s or 0)
+        woken = False
+        while True:
+            popped = self.pop()
+            left = deadline - time.monotonic()
+            if popped is None and wait_s is not None and left > 0:
+                popped = self.wait(left)
+                if popped == RANG:
+                    woken = True
+                    continue
+            if popped is not None and woken:
+                self.ring()
+            return popped
 
     def wait(self, timeout_s: float) -> tuple[str, str] | None:
         """Block until a doorbell rings (RANG: pop again) or a job reaches a plain pool queue (that
