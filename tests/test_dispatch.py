@@ -8,7 +8,6 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
@@ -29,6 +28,7 @@ from vidfarm.queues import (
     tenant_tag,
     tenants_key,
 )
+from vidfarm.redisconn import connect
 
 
 def queue_job(farm: Farm, tenant: str, first: bool, name: str, *, depends_on: str | None = None) -> str:
@@ -160,7 +160,7 @@ def test_a_workers_upkeep_covers_every_queue_of_its_pool(farm: Farm) -> None:
 def test_one_enqueue_wakes_as_many_idle_workers_as_it_has_jobs(farm: Farm) -> None:
     # Three idle workers wait; a video's graph rings the doorbell once. Each worker that wakes and finds
     # a job wakes the next, so both jobs start at once, and the third worker goes back to waiting.
-    idle = [Dispatcher(redis.Redis.from_url(farm.settings.redis_url), ["cpu"]) for _ in range(3)]
+    idle = [Dispatcher(connect(farm.settings.redis_url), ["cpu"]) for _ in range(3)]  # as workers connect
     with ThreadPoolExecutor(3) as pool:
         waiting = [pool.submit(lambda d: (d.take(8.0), time.monotonic()), d) for d in idle]
         wait_until(lambda: blocked_pops(farm) == 3, 5, "three workers blocked")
