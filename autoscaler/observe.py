@@ -1,5 +1,6 @@
-"""What the controller sees of a pool: queue depth from RQ, worker states from presence, and the
-estimated work left from the catalog's source durations."""
+"""What the controller sees of a pool: queue depth from RQ (every queue derived from the pool's: first
+chunks and tenants, `vidfarm.queues`), worker states from presence, and the estimated work left from
+the catalog's source durations."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from autoscaler.backend import WorkerRef
 from autoscaler.policy import PoolConfig, Snapshot
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
-from vidfarm.queues import queue_counts
+from vidfarm.queues import FIRST, pool_counts
 from vidfarm.states import WorkerState
 
 RUNNING_STATES = (WorkerState.BUSY, WorkerState.DRAINING)
@@ -28,12 +29,13 @@ class FarmObserver:
         self.clock = clock
 
     def __call__(self, pool: PoolConfig) -> tuple[Snapshot, list[WorkerRef]]:
-        queued = 0
+        queued = first = 0
         for name in pool.queues:
-            counts = queue_counts(self.farm.rq_redis, name)
-            for state, count in counts.items():
-                metrics.QUEUE_JOBS.labels(name, state).set(count)
+            counts = pool_counts(self.farm.rq_redis, name)
+            for state in ("queued", "running", "failed"):
+                metrics.QUEUE_JOBS.labels(name, state).set(counts[state])
             queued += counts["queued"]
+            first += counts[FIRST]
         workers = [w for w in presence.all_workers(self.farm.redis) if w.pool == pool.name]
         busy = sum(1 for w in workers if w.state in RUNNING_STATES)
         idle = sum(1 for w in workers if w.state == WorkerState.IDLE)
@@ -43,6 +45,7 @@ class FarmObserver:
         snapshot = Snapshot(
             now=self.clock(),
             queued_jobs=queued,
+            queued_first=first,
             running_jobs=busy,
             idle_workers=idle,
             busy_workers=busy,

@@ -82,6 +82,7 @@ class Snapshot:
     current_replicas: int
     queued_work_s: float = 0.0  # estimated seconds of work queued (source durations * cost factor)
     running_work_s: float = 0.0  # estimated remaining seconds of running jobs
+    queued_first: int = 0  # of queued_jobs, first chunks and audio: what a user waits for to play
     # Recent worker starts, seconds from the decision that asked for a replica to its worker's first
     # heartbeat (autoscaler.starts), oldest first. Empty until one has been measured.
     worker_starts_s: tuple[float, ...] = ()
@@ -137,8 +138,24 @@ def _busy_floor(snapshot: Snapshot, config: PoolConfig) -> int:
     return min(max(0, snapshot.busy_workers), max(config.max_replicas, snapshot.current_replicas))
 
 
+def _first_chunk_floor(snapshot: Snapshot, config: PoolConfig) -> int:
+    # A queued first chunk is a user waiting to play: it gets a worker of its own now, whatever
+    # target_jobs_per_worker, backlog targets or the step limit would say (bounded by max_replicas).
+    return min(max(0, snapshot.busy_workers) + max(0, snapshot.queued_first), config.max_replicas)
+
+
 def bounded_target(snapshot: Snapshot, config: PoolConfig) -> _Target:
-    """The load's need clamped to [min, max] and raised to the busy floor, with the binding rule."""
+    """The load's need clamped to [min, max] and raised to the busy and first-chunk floors, with the
+    binding rule."""
+    target = _load_target(snapshot, config)
+    first_floor = _first_chunk_floor(snapshot, config)
+    if first_floor > target.replicas:
+        return _Target(first_floor, "first_chunks",
+                       f"{snapshot.queued_first} first chunks queued, {snapshot.busy_workers} workers busy")
+    return target
+
+
+def _load_target(snapshot: Snapshot, config: PoolConfig) -> _Target:
     needed, load_reason = needed_for_load(snapshot, config)
     clamped = min(max(needed, config.min_replicas), config.max_replicas)
     busy_floor = _busy_floor(snapshot, config)
@@ -175,7 +192,7 @@ def _scale_up(snapshot: Snapshot, config: PoolConfig, target: _Target) -> Decisi
     if config.max_scale_up_step is not None and desired - current > config.max_scale_up_step:
         # Step limit protects a small cluster from a thundering herd of pod starts. It never holds the
         # pool under min or under its busy workers: those floors are not "scaling up for load".
-        floor = max(config.min_replicas, _busy_floor(snapshot, config))
+        floor = max(config.min_replicas, _busy_floor(snapshot, config), _first_chunk_floor(snapshot, config))
         desired = max(current + config.max_scale_up_step, floor)
         if desired < target.replicas:
             reason = "step_limit"

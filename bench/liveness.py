@@ -4,8 +4,9 @@ Each run is a fresh farm: a private redis-server, the API under uvicorn in this 
 reconciler in a thread every --resync-s (as `vidfarm up` runs it, 5 s), real `vidfarm worker`
 processes (x264), a 4 s 640x360 clip (one chunk and finalize). The faults:
 
-  frozen idle worker   a worker blocked in its dequeue is SIGSTOPped, a video is uploaded: Redis hands
-                       the chunk's job to the frozen connection. A second worker starts once it has.
+  frozen idle worker   a worker blocked in its dequeue is SIGSTOPped, a video is uploaded. Before issue
+                       20 Redis handed the chunk's job to the frozen connection; now its blocking pop
+                       takes only a wake-up and the job stays queued. A second worker starts then.
   popped job           the chunk's job is removed from its queue's list (LREM): what a worker killed
                        right after its pop leaves. A worker starts then.
   frozen transaction   (PostgreSQL) the worker freezes itself inside its first progress transaction,
@@ -39,6 +40,7 @@ import httpx
 import psycopg
 import uvicorn
 from rq import Queue
+from rq.job import Job
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,6 +49,7 @@ from transcoder.worker import FREEZE_IN_PROGRESS_ENV  # noqa: E402
 from vidfarm import presence  # noqa: E402
 from vidfarm.farm import Farm  # noqa: E402
 from vidfarm.localredis import LocalRedis, free_port  # noqa: E402
+from vidfarm.queues import pool_queues  # noqa: E402
 from vidfarm.reconciler import Reconciler  # noqa: E402
 from vidfarm.settings import Settings  # noqa: E402
 from vidfarm.states import TaskKind, WorkerState  # noqa: E402
@@ -128,7 +131,8 @@ class Run:
         return next(t.job_id for t in self.farm.catalog.tasks(video_id) if t.kind == TaskKind.CHUNK)
 
     def queued(self) -> list[str]:
-        return Queue("cpu", connection=self.farm.rq_redis).job_ids
+        names = pool_queues(self.farm.rq_redis, "cpu")
+        return [job_id for name in names for job_id in Queue(name, connection=self.farm.rq_redis).job_ids]
 
     def idle(self, name: str) -> bool:
         return any(w.name == name and w.state == WorkerState.IDLE for w in presence.all_workers(self.farm.redis))
@@ -179,8 +183,8 @@ def frozen_idle_worker(run: Run, clip: Path, give_up_s: float) -> float | None:
     os.kill(frozen.pid, signal.SIGSTOP)
     since = time.monotonic()
     video_id = run.upload(clip)
-    job_id = run.chunk_job(video_id)
-    wait(lambda: job_id not in run.queued(), 10)
+    run.chunk_job(video_id)
+    time.sleep(1)  # the frozen worker's pending pop has taken what Redis hands it (a wake-up)
     run.worker()
     return run.ready_after(video_id, since, give_up_s)
 
@@ -189,7 +193,8 @@ def popped_job(run: Run, clip: Path, give_up_s: float) -> float | None:
     video_id = run.upload(clip)
     job_id = run.chunk_job(video_id)
     wait(lambda: job_id in run.queued(), 30)
-    run.farm.rq_redis.lrem(Queue("cpu", connection=run.farm.rq_redis).key, 0, job_id)
+    origin = Job.fetch(job_id, connection=run.farm.rq_redis).origin  # the tenant's queue (vidfarm.queues)
+    run.farm.rq_redis.lrem(Queue(origin, connection=run.farm.rq_redis).key, 0, job_id)
     since = time.monotonic()
     run.worker()
     return run.ready_after(video_id, since, give_up_s)

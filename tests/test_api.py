@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import API_KEY, BACKENDS, OTHER_KEY, local_files, upload, wait_for, wait_until
+from tests.queued import queued_ids
 from vidfarm.storage import source_key
 from vidfarm.storage_file import FileStorage
 
@@ -161,13 +162,11 @@ def test_events_stream_survives_redis_going_away(settings, clips, tmp_path):
 
 
 def test_an_upload_can_pick_its_queue(http, clips, farm):
-    from rq import Queue
-
     video = upload(http, clips["small"], queue="gpu").json()
     # Every job of its graph but finalize (which waits for them, deferred) is on the gpu queue.
     runnable = [t.job_id for t in farm.catalog.tasks(video["id"]) if t.kind != "finalize"]
-    assert sorted(Queue("gpu", connection=farm.rq_redis).job_ids) == sorted(runnable)
-    assert Queue("cpu", connection=farm.rq_redis).count == 0
+    assert sorted(queued_ids(farm, "gpu")) == sorted(runnable)
+    assert queued_ids(farm, "cpu") == []
     refused = upload(http, clips["small"], queue="nope")
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_queue"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import Queue
 
 from tests.conftest import BACKENDS, upload, wait_for, wait_until
+from tests.queued import deferred_ids, queued_ids
 from tests.test_faults import HEARTBEAT_TTL_S, ffmpeg_pids, make, video
 from transcoder import job as job_module
 from vidfarm.jobs import new_job_id
@@ -135,7 +135,7 @@ def test_a_chunk_that_fails_for_good_fails_the_video_and_stops_the_others(long_c
     assert "ends early" in failed["error"]["message"]
     # The siblings stop: nothing queued, nothing running, nothing half written left behind.
     wait_until(lambda: not ffmpeg_pids(video_id), 10, "no ffmpeg left for the video")
-    assert Queue("cpu", connection=farm.rq_redis).count == 0
+    assert queued_ids(farm) == []
     wait_until(lambda: not farm.storage.work_root(video_id).exists(), 10, "the chunk files removed")
     assert not farm.storage.rendition_path(video_id, RUNG).exists()
 
@@ -170,8 +170,7 @@ def test_delete_mid_transcode_removes_every_job_and_every_file(long_clip, http, 
     wait_until(lambda: len(done_chunks(farm, video_id)) >= 1, 90, "a chunk done")
     assert http.delete(f"/v1/videos/{video_id}").status_code == 204
     # No job of the graph is left to run: queued chunks, audio, and finalize waiting on them.
-    queue = Queue("cpu", connection=farm.rq_redis)
-    assert queue.count == 0 and queue.deferred_job_registry.count == 0
+    assert queued_ids(farm) == [] and deferred_ids(farm) == []
     wait_until(lambda: not ffmpeg_pids(video_id), 10, "the running chunk's ffmpeg to stop")
     folder = settings.storage.path / "videos" / video_id
     wait_until(lambda: not folder.exists(), 10, "the video's files removed")

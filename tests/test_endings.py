@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from rq import Queue
 
 from tests.conftest import API_KEY, FakeClock, upload
+from tests.queued import deferred_ids, queued_ids, take
 from tests.test_tus import create, patch
 from transcoder import job as job_module
 from uploader.auth import tenant_of
@@ -121,7 +121,7 @@ def chunk_that_fails_for_good(farm, http, tmp_path, clip) -> Ending:
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     video_id = upload(http, cut).json()["id"]
     last = max((t for t in farm.catalog.tasks(video_id) if t.kind == TaskKind.CHUNK), key=lambda t: t.start_frame)
-    Queue("cpu", connection=farm.rq_redis).remove(last.job_id)  # as a worker's dequeue takes it
+    take(farm, last.job_id)
     job_module.use_farm(farm)
     assert job_module.ChunkAttempt(farm, video_id, last.name, last.job_id).run() == VideoStatus.FAILED
     code = farm.catalog.get(video_id, cached=False)["error_code"]
@@ -172,8 +172,7 @@ def test_every_bad_ending_is_counted_announced_written_and_stops_the_jobs(end, f
     event = "video.failed" if ending.status == VideoStatus.FAILED else "video.deleted"
     assert [(d["event"], d["video_id"]) for d in farm.webhooks.deliveries(webhook["id"])] == [(event, ending.video_id)]
     # No job of the video is left to run, and a running one sees the cancel flag.
-    queue = Queue("cpu", connection=farm.rq_redis)
-    left = [job_id for job_id in queue.job_ids + queue.deferred_job_registry.get_job_ids()
+    left = [job_id for job_id in queued_ids(farm) + deferred_ids(farm)
             if job_id.startswith(ending.video_id)]
     assert left == []
     assert cancel.requested(farm.redis, ending.video_id) == ending.has_jobs

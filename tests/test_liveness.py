@@ -19,9 +19,9 @@ import httpx
 import psycopg
 import pytest
 import redis
-from rq import Queue
 
 from tests.conftest import PG_URL, ApiServer, WorkerProcess, pg_available, reconciling, upload, wait_for, wait_until
+from tests.queued import queued_ids, take
 from transcoder.worker import FREEZE_IN_PROGRESS_ENV
 from vidfarm import presence
 from vidfarm.farm import Farm
@@ -49,10 +49,6 @@ def clip(tmp_path_factory) -> Path:
 
 def chunk_task(farm: Farm, video_id: str) -> dict:
     return next(t for t in farm.catalog.tasks(video_id) if t.kind == TaskKind.CHUNK)
-
-
-def queued_ids(farm: Farm) -> list[str]:
-    return Queue("cpu", connection=farm.rq_redis).job_ids
 
 
 def stored_files(farm: Farm, video_id: str) -> list[str]:
@@ -84,7 +80,7 @@ def test_a_job_whose_consumer_died_after_the_pop_runs_again_and_the_video_ends_r
     job_id = wait_until(lambda: (j := chunk_task(farm, video_id).job_id) in queued_ids(farm) and j, 30,
                         "the chunk's job to be queued")
     # What a consumer that died right after its BLPOP leaves: the job in no list, RQ and the catalog `queued`.
-    assert farm.rq_redis.lrem(Queue("cpu", connection=farm.rq_redis).key, 0, job_id) == 1
+    take(farm, job_id)
     removed_at = time.monotonic()
     start_worker()
     wait_until(lambda: chunk_task(farm, video_id).job_id != job_id, 60, "the chunk to be queued again")
@@ -96,7 +92,7 @@ def test_a_job_whose_consumer_died_after_the_pop_runs_again_and_the_video_ends_r
     assert reconciler == []
 
 
-def test_an_idle_worker_frozen_with_the_next_job_does_not_hold_the_video(clip, http, farm, start_worker, reconciler):
+def test_an_idle_worker_frozen_in_its_dequeue_does_not_hold_the_next_job(clip, http, farm, start_worker, reconciler):
     frozen = start_worker()
     wait_until(lambda: idle_worker(farm, frozen.name), 60, "the worker to be idle")
     connection = wait_until(lambda: blocked_in_dequeue_just_now(farm), 30, "the worker to block in its dequeue",
@@ -105,27 +101,27 @@ def test_an_idle_worker_frozen_with_the_next_job_does_not_hold_the_video(clip, h
     frozen_at = time.monotonic()
     try:
         video_id = upload(http, clip).json()["id"]
-        lost = chunk_task(farm, video_id).job_id
-        # Redis handed the job to the frozen worker's pending pop: it is in no list now.
-        wait_until(lambda: lost not in queued_ids(farm), 10, "the frozen worker's pop to take the job")
-        assert chunk_task(farm, video_id).status == TaskStatus.QUEUED
+        waiting = chunk_task(farm, video_id).job_id
+        # A blocked pop takes only a wake-up: jobs wait in queues that the dispatch script pops
+        # (`vidfarm.queues`). The frozen worker holds nothing; the job waits for the next worker.
+        time.sleep(1)
+        assert waiting in queued_ids(farm)
         other = start_worker()
         ready = wait_for(http, video_id, timeout_s=90)
         assert ready["status"] == "ready", ready["error"]
         assert time.monotonic() - frozen_at < 60
-        assert chunk_task(farm, video_id).worker == other.name
+        done = chunk_task(farm, video_id)
+        assert (done.worker, done.job_id, done.attempts) == (other.name, waiting, 1)  # run at once, never re-queued
         published = stored_files(farm, video_id)
     finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
 
-    # Thawed, the worker reads the job Redis handed it (a superseded attempt, which does nothing) and
-    # blocks in its next dequeue.
+    # Thawed, the worker finds no job behind its wake-up and blocks in its next dequeue.
     wait_until(lambda: blocked_in_dequeue_just_now(farm, connection), 30, "the thawed worker to dequeue again",
                every_s=0.05)
     after = http.get(f"/v1/videos/{video_id}").json()
     assert (after["status"], after["attempts"]) == ("ready", 1)
     assert stored_files(farm, video_id) == published  # no second output, nothing removed
-    assert not [p for p in (farm.settings.storage.path / "videos" / video_id).rglob(f"*{lost}*")]
     assert frozen.proc.poll() is None
     # ...and it takes work again.
     assert wait_for(http, upload(http, clip).json()["id"], timeout_s=90)["status"] == "ready"

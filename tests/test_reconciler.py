@@ -11,14 +11,16 @@ from datetime import timedelta
 
 import pytest
 import redis
-from rq import Queue
+from rq.job import Job
 from sqlalchemy import event
 
 from tests.conftest import BACKENDS, FakeClock
+from tests.queued import queue_of, queued_ids, take
 from vidfarm import lifecycle, presence
 from vidfarm.catalog import VideoRow, utcnow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, plan_tasks
+from vidfarm.queues import FIRST, REST, Dispatcher, task_queue, tenant_queues, tenants_key
 from vidfarm.reconciler import QUEUED_GRACE_S, Reconciler
 from vidfarm.states import TaskKind, TaskStatus, VideoStatus, WorkerState
 from vidfarm.storage import new_video_id
@@ -37,14 +39,15 @@ def reconciler(farm: Farm, clock: FakeClock) -> Reconciler:
     return Reconciler(farm, clock=clock)
 
 
-def add_video(farm: Farm, *, age_s: float = 0.0, enqueued: bool = True, running_attempt: int = 0) -> VideoRow:
-    """A 2 s video and its tasks, last touched `age_s` ago; with `running_attempt`, WORKER claimed its
-    chunk for that attempt."""
+def add_video(farm: Farm, *, age_s: float = 0.0, enqueued: bool = True, running_attempt: int = 0,
+              duration_s: float = 2.0) -> VideoRow:
+    """A video (2 s: one chunk) and its tasks, last touched `age_s` ago; with `running_attempt`, WORKER
+    claimed its chunk for that attempt."""
     video_id = new_video_id()
-    tasks = plan_tasks(video_id, 2.0, 25.0, False, farm.settings.chunk_seconds)
+    tasks = plan_tasks(video_id, duration_s, 25.0, False, farm.settings.chunk_seconds)
     status = VideoStatus.PROCESSING if running_attempt else VideoStatus.QUEUED
     video = farm.catalog.create(
-        id=video_id, tenant="t", status=status, attempts=0, filename="a.mp4", size_bytes=10, duration_s=2.0,
+        id=video_id, tenant="t", status=status, attempts=0, filename="a.mp4", size_bytes=10, duration_s=duration_s,
         width=320, height=240, fps=25.0, video_codec="h264", audio_codec=None, queue="cpu",
         job_id=None, requested=None, tasks=tasks,
     )
@@ -62,7 +65,7 @@ def chunk(farm: Farm, video: VideoRow) -> dict:
 
 
 def queued_job_ids(farm: Farm) -> list[str]:
-    return Queue("cpu", connection=farm.rq_redis).job_ids
+    return queued_ids(farm)
 
 
 def worker_reports(farm: Farm, video: VideoRow, name: str = WORKER, job_id: str | None = None) -> None:
@@ -97,10 +100,24 @@ def test_a_queued_task_whose_job_waits_in_redis_is_left_alone(farm, reconciler):
     assert queued_job_ids(farm) == waiting == [chunk(farm, video).job_id]
 
 
+def test_a_job_waiting_in_its_tenants_queue_is_alive_and_left_where_a_worker_takes_it(farm, reconciler, clock):
+    video = add_video(farm, age_s=QUEUED_GRACE_S + 5)
+    job_id = chunk(farm, video).job_id
+    assert queue_of(farm, job_id).name == task_queue("cpu", "t", first=True)
+    # The pool's set of tenants with work lost (a Redis restored from an older snapshot): no worker
+    # would look at t's queues. The job still counts as alive, and t is announced again.
+    farm.rq_redis.delete(tenants_key("cpu", FIRST), tenants_key("cpu", REST))
+    for _ in range(3):
+        assert reconciler.step() == 0
+        clock.now += 2 * farm.settings.lost_job_grace_s
+    assert chunk(farm, video).job_id == job_id and chunk(farm, video).attempts == 0
+    assert Dispatcher(farm.rq_redis, ["cpu"]).pop() == (task_queue("cpu", "t", first=True), job_id)
+
+
 def popped(farm: Farm, job_id: str) -> None:
     """What a worker that froze or died right after its pop leaves: the job in no queue's list, its
     hash still `queued`."""
-    assert farm.rq_redis.lrem(Queue("cpu", connection=farm.rq_redis).key, 0, job_id) == 1
+    take(farm, job_id)
 
 
 def test_a_queued_job_in_no_list_and_on_no_worker_runs_again_after_the_grace(farm, reconciler, clock):
@@ -156,7 +173,7 @@ def test_finalize_waiting_on_unfinished_tasks_is_left_alone_and_popped_finalize_
     # The chunk is done and RQ released finalize into the queue, where a worker popped it and froze.
     farm.catalog.update_task(video["id"], CHUNK, status=TaskStatus.DONE, updated_at=utcnow() - timedelta(seconds=60))
     popped(farm, chunk(farm, video).job_id)  # it ran
-    job = Queue("cpu", connection=farm.rq_redis).fetch_job(finalize.job_id)
+    job = Job.fetch(finalize.job_id, connection=farm.rq_redis)
     farm.rq_redis.hset(job.key, "status", "queued")
     assert reconciler.step() == 0
     clock.now += grace
@@ -173,7 +190,8 @@ def test_a_pass_reads_each_queue_once_however_many_tasks_are_queued(farm, reconc
     before = command_calls(monitor)
     reconciler.step()
     after = command_calls(monitor)
-    assert after.get("lrange", 0) - before.get("lrange", 0) == 1
+    # Tenant t's queues in the pool: the plain one (jobs queued before an upgrade), first chunks, the rest.
+    assert after.get("lrange", 0) - before.get("lrange", 0) == len(tenant_queues("cpu", "t")) == 3
     assert after.get("lpos", 0) == before.get("lpos", 0)
 
 
@@ -328,4 +346,4 @@ def test_a_task_requeued_as_its_video_fails_leaves_nothing_queued(farm, clock):
     task = next(t for t in farm.catalog.tasks(video["id"]) if t.kind == TaskKind.CHUNK)
     assert lifecycle.fail(farm, video["id"], "media_error", "a chunk failed for good")
     assert reconciler._requeue(video, task, "its job is missing from Redis") == 0
-    assert Queue("cpu", connection=farm.rq_redis).count == 0
+    assert queued_ids(farm) == []

@@ -21,13 +21,15 @@ from collections.abc import Callable, Sequence
 import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
+from rq.worker import WorkerStatus
 
 from transcoder import job as job_module
 from transcoder.command import ENCODERS, NVENC, X264, Encoder
 from vidfarm import metrics, presence
 from vidfarm.farm import Farm
+from vidfarm.queues import Dispatcher, announce_released, forget_idle_queues, pool_queues
 from vidfarm.states import TERMINAL, WorkerState
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class FarmWorker(SimpleWorker):
         self.farm = farm
         self.info = info
         self._beating = threading.Event()
+        self.dispatcher = Dispatcher(farm.rq_redis, [q.name for q in queues])
 
     # -- presence ---------------------------------------------------------------------------------
 
@@ -172,6 +175,18 @@ class FarmWorker(SimpleWorker):
             self.info.video_id = self.info.job_id = ""
             self.info.state = WorkerState.DRAINING if self._stop_requested else WorkerState.IDLE
             self.beat()
+            self._announce_released(queue)
+
+    def _announce_released(self, queue: Queue) -> None:
+        """The job's end may have released a finalize into its tenant's queue (RQ queues a dependent
+        without telling the dispatch): announce that tenant; a worker that takes no next job wakes
+        another for it. Best effort: the reconciler announces every tenant with queued tasks too."""
+        try:
+            announce_released(self.connection, queue.name)
+            if self._stop_requested:
+                self.dispatcher.ring()
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not announce what its job released: %s", self.name, exc)
 
     def request_stop(self, signum, frame) -> None:
         # No Redis call here: a signal handler may interrupt this thread inside redis-py's pool lock.
@@ -188,14 +203,62 @@ class FarmWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None,
                                      max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        """The next job as `vidfarm.queues.Dispatcher` picks it (first chunks first, round-robin
+        across tenants), instead of RQ's pop from a fixed list of queues."""
         if timeout is None:  # burst mode: RQ does not wait at all
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            return self._take(None)
         while not self._stop_requested:
-            # RQ returns None once a wait of `max_idle_time` ends with no job: one slice.
-            found = super().dequeue_job_and_maintain_ttl(DEQUEUE_SLICE_S, max_idle_time=DEQUEUE_SLICE_S)
+            # A slice: the loop looks at a stop request between slices (RQ's own wait is minutes long).
+            found = self._take(DEQUEUE_SLICE_S)
             if found is not None:
                 return found
         return None  # RQ's loop then ends: a warm stop
+
+    def _take(self, wait_s: float | None) -> tuple[Job, Queue] | None:
+        """One slice of RQ's dequeue: mark idle, maintain, then take a job, waiting up to `wait_s`;
+        Redis errors are waited out here, as RQ does while waiting for a job."""
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        while True:
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                popped = self.dispatcher.take(wait_s)
+                if popped is None:
+                    return None
+                found = self._fetch(*popped)
+                if found is not None:
+                    self.heartbeat()
+                    return found
+                # The job was deleted while it waited (a stopped video): take the next one.
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("worker %s: Redis unavailable while waiting for a job (%s)", self.name, exc)
+                time.sleep(REDIS_RETRY_S)
+
+    def _fetch(self, queue_name: str, job_id: str) -> tuple[Job, Queue] | None:
+        queue = Queue(queue_name, connection=self.connection, job_class=self.job_class, serializer=self.serializer)
+        try:
+            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            return None
+        job.redis_server_version = self.get_redis_server_version()
+        log.info("worker %s: %s: %s", self.name, queue_name, job.description)
+        return job, queue
+
+    def clean_registries(self) -> None:
+        """RQ's upkeep (abandoned started jobs, dependents left ready, expired entries) for every
+        queue of the pools, not only the pool queues the worker was started with; then the queues
+        left with nothing in them are forgotten."""
+        own = self.queues
+        names = [name for pool in self.dispatcher.pools for name in pool_queues(self.connection, pool,
+                                                                                 with_work_only=False)]
+        self.queues = [Queue(name, connection=self.connection) for name in names]
+        try:
+            super().clean_registries()
+        finally:
+            self.queues = own
+        forget_idle_queues(self.connection, names)
 
 
 def default_name() -> str:

@@ -26,6 +26,7 @@ from rq.job import Dependency, Job, JobStatus
 from vidfarm import cancel
 from vidfarm.catalog import Task
 from vidfarm.chunks import expected_frames, output_fps, plan_chunks
+from vidfarm.queues import announce, task_queue
 from vidfarm.settings import Settings
 from vidfarm.states import TaskKind, TaskStatus
 
@@ -71,8 +72,9 @@ def total_frames(duration_s: float, fps: float) -> int:
 def enqueue_task(
     rq_redis: redis.Redis, settings: Settings, video: dict[str, Any], task: Task, depends_on: Sequence[str] = (),
 ) -> None:
-    """Queue the task's current attempt (`task.job_id`)."""
-    queue = Queue(video["queue"], connection=rq_redis)
+    """Queue the task's current attempt (`task.job_id`) in its tenant's queue of the video's pool: the
+    first-chunk level for what a player needs first (`vidfarm.queues`). The caller announces it."""
+    queue = Queue(task_queue(video["queue"], video["tenant"], plays_first(task)), connection=rq_redis)
     queue.enqueue(
         JOB_FUNCTION,
         video["id"],
@@ -95,12 +97,19 @@ def enqueue_graph(rq_redis: redis.Redis, settings: Settings, video: dict[str, An
         enqueue_task(rq_redis, settings, video, task)
     finalize = next(t for t in tasks if t.kind == TaskKind.FINALIZE)
     enqueue_task(rq_redis, settings, video, finalize, depends_on=[t.job_id for t in pending if t.job_id])
-    notify(rq_redis, video["queue"])
+    notify(rq_redis, video)
 
 
-def notify(rq_redis: redis.Redis, queue: str) -> None:
-    # Wakes the autoscaler now instead of at its next resync.
-    rq_redis.publish(ENQUEUED_CHANNEL, queue)
+def plays_first(task: Task) -> bool:
+    """The tasks whose segments a player needs to start: the first chunk, and the audio track."""
+    return task.kind == TaskKind.AUDIO or (task.kind == TaskKind.CHUNK and task.start_frame == 0)
+
+
+def notify(rq_redis: redis.Redis, video: dict[str, Any]) -> None:
+    """After queueing a video's jobs: its tenant has work (the workers' dispatch reads that), an idle
+    worker wakes, and so does the autoscaler, now instead of at its next resync."""
+    announce(rq_redis, video["queue"], [video["tenant"]])
+    rq_redis.publish(ENQUEUED_CHANNEL, video["queue"])
 
 
 def stop_video(farm: Farm, video_id: str, keep: str | None = None) -> None:

@@ -8,6 +8,7 @@ reconciler) say what happened; how the farm records and announces it is decided 
 docs/design.md, "The lifecycle", draws both state machines.
 
     video:  receiving ─admit→ queued ─start→ processing ─ready→ ready
+            processing ─playable→ processing (once: playable_at set, it plays while encoded)
             uploading ─admit→ queued
             any of receiving/uploading/queued/processing ─fail→ failed, ─cancel→ canceled
     task:   queued ─start→ running ─task_done→ done;  queued/running ─retry→ queued (a new job id)
@@ -30,7 +31,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from vidfarm import events, metrics
+from vidfarm import events, metrics, segments
 from vidfarm.catalog import Task, VideoRow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, new_job_id, plan_tasks, stop_failed_video, stop_video, total_frames
@@ -291,6 +292,24 @@ def task_done(farm: Farm, video_id: str, task_name: str, job_id: str, result: di
                                     status=TaskStatus.DONE, result={"attempt": job_id, **result})
 
 
+def audio_segments(farm: Farm, video_id: str, task_name: str, job_id: str, result: dict[str, Any]) -> bool:
+    """The running audio attempt `job_id` stored more segments: its result says which (see
+    vidfarm/segments.py), only while the catalog still names it. The task stays running."""
+    return farm.catalog.update_task(video_id, task_name, expect={"job_id": job_id, "status": TaskStatus.RUNNING},
+                                    result={"attempt": job_id, **result})
+
+
+def announce_if_playable(farm: Farm, video_id: str) -> bool:
+    """After a chunk or the audio recorded segments: the video becomes playable once the first
+    segment of every rung and of the audio exists. A cached read once it already is."""
+    video = farm.catalog.get(video_id)
+    if video is None or video.get("playable_at") is not None or video["status"] != VideoStatus.PROCESSING:
+        return False
+    if not segments.is_playable(segments.stream_state(farm.catalog.tasks(video_id))):
+        return False
+    return playable(farm, video_id)
+
+
 def ready(farm: Farm, video_id: str, job_id: str, result: dict[str, Any]) -> bool:
     """Finalize (attempt `job_id`) published the video (queued or processing → ready). False when it
     was canceled or failed meanwhile: then nothing was recorded."""
@@ -304,6 +323,17 @@ def ready(farm: Farm, video_id: str, job_id: str, result: dict[str, Any]) -> boo
         task_done(farm, video_id, TaskKind.FINALIZE, job_id, {"frames": result["frames"]})
         _announce(farm, video_id, VideoStatus.READY, progress=100.0)
     return done
+
+
+def playable(farm: Farm, video_id: str) -> bool:
+    """The first segment of every rung and of the audio exists: the video plays while it is still
+    processing. Once per video (`playable_at` is set once): the `playable` event and the webhook
+    `video.playable`. False when it was already playable, or is no longer processing."""
+    if not farm.catalog.mark_playable(video_id):
+        return False
+    log.info("video %s: playable", video_id)
+    events.publish(farm.redis, video_id, "playable")
+    return True
 
 
 def retry(farm: Farm, video_id: str, task: Task) -> Task | None:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from rq import Queue
 from rq.job import Job, JobStatus
 from sqlalchemy.exc import OperationalError
 
@@ -35,6 +34,7 @@ from vidfarm.jobs import (
     plan_tasks,
     total_frames,
 )
+from vidfarm.queues import announce, tenant_queues, waiting_job_ids
 from vidfarm.states import ACTIVE, TaskKind, TaskStatus, VideoStatus
 from vidfarm.storage import StorageUnavailable
 
@@ -124,17 +124,18 @@ class Reconciler:
         return None if job is None else job.get_status(refresh=False)
 
     def _waiting_jobs(self, videos: list[dict[str, Any]], tasks_of: dict[str, list[Task]]) -> set[str]:
-        """The job ids waiting in the lists of the queues that have queued tasks: one LRANGE per
-        queue and pass (an LPOS per task would cost Redis a command per queued task, and each one
-        scans the list anyway)."""
-        queues = {video["queue"] for video in videos
-                  if any(t.status == TaskStatus.QUEUED for t in tasks_of[video["id"]])}
-        if not queues:
+        """The job ids waiting in the queues of the videos that have queued tasks (their tenants'
+        queues, `vidfarm.queues.tenant_queues`): one LRANGE per queue and pass (an LPOS per task would
+        cost Redis a command per queued task, and each one scans the list anyway). Their tenants are
+        announced again, in the same pipeline, so a job is never left in a queue no worker reads: a job
+        counted alive here is one a worker will take."""
+        waiting = [video for video in videos if any(t.status == TaskStatus.QUEUED for t in tasks_of[video["id"]])]
+        if not waiting:
             return set()
-        pipe = self.farm.rq_redis.pipeline(transaction=False)
-        for name in sorted(queues):
-            pipe.lrange(Queue(name, connection=self.farm.rq_redis).key, 0, -1)
-        return {job_id.decode() for ids in pipe.execute() for job_id in ids}
+        for pool in {video["queue"] for video in waiting}:
+            announce(self.farm.rq_redis, pool, [v["tenant"] for v in waiting if v["queue"] == pool], wake=False)
+        names = [name for video in waiting for name in tenant_queues(video["queue"], video["tenant"])]
+        return waiting_job_ids(self.farm.rq_redis, names)
 
     def _job_lost(self, task: Task, tasks: list[Task], working: dict[str, Any],
                   waiting: set[str]) -> str | None:
@@ -238,7 +239,7 @@ class Reconciler:
             self._requeue_finalize_after(video)
         if self._drop_if_ended(video["id"], again.job_id):
             return 0
-        notify(self.farm.rq_redis, video["queue"])
+        notify(self.farm.rq_redis, video)
         metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
         return 1
 

@@ -17,7 +17,7 @@ from uploader.deps import FarmDep, Tenant
 from uploader.resources import ERRORS, FarmOut
 from vidfarm import presence
 from vidfarm.farm import Farm
-from vidfarm.queues import queue_counts
+from vidfarm.queues import FIRST, pool_counts, pool_of
 
 router = APIRouter(tags=["farm"], responses=ERRORS)
 
@@ -32,14 +32,20 @@ def farm_snapshot(farm: Farm, tenant: str) -> dict[str, Any]:
     busy_with = [w.video_id for w in workers if w.video_id]
     own = farm.catalog.owned(tenant, busy_with) if busy_with else set()
     names = set(farm.settings.served_queues) | {q for w in workers for q in w.queues.split(",") if q}
-    names |= {q.name for q in Queue.all(connection=farm.rq_redis)}
-    queues = {name: queue_counts(farm.rq_redis, name) for name in sorted(names)}
+    # Derived queues (first chunks, tenants: `vidfarm.queues`) count in their pool's; a tenant sees no
+    # other tenant's queue.
+    names |= {pool_of(q.name) for q in Queue.all(connection=farm.rq_redis)}
+    queues = {name: _without_first(pool_counts(farm.rq_redis, name)) for name in sorted(names)}
     raw = farm.redis.get(presence.AUTOSCALER_STATUS_KEY)
     return {
         "queues": queues,
         "workers": [_as_seen_by(w, own) for w in workers],
         "autoscaler": json.loads(raw) if raw else None,
     }
+
+
+def _without_first(counts: dict[str, int]) -> dict[str, int]:
+    return {state: count for state, count in counts.items() if state != FIRST}
 
 
 def _as_seen_by(worker: presence.WorkerInfo, own: set[str]) -> dict[str, Any]:
