@@ -115,3 +115,24 @@ def test_ctrl_c_stops_the_whole_farm_cleanly(settings):
     assert process_gone(worker["pid"])
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{farm.port}/healthz", timeout=2)
+
+
+def test_without_a_fixed_delay_idle_workers_go_after_about_a_start(settings, clips):
+    """No --scale-down-after: the delay is learned from the starts `up` measured (a local worker starts
+    within a second or two, so the 10 s floor), not the 60 s that stands in until one is measured."""
+    farm = FarmUp(settings, "--max-workers", "1", "--resync", "0.5")
+    try:
+        video_id = upload(farm.client, clips["small"]).json()["id"]
+        assert wait_for(farm.client, video_id)["status"] == "ready"
+        ready_at = time.monotonic()
+
+        def holding() -> str | None:
+            decision = farm.client.get("/v1/farm").json()["autoscaler"]["pools"]["cpu"]["last_decision"]
+            return decision["message"] if decision and decision["reason"] == "hold_scale_down_delay" else None
+
+        message = wait_until(holding, 10, "the pool to hold its idle worker", every_s=0.1)
+        assert "(median start" in message and "of the last 1)" in message, message
+        wait_until(lambda: workers(farm.client) == [], 30, "the idle worker to go", every_s=0.2)
+        assert time.monotonic() - ready_at < 30  # the configured 60 s would still be holding it
+    finally:
+        assert farm.stop() == 0

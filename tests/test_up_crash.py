@@ -34,7 +34,7 @@ from tests.conftest import (
 from tests.test_faults import descendants, ffmpeg_pids
 from vidfarm.localredis import free_port
 from vidfarm.settings import Settings
-from vidfarm.up import UpError, serve_queues
+from vidfarm.up import UpError, UpOptions, farm_settings, fixed_scale_down, serve_queues
 
 HEARTBEAT_TTL_S = 2
 
@@ -235,6 +235,14 @@ def test_up_refuses_what_its_pool_would_not_serve(settings):
         only_cpu.queue_for("gpu")
     with pytest.raises(UpError, match="default queue 'cpu'"):
         serve_queues(settings, ("gpu",))
+
+
+def test_up_plans_chunks_for_its_pool_and_learns_its_scale_down_unless_told(settings):
+    options = UpOptions(host="127.0.0.1", port=8123, min_workers=0, max_workers=6, scale_down_after_s=None,
+                        resync_s=5.0, encoder="x264", queues=())
+    assert farm_settings(settings, options).pool_max_workers == 6  # the API cuts long videos for 6 workers
+    assert fixed_scale_down(None) == {}  # PoolConfig's defaults: learned from the starts
+    assert fixed_scale_down(3.0) == {"scale_down_after_s": 3.0, "scale_down_min_s": 3.0, "scale_down_max_s": 3.0}
 
 
 def test_children_read_the_settings_they_were_given(settings, monkeypatch):

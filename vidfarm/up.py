@@ -354,15 +354,21 @@ class _Interrupts:
                 self.procs.backend.stop_all(timeout_s=0, force=True)
 
 
-def run_up(settings: Settings, options: UpOptions, *,
-           after_start: Callable[[FarmProcesses], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or until `after_start` returns, for `vidfarm demo`).
-    Raises UpError, having started nothing or stopped what it started, when the farm cannot run."""
+def farm_settings(settings: Settings, options: UpOptions) -> Settings:
+    """What every process `up` starts reads: the settings given, fitted to the farm it runs."""
     settings = serve_queues(settings, options.queues)
     # The API plans each video's chunks for the most workers its one pool runs.
     settings = replace(settings, pool_max_workers=options.max_workers)
     if not settings.local_url:  # without a public URL, the links in webhook payloads point at the API `up` serves
         settings = replace(settings, local_url=f"http://{options.host}:{options.port}")
+    return settings
+
+
+def run_up(settings: Settings, options: UpOptions, *,
+           after_start: Callable[[FarmProcesses], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or until `after_start` returns, for `vidfarm demo`).
+    Raises UpError, having started nothing or stopped what it started, when the farm cannot run."""
+    settings = farm_settings(settings, options)
     with hold_home(settings.home), api_socket(options.host, options.port) as sock:
         procs = FarmProcesses(settings, options, sock)
         interrupts = _Interrupts(procs)
