@@ -92,16 +92,20 @@ def chunk_command(source: Path, info: SourceInfo, outputs: Sequence[tuple[Output
 
 
 def audio_command(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], target: Path) -> list[str]:
-    """The audio job's ffmpeg: the whole track once, lined up with the first frame (AudioAttempt)."""
+    """The audio job's ffmpeg: the whole track once, lined up with the first frame, and its stream
+    segments beside it (AudioAttempt)."""
     fps = plans[0].fps
     start_s = float(Fraction(first_frame({"start_s": info.start_s}, fps)) / fps)
-    return ["ffmpeg", *audio_args(source, target, start_s=start_s)]
+    segments = target.parent / "stream" / "audio"
+    segments.mkdir(parents=True, exist_ok=True)
+    return ["ffmpeg", *audio_args(source, target, segments, start_s=start_s, segment_s=segment_seconds(plans[0]))]
 
 
 @dataclass(frozen=True)
 class GraphCommands:
-    """Every ffmpeg of one video's job graph, in the order the worker runs them; finalize's are split
-    into stitching (one MP4 per rung) and packaging (CMAF segments) so they can be timed apart."""
+    """Every ffmpeg of one video's job graph, in the order the worker runs them, split so they can be
+    timed apart: the chunks' encodes, the audio (its segments included), finalize's stitching (one MP4
+    per download) and packaging (the CMAF segments each chunk cuts of each of its rungs)."""
 
     chunks: list[list[str]]
     audio: list[list[str]]
@@ -128,14 +132,12 @@ def graph_commands(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], 
     audio = folder / "audio.m4a" if info.has_audio else None
     stitch, package, renditions = [], [], {}
     for plan in plans:
-        listing = folder / f"{plan.name}.txt"
-        listing.write_text(concat_list([part / f"{plan.name}.mp4" for part in parts]))
-        renditions[plan.name] = folder / f"{plan.name}.mp4"
-        sound = audio if plan.download else None  # a stream-only rung is stitched for its segments only
-        stitch.append(["ffmpeg", *stitch_args(listing, sound, renditions[plan.name])])
-        package.append(_segment_command(renditions[plan.name], "v:0", folder / "stream" / plan.name, plans[0]))
-    if audio is not None:
-        package.append(_segment_command(audio, "a:0", folder / "stream" / "audio", plans[0]))
+        package += [_segment_command(part / f"{plan.name}.mp4", "v:0", part / plan.name, plans[0]) for part in parts]
+        if plan.download:  # a stream-only rung is published as its segments only
+            listing = folder / f"{plan.name}.txt"
+            listing.write_text(concat_list([part / f"{plan.name}.mp4" for part in parts]))
+            renditions[plan.name] = folder / f"{plan.name}.mp4"
+            stitch.append(["ffmpeg", *stitch_args(listing, audio, renditions[plan.name])])
     width, height = poster_size(info)
     poster = ["ffmpeg", *poster_args(source, folder / "poster.jpg", at_s=min(info.duration_s * 0.1, 5.0),
                                      width=width, height=height)]

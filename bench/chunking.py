@@ -278,7 +278,7 @@ def print_cost_quality(args: argparse.Namespace, one: Encoded, chunked: Encoded,
                        plans: list[OutputPlan]) -> None:
     vmaf = vmaf_ffmpeg(args.vmaf_ffmpeg)
     rows, verdicts = [], []
-    for plan in plans:
+    for plan in (p for p in plans if p.download):  # stream-only rungs are not stitched
         a, b = one.renditions[plan.name], chunked.renditions[plan.name]
         size_pct = 100 * (b.stat().st_size / a.stat().st_size - 1)
         psnr_a, psnr_b = (score("ffmpeg", r, source, info, "psnr") for r in (a, b))

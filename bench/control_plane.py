@@ -11,8 +11,9 @@ a hook in the product.
 Windows, each cut by CONFIG RESETSTAT ... INFO commandstats (the authoritative Redis counts):
   idle   nothing uploaded: the background (heartbeats, autoscaler resync, reconciler, webhook polls)
   batch  N clips uploaded at once (raw POST), each watched by a client until ready, then 2 s settle
-A batch's per-video cost is (its counts - idle rate x its wall time) / N. VIDFARM_CHUNK_SECONDS=2, so
-an 8 s clip is 4 chunks and a 16 s one 8; a 3 s 1080p clip is one chunk that encodes longer. The SSE
+A batch's per-video cost is (its counts - idle rate x its wall time) / N. VIDFARM_CHUNK_SECONDS=6 (one
+6 s segment per chunk), so a 26 s clip is 4 chunks and a 50 s one 8; a 3 s 1080p clip is one chunk that
+encodes longer. The SSE
 batches are fitted (least squares), each sender to what drives it:
   workers  a + b x chunks + q x (chunks + 1)^2 + c x chunk-encode seconds
   API      u + b x chunks (it enqueues every job) + r x seconds from upload to ready (the watcher)
@@ -67,7 +68,7 @@ from vidfarm.localredis import LocalRedis
 from vidfarm.presence import PREFIX
 from vidfarm.states import TERMINAL
 
-CHUNK_S = 2  # VIDFARM_CHUNK_SECONDS for the farm: short clips still get several chunks
+CHUNK_S = 6  # VIDFARM_CHUNK_SECONDS for the farm: one segment per chunk, so short clips get several
 WORKERS = 2
 SETTLE_S = 2.0  # after the last `ready`: the jobs' last bookkeeping lands inside the window
 POLL_S = 0.5  # `vidfarm upload --wait` polls GET /v1/videos/ID this often
@@ -90,8 +91,8 @@ class Batch:
 
 BATCHES = (
     Batch("1 chunk, SSE", 2, "320x240", "sse"),
-    Batch("4 chunks, SSE", 8, "320x240", "sse"),
-    Batch("8 chunks, SSE", 16, "320x240", "sse"),
+    Batch("4 chunks, SSE", 26, "320x240", "sse"),
+    Batch("8 chunks, SSE", 50, "320x240", "sse"),
     Batch("1 chunk 1080p, SSE", 3, "1920x1080", "sse"),
     Batch("1 chunk, no watcher", 2, "320x240", "none"),
     Batch("1 chunk, polling 0.5 s", 2, "320x240", "poll"),

@@ -6,9 +6,9 @@ from the first upload's start to the last `ready` seen (status polled every 50 m
 shown apart, and the CPU seconds of the whole farm process tree (API, Redis, autoscaler, workers
 and their ffmpegs) over the batch, which a noisy shared box disturbs much less than wall time.
 Direct: for each clip every ffmpeg the worker runs for its job graph (issue 13), built by the same
-builders: the chunk job (`chunk_args`; these clips are one chunk), the audio job (`audio_args`), and
-finalize's stream copies (`stitch_args` per rung, `segment_args` per rung and for the audio) and
-poster (`poster_args`), one after the other per clip, K clips at a time in a thread pool. (The farm
+builders: the chunk job (`chunk_args`; these clips are one chunk, and `segment_args` per rung), the
+audio job (`audio_args`, its segments included), and finalize's stream copies (`stitch_args` per
+download) and poster (`poster_args`), one after the other per clip, K clips at a time in a thread pool. (The farm
 may run a clip's chunk and audio jobs on two workers at once; over a batch of clips both sides keep
 K ffmpegs busy.)
 

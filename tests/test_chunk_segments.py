@@ -90,12 +90,12 @@ def first_chunk_alone(farm, video_id: str) -> dict | None:
     return now if "chunk-00000" in done and "chunk-00002" not in done else None
 
 
-def frames(path: Path) -> list[tuple[str, str]]:
-    """(pts, md5) of every decoded picture."""
-    done = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
-                           "-f", "framemd5", "-"], capture_output=True, text=True, check=True)
+def frames(path: Path, stream: str = "v:0", *codec: str) -> list[tuple[str, str]]:
+    """(pts, md5) of every decoded picture (or, with `-c copy`, of every packet) of `stream`."""
+    done = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", f"0:{stream}",
+                           *codec, "-f", "framemd5", "-"], capture_output=True, text=True, check=True)
     rows = [line.split(",") for line in done.stdout.splitlines() if not line.startswith("#")]
-    return [(row[2].strip(), row[-1].strip()) for row in rows]
+    return [(row[2].strip(), row[5].strip()) for row in rows]  # after the md5: side data, if any
 
 
 def cut_in_one_pass(download: Path, stream: str, folder: Path) -> list[tuple[str, float]]:
@@ -173,6 +173,15 @@ def assert_audio_cut_as_in_one_pass(http, base: str, download: Path, tmp_path: P
     assert len(ours) == len(cuts)
     assert ours[:-1] == [d for _, d in cuts][:-1]
     assert abs(ours[-1] - cuts[-1][1]) <= AAC_FRAME_S
+    # Joined, the segments hold the download's very packets (nothing lost or repeated at a join), at
+    # the times the one-pass cut gives them.
+    names = ["init.mp4", *(segments.segment_name(i) for i in range(len(ours)))]
+    joined, one_pass = tmp_path / "audio-joined.mp4", tmp_path / "audio-one-pass.mp4"
+    joined.write_bytes(b"".join(published(http, base, segments.AUDIO, name) for name in names))
+    one_pass.write_bytes(b"".join((tmp_path / "audio-one-pass" / name).read_bytes() for name in names))
+    packets = frames(joined, "a:0", "-c", "copy")
+    assert packets == frames(one_pass, "a:0", "-c", "copy")
+    assert [md5 for _, md5 in packets] == [md5 for _, md5 in frames(download, "a:0", "-c", "copy")]
 
 
 def audio_result(farm, video_id: str) -> dict | None:

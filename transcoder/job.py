@@ -146,6 +146,7 @@ class TaskAttempt:
         self.encoder = IDENTITY.encoder
         self.storage = farm.storage
         self.folder = self.storage.attempt_folder(video_id, job_id)
+        self.kept: set[str] = set()  # files of this attempt already kept one by one
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ class TaskAttempt:
             self.folder.mkdir(parents=True, exist_ok=True)  # a storage error here fails the video clearly
             result = self.work(video, task)
             if self.keeps_files:
-                self.storage.keep_attempt(self.video_id, self.job_id)
+                self.storage.keep_attempt(self.video_id, self.job_id, self.kept)
         except Canceled:
             self.discard()
             return VideoStatus.CANCELED
@@ -495,9 +496,13 @@ class AudioAttempt(TaskAttempt):
         closed = package.read_cut_list(cut_list) if cut_list.exists() else []
         for name, seconds in closed[len(self.stored):]:
             if not self.stored:
-                self.storage.keep_attempt_file(self.video_id, self.job_id, f"{segments.AUDIO}/{package.INIT_SEGMENT}")
-            self.storage.keep_attempt_file(self.video_id, self.job_id, f"{segments.AUDIO}/{name}")
+                self.keep_file(f"{segments.AUDIO}/{package.INIT_SEGMENT}")
+            self.keep_file(f"{segments.AUDIO}/{name}")
             self.stored.append([seconds, (folder / name).stat().st_size])
+
+    def keep_file(self, name: str) -> None:
+        self.storage.keep_attempt_file(self.video_id, self.job_id, name)
+        self.kept.add(name)
 
     def record_segments(self) -> bool:
         try:

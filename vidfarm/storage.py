@@ -12,7 +12,7 @@ import errno
 import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +292,9 @@ class Storage(ABC):
         """The local folder an attempt writes into."""
 
     @abstractmethod
-    def keep_attempt(self, video_id: str, attempt: str) -> None:
-        """Make a finished attempt's files readable by any worker (finalize may run elsewhere)."""
+    def keep_attempt(self, video_id: str, attempt: str, kept: Collection[str] = ()) -> None:
+        """Make a finished attempt's files readable by any worker (finalize may run elsewhere);
+        `kept`: those already kept one by one (keep_attempt_file)."""
 
     @abstractmethod
     def keep_attempt_file(self, video_id: str, attempt: str, name: str) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
@@ -174,7 +174,7 @@ class FileStorage(Storage):
     def attempt_folder(self, video_id: str, attempt: str) -> Path:
         return self.work_dir(video_id, attempt)
 
-    def keep_attempt(self, video_id: str, attempt: str) -> None:
+    def keep_attempt(self, video_id: str, attempt: str, kept: Collection[str] = ()) -> None:
         """Already where every worker reads it (the shared folder)."""
 
     def keep_attempt_file(self, video_id: str, attempt: str, name: str) -> None:

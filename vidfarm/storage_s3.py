@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -201,10 +201,11 @@ class S3Storage(Storage):
         work_key(video_id, attempt)  # validates both ids
         return self.scratch / attempt
 
-    def keep_attempt(self, video_id: str, attempt: str) -> None:
+    def keep_attempt(self, video_id: str, attempt: str, kept: Collection[str] = ()) -> None:
         folder = self.attempt_folder(video_id, attempt)
         names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        self._upload_all({work_key(video_id, attempt, n): folder / n for n in names if WORK_FILE_RE.match(n)})
+        self._upload_all({work_key(video_id, attempt, n): folder / n for n in names
+                          if WORK_FILE_RE.match(n) and n not in kept})
         shutil.rmtree(folder, ignore_errors=True)
 
     def keep_attempt_file(self, video_id: str, attempt: str, name: str) -> None:
