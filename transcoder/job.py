@@ -12,6 +12,7 @@ the reconciler to retry.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -28,11 +29,10 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
-from transcoder import package, quality
+from transcoder import floor, package, quality
 from transcoder.command import (
     ENCODERS,
     Encoder,
-    ReferenceFrames,
     audio_args,
     chunk_args,
     concat_list,
@@ -312,39 +312,40 @@ class ChunkAttempt(TaskAttempt):
         source = source_from_row(video)
         window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
         outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
-        reference = self.reference(source, self.planned_frames(video, task))
-        args = chunk_args(self.source_input(), outputs, window=window, frames=task.frames, encoder=self.encoder,
-                          deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer, reference=reference)
+        scorer = self.scorer(video, source, self.planned_frames(video, task), plans[0])
+        encode = functools.partial(chunk_args, self.source_input(), window=window, frames=task.frames,
+                                   encoder=self.encoder, deinterlace=source.interlaced,
+                                   hdr_transfer=source.hdr_transfer)
+        args = encode(outputs, reference=scorer.sample.reference if scorer else None)
         started = time.monotonic()
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
         frames = count_frames(outputs[0][1])
         self.check_frames(video, task, frames, fps)
+        # Scores; a rung under its floor is encoded again here and its MP4 replaced, before anything reads it.
+        scores = floor.score_chunk(scorer, outputs, lambda again: self.ffmpeg(encode(again)),
+                                   floors=self.farm.settings.vmaf_floor, ceiling=self.farm.settings.vmaf_floor_ceiling)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
-        return {"frames": frames, "rungs": [plan.name for plan in plans],
-                "quality": self.score(reference, outputs, fps)}
+        return {"frames": frames, "rungs": [plan.name for plan in plans], "quality": scores}
 
-    def reference(self, source: SourceInfo, frames: int) -> ReferenceFrames | None:
-        """Where the encode writes the frames the scorer needs; None when no scorer runs here."""
+    def scorer(self, video: dict[str, Any], source: SourceInfo, frames: int, plan: OutputPlan) -> floor.Scorer | None:
+        """What scores this chunk, and which of its frames (every frame if the upload asked); None
+        when no scorer runs here."""
         settings = self.farm.settings
-        if quality.scorer_binary(settings.quality_scorer) is None:
+        binary = quality.scorer_binary(settings.quality_scorer)
+        if binary is None:
             return None
-        every = quality.sampling_interval(frames, source.width, source.height, settings.quality_every,
-                                          settings.quality_max_reference_bytes)
-        return quality.reference_for(self.folder, source.width, source.height, every)
+        full = video.get("quality_mode") == quality.FULL
+        sample = quality.chunk_sample(self.folder, frames, plan.gop_frames, source.width, source.height,
+                                      every=1 if full else settings.quality_every,
+                                      gop_every=1 if full else settings.quality_gop_every,
+                                      max_bytes=settings.quality_max_reference_bytes)
+        return floor.Scorer(binary, sample, plan.fps, self.encoder.threads, self.run_scorer)
 
     @staticmethod
     def planned_frames(video: dict[str, Any], task: Task) -> int:
         """The chunk's frames; the last chunk (no end) gets what the plan leaves for it."""
         return task.frames or max(1, (video.get("total_frames") or 0) - task.start_frame)
-
-    def score(self, reference: ReferenceFrames | None, outputs: list[tuple[OutputPlan, Path]],
-              fps: Fraction) -> dict[str, Any] | None:
-        binary = quality.scorer_binary(self.farm.settings.quality_scorer)
-        if reference is None or binary is None:
-            return None
-        return quality.score_chunk(binary, reference, outputs, fps=fps, threads=self.encoder.threads,
-                                   run=self.run_scorer)
 
     def run_scorer(self, args: list[str], binary: str) -> None:
         run_ffmpeg(args, should_cancel=self.cancel_requested, stall_timeout_s=IDENTITY.stall_timeout_s, binary=binary)

@@ -29,7 +29,7 @@ from typing import Any
 
 import ffmpeg
 
-from transcoder.command import QUIET, ReferenceFrames, sample_expr
+from transcoder.command import QUIET, ReferenceFrames
 from transcoder.ladder import OutputPlan
 from transcoder.runner import FfmpegError, FfmpegKilled, FfmpegStalled
 
@@ -39,6 +39,7 @@ VMAF_MODEL = "vmaf_v0.6.1"
 LOW_PERCENTILE = 5
 REFERENCE_FILE = "reference.nut"
 OFF = "off"
+FULL = "full"  # an upload's `quality=full`: every frame scored
 
 
 @functools.cache
@@ -73,16 +74,81 @@ def _bundled_ffmpeg() -> str | None:
         return None
 
 
-def frames_sampled(frames: int, every: int) -> int:
-    return math.ceil(frames / every) if frames > 0 else 0
+@dataclass(frozen=True)
+class Run:
+    """Frames `first`, `first + step`, ... up to `last` of a chunk are scored (chunk frame numbers).
+    `start` is the keyframe the run's GOP opens with: the scorer decodes a rendition from there, and
+    nothing before it (every GOP starts with a keyframe, so a seek lands exactly on it)."""
+
+    start: int
+    first: int
+    last: int
+    step: int
+
+    @property
+    def frames(self) -> int:
+        return (self.last - self.first) // self.step + 1
 
 
-def scorer_args(reference: ReferenceFrames, renditions: Sequence[tuple[OutputPlan, Path, Path]], *, fps: Fraction,
+def sample_runs(frames: int, gop: int, every: int, gop_every: int) -> tuple[Run, ...]:
+    """Which frames of a chunk of `frames` are scored: every `every`-th frame of one GOP in
+    `gop_every`, those GOPs spread evenly over the chunk, at least one. Decoding is what a sparse
+    sample across the whole chunk costs most (bench/quality.py), so the samples are packed into a
+    few GOPs and only those are decoded. Inside a GOP they start `every // 2` frames after the
+    keyframe: keyframes look better than the frames between them and would weigh too much."""
+    if every == 1 and gop_every == 1:
+        return (Run(0, 0, frames - 1, 1),)
+    gops = math.ceil(frames / gop)
+    count = max(1, round(gops / gop_every))
+    runs = []
+    for index in range(count):
+        start = (2 * index + 1) * gops // (2 * count) * gop  # the middle GOP of each 1/count of the chunk
+        end = min(frames, start + gop) - 1
+        first = start + min(every // 2, end - start)
+        runs.append(Run(start, first, first + (end - first) // every * every, every))
+    return tuple(runs)
+
+
+def select_expr(runs: Sequence[Run], *, offset: int = 0) -> str:
+    """A select filter expression true on the runs' frames, for a stream whose frame 0 is the
+    chunk's frame `offset`."""
+    terms = [f"between(n,{r.first - offset},{r.last - offset})*not(mod(n-{r.first - offset},{r.step}))"
+             for r in runs]
+    return "+".join(terms)
+
+
+def frames_sampled(runs: Sequence[Run]) -> int:
+    return sum(run.frames for run in runs)
+
+
+@dataclass(frozen=True)
+class ChunkSample:
+    """What the encode writes for the scorer (the reference) and which frames those are."""
+
+    reference: ReferenceFrames
+    runs: tuple[Run, ...]
+
+
+def rendition_frames(path: Path, runs: Sequence[Run], fps: Fraction, threads: int):
+    """The runs' frames of one rendition, in order, decoding each run's GOP only up to its last
+    scored frame. The seek aims half a frame past the keyframe without `accurate_seek`, so it lands
+    on that keyframe and drops nothing; select then counts frames from it."""
+    parts = []
+    for run in runs:
+        seek = {"ss": f"{float((run.start + Fraction(1, 2)) / fps):.6f}", "noaccurate_seek": None} if run.start else {}
+        # A few frames of slack past the last: packets come in decode order (B-frames).
+        limit = {"t": f"{float((run.last - run.start + 4) / fps):.6f}"}
+        stream = ffmpeg.input(str(path), threads=threads, **seek, **limit).video
+        parts.append(stream.filter("select", select_expr([run], offset=run.start)))
+    return parts[0] if len(parts) == 1 else ffmpeg.concat(*parts, v=1, a=0)
+
+
+def scorer_args(sample: ChunkSample, renditions: Sequence[tuple[OutputPlan, Path, Path]], *, fps: Fraction,
                 threads: int | None) -> list[str]:
     """The scorer's arguments: one decode of the reference, one libvmaf (with PSNR) per rendition,
     each writing its per-frame log (JSON) to the given path."""
+    reference = sample.reference
     timebase = f"{fps.denominator}/{fps.numerator}"
-    every = reference.every
     # One thread per decoder and filter unless the worker says otherwise: the least CPU per frame,
     # and chunks already run in parallel on every worker.
     n_threads = threads or 1
@@ -92,7 +158,7 @@ def scorer_args(reference: ReferenceFrames, renditions: Sequence[tuple[OutputPla
     for index, (_plan, path, log_path) in enumerate(renditions):
         source = copies.stream(index) if copies is not None else ref
         distorted = (
-            ffmpeg.input(str(path), threads=n_threads).video.filter("select", sample_expr(every))
+            rendition_frames(path, sample.runs, fps, n_threads)
             .filter("settb", timebase).filter("setpts", "N")
             # To the reference's size: bicubic, as the VMAF authors do for a ladder.
             .filter("scale", reference.width, reference.height, flags="bicubic").filter("format", "yuv420p")
@@ -155,32 +221,35 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def reference_for(folder: Path, source_width: int, source_height: int, every: int) -> ReferenceFrames:
+def chunk_sample(folder: Path, frames: int, gop: int, source_width: int, source_height: int, *, every: int,
+                 gop_every: int, max_bytes: int) -> ChunkSample:
+    """The frames of a chunk of `frames` to score and where the encode writes them. Where they would
+    pass `max_bytes` of scratch (uncompressed 4:2:0 at the source's size), fewer are taken: a 60 s
+    chunk of an 8K source scored frame by frame never fills a disk."""
     # Even sizes: 4:2:0 chroma needs them; the renditions are scaled to exactly this size.
-    return ReferenceFrames(folder / REFERENCE_FILE, every, source_width - source_width % 2,
-                           source_height - source_height % 2)
-
-
-def sampling_interval(frames: int, width: int, height: int, every: int, max_bytes: int) -> int:
-    """`every`, or a larger interval where the chunk's reference frames (uncompressed 4:2:0) would
-    pass `max_bytes` of scratch: a 60 s chunk of an 8K source samples fewer frames, never fills a disk."""
+    width, height = source_width - source_width % 2, source_height - source_height % 2
+    runs = sample_runs(frames, gop, every, gop_every)
     frames_fitting = max(1, max_bytes // (width * height * 3 // 2))
-    return max(every, math.ceil(frames / frames_fitting))
+    while frames_sampled(runs) > frames_fitting:
+        every *= 2
+        runs = sample_runs(frames, gop, every, gop_every)
+    return ChunkSample(ReferenceFrames(folder / REFERENCE_FILE, select_expr(runs), width, height), runs)
 
 
-def score_chunk(binary: str, reference: ReferenceFrames, outputs: Sequence[tuple[OutputPlan, Path]], *,
+def score_chunk(binary: str, sample: ChunkSample, outputs: Sequence[tuple[OutputPlan, Path]], *,
                 fps: Fraction, threads: int | None, run) -> dict[str, dict[str, Any]] | None:
     """Each rendition's ChunkScore (as JSON) by rung name, or None where the scorer failed: a score
     is a report on the encode, never a reason to fail it. `run` runs ffmpeg (the attempt's, so a
-    cancel stops the scorer too)."""
-    logs = [(plan, path, reference.path.with_name(f"{plan.name}.vmaf.json")) for plan, path in outputs]
+    cancel stops the scorer too). The reference stays (a rung encoded again is scored against it);
+    whoever made it removes it."""
+    folder = sample.reference.path.parent
+    logs = [(plan, path, folder / f"{path.stem}.vmaf.json") for plan, path in outputs]
     try:
-        run(scorer_args(reference, logs, fps=fps, threads=threads), binary)
+        run(scorer_args(sample, logs, fps=fps, threads=threads), binary)
         return {plan.name: read_log(log_path).as_json() for plan, _path, log_path in logs}
     except (FfmpegError, FfmpegStalled, FfmpegKilled, OSError, ValueError, KeyError) as exc:
         log.warning("not scored: the scorer failed: %s", exc)
         return None
     finally:
-        reference.path.unlink(missing_ok=True)
         for _plan, _path, log_path in logs:
             log_path.unlink(missing_ok=True)
