@@ -335,7 +335,7 @@ class ChunkAttempt(TaskAttempt):
         binary = quality.scorer_binary(settings.quality_scorer)
         if binary is None:
             return None
-        full = video.get("quality_mode") == quality.FULL
+        full = video.get("quality_mode") == lifecycle.FULL_QUALITY
         sample = quality.chunk_sample(self.folder, frames, plan.gop_frames, source.width, source.height,
                                       every=1 if full else settings.quality_every,
                                       gop_every=1 if full else settings.quality_gop_every,

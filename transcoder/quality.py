@@ -39,7 +39,6 @@ VMAF_MODEL = "vmaf_v0.6.1"
 LOW_PERCENTILE = 5
 REFERENCE_FILE = "reference.nut"
 OFF = "off"
-FULL = "full"  # an upload's `quality=full`: every frame scored
 
 
 @functools.cache
