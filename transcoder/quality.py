@@ -229,8 +229,8 @@ def chunk_sample(folder: Path, frames: int, gop: int, source_width: int, source_
     width, height = source_width - source_width % 2, source_height - source_height % 2
     runs = sample_runs(frames, gop, every, gop_every)
     frames_fitting = max(1, max_bytes // (width * height * 3 // 2))
-    while frames_sampled(runs) > frames_fitting:
-        every *= 2
+    while frames_sampled(runs) > frames_fitting:  # fewer frames per GOP, then fewer GOPs: one frame at least
+        every, gop_every = (every * 2, gop_every) if every < gop else (every, gop_every * 2)
         runs = sample_runs(frames, gop, every, gop_every)
     return ChunkSample(ReferenceFrames(folder / REFERENCE_FILE, select_expr(runs), width, height), runs)
 
