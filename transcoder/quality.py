@@ -108,11 +108,32 @@ def sample_runs(frames: int, gop: int, every: int, gop_every: int) -> tuple[Run,
     return tuple(runs)
 
 
-def select_expr(runs: Sequence[Run], *, offset: int = 0) -> str:
-    """A select filter expression true on the runs' frames, for a stream whose frame 0 is the
+# A sampled frame is fed to libvmaf with the frame before it, and libvmaf scores every other frame
+# (`n_subsample`): VMAF's motion term then measures the motion of that frame, not the jump from one
+# sample to the next (which inflated sparse samples' scores by up to 3 points). One frame more leads
+# the chunk's sample so that the pairs' second frames fall on the frames libvmaf scores; its score
+# is dropped. Steps under this are fed as they are (the frames before are samples themselves).
+PAIRED_STEP = 6
+
+
+def paired(runs: Sequence[Run]) -> bool:
+    return all(run.step >= PAIRED_STEP for run in runs)
+
+
+def select_expr(runs: Sequence[Run], *, offset: int = 0, lead: bool = True) -> str:
+    """A select filter expression true on the frames fed to libvmaf for the runs (each sample, and
+    when paired the frame before it, and the lead frame if `lead`), for a stream whose frame 0 is the
     chunk's frame `offset`."""
-    terms = [f"between(n,{r.first - offset},{r.last - offset})*not(mod(n-{r.first - offset},{r.step}))"
-             for r in runs]
+    pairs = paired(runs)
+    terms = []
+    for run in runs:
+        first, last = run.first - offset, run.last - offset
+        sampled = f"not(mod(n-{first},{run.step}))"
+        if pairs:
+            sampled = f"({sampled}+not(mod(n-{first - 1},{run.step})))"
+        terms.append(f"between(n,{first - 1 if pairs else first},{last})*{sampled}")
+    if pairs and lead:
+        terms.insert(0, f"eq(n,{runs[0].first - offset - 2})")
     return "+".join(terms)
 
 
@@ -138,7 +159,7 @@ def rendition_frames(path: Path, runs: Sequence[Run], fps: Fraction, threads: in
         # A few frames of slack past the last: packets come in decode order (B-frames).
         limit = {"t": f"{float((run.last - run.start + 4) / fps):.6f}"}
         stream = ffmpeg.input(str(path), threads=threads, **seek, **limit).video
-        parts.append(stream.filter("select", select_expr([run], offset=run.start)))
+        parts.append(stream.filter("select", select_expr([run], offset=run.start, lead=run is runs[0])))
     return parts[0] if len(parts) == 1 else ffmpeg.concat(*parts, v=1, a=0)
 
 
@@ -147,6 +168,7 @@ def scorer_args(sample: ChunkSample, renditions: Sequence[tuple[OutputPlan, Path
     """The scorer's arguments: one decode of the reference, one libvmaf (with PSNR) per rendition,
     each writing its per-frame log (JSON) to the given path."""
     reference = sample.reference
+    pairs = paired(sample.runs)
     timebase = f"{fps.denominator}/{fps.numerator}"
     # One thread per decoder and filter unless the worker says otherwise: the least CPU per frame,
     # and chunks already run in parallel on every worker.
@@ -164,7 +186,7 @@ def scorer_args(sample: ChunkSample, renditions: Sequence[tuple[OutputPlan, Path
         )
         scored = ffmpeg.filter(
             [distorted, source], "libvmaf", model=f"version={VMAF_MODEL}", feature="name=psnr",
-            log_fmt="json", log_path=str(log_path), n_threads=n_threads,
+            log_fmt="json", log_path=str(log_path), n_threads=n_threads, n_subsample=2 if pairs else 1,
         )
         nodes.append(scored.output("-", format="null"))
     merged = ffmpeg.merge_outputs(*nodes).global_args(*QUIET, "-progress", "pipe:1", "-nostats",
@@ -183,8 +205,10 @@ class ChunkScore:
         return {"vmaf": self.vmaf, "psnr_sum": round(self.psnr_sum, 3)}
 
 
-def read_log(path: Path) -> ChunkScore:
+def read_log(path: Path, *, paired: bool = False) -> ChunkScore:
     frames = json.loads(path.read_text())["frames"]
+    if paired:
+        frames = frames[1:]  # the lead frame's
     vmaf = [round(float(f["metrics"]["vmaf"]), 3) for f in frames]
     # PSNR of identical pictures is infinite; libvmaf caps it (60 dB at 8 bits), which keeps the sum finite.
     psnr = sum(float(f["metrics"]["psnr_y"]) for f in frames)
@@ -245,7 +269,7 @@ def score_chunk(binary: str, sample: ChunkSample, outputs: Sequence[tuple[Output
     logs = [(plan, path, folder / f"{path.stem}.vmaf.json") for plan, path in outputs]
     try:
         run(scorer_args(sample, logs, fps=fps, threads=threads), binary)
-        return {plan.name: read_log(log_path).as_json() for plan, _path, log_path in logs}
+        return {plan.name: read_log(log_path, paired=paired(sample.runs)).as_json() for plan, _path, log_path in logs}
     except (FfmpegError, FfmpegStalled, FfmpegKilled, OSError, ValueError, KeyError) as exc:
         log.warning("not scored: the scorer failed: %s", exc)
         return None
