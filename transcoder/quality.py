@@ -6,9 +6,10 @@ wheel. Where neither runs, renditions are "not scored" and everything else works
 
 Decoding the source a second time would cost more than the 10 % of the encode's CPU the scoring may
 spend (a high-bit-rate source decodes in about half the time a veryfast ladder encodes it), so the
-encode itself writes the reference: every n-th of its frames, after the frame-rate converter and the
-cut, at the source's display size, uncompressed. The scorer reads those and the same frames of each
-rendition (scaled back up to the source's size, as the VMAF authors recommend for a ladder).
+encode itself writes the reference: the sampled frames (a few of one GOP in m, see sample_runs), after
+the frame-rate converter and the cut, at the source's display size, uncompressed. The scorer reads
+those and the same frames of each rendition, decoding only the sampled GOPs (scaled back up to the
+source's size, as the VMAF authors recommend for a ladder). transcoder/floor.py acts on the scores.
 A chunk's result keeps its per-frame VMAF scores, so the video's mean and 5th percentile are the
 frame-weighted combination of its chunks.
 """
