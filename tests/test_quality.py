@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import API_KEY, WorkerProcess, upload, wait_for
 from tests.test_cli import vidfarm
+from tests.test_tus import create as tus_create
+from tests.test_tus import patch as tus_patch
 from transcoder import floor, quality
 from transcoder.command import X264, chunk_args
 from transcoder.ladder import OutputPlan
@@ -85,6 +87,21 @@ def test_every_frame_when_the_upload_asks(http, settings, tmp_path):
     assert scored == {full: SECONDS * 25, sampled: 2 * 5}
     refused = upload(http, source, quality="best")
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_quality", refused.text
+
+
+def test_every_frame_when_a_resumable_upload_asks(http, settings, tmp_path):
+    source = clip(tmp_path / "easy.mp4", EASY).read_bytes()
+    refused = tus_create(http, len(source), filename="easy.mp4", quality="every")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_quality", refused.text
+    created = tus_create(http, len(source), filename="easy.mp4", quality="full")
+    assert created.status_code == 201, created.text
+    worker = WorkerProcess(settings)
+    try:
+        assert tus_patch(http, created.headers["Location"], 0, source).status_code == 204
+        video = wait_for(http, created.headers["Vidfarm-Video-Id"])
+    finally:
+        worker.stop()
+    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * 25
 
 
 def test_a_noisy_clip_scores_far_lower_than_an_easy_one_at_the_same_cap(http, settings, tmp_path):
