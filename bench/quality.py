@@ -102,7 +102,7 @@ def scored_with(clip: Clip, encode, chosen: quality.ChunkSample) -> tuple[float,
     binary = quality.scorer_binary("")
     scorer = run_measured([binary, *quality.scorer_args(chosen, logs, fps=clip.fps, threads=None)])
     chosen.reference.path.unlink()
-    paired = quality.paired(chosen.runs)
+    paired = chosen.pairs
     scores = {plan.name: quality.combine([quality.read_log(log, paired=paired).as_json()]) for plan, _, log in logs}
     return max(0.0, with_reference.cpu_s - clip.encode_cpu_s), scorer.cpu_s, scores
 

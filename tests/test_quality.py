@@ -161,11 +161,15 @@ def test_samples_are_whole_gop_runs_spread_over_the_chunk_off_the_keyframes():
     assert quality.sample_runs(40, 60, 30, 3) == (quality.Run(0, 15, 15, 30),)
 
 
-def test_decoding_only_the_sampled_gops_scores_the_very_frames_a_whole_decode_would(tmp_path):
+@pytest.mark.parametrize(("frames", "scored"), [
+    (SECONDS * 25, 2 * 7),  # frames 3, 10, ..., 45 of each GOP, each fed with the frame before it
+    (GOP + 1, 7 + 1),  # a last GOP of one frame: nothing before it to pair with, so none are paired
+])
+def test_decoding_only_the_sampled_gops_scores_the_very_frames_a_whole_decode_would(tmp_path, frames, scored):
     """The seek lands exactly on each run's keyframe: a frame off and every score would differ."""
-    source = clip(tmp_path / "src.mp4", HARD)
+    source = clip(tmp_path / "src.mp4", HARD.replace(f"duration={SECONDS}", f"duration={frames / 25}"))
     plan = OutputPlan("360p", 640, 360, Fraction(25), 730)
-    sample = quality.chunk_sample(tmp_path, SECONDS * 25, GOP, 640, 360, every=7, gop_every=1, max_bytes=1 << 30)
+    sample = quality.chunk_sample(tmp_path, frames, GOP, 640, 360, every=7, gop_every=1, max_bytes=1 << 30)
     out = tmp_path / "360p.mp4"
     run_ffmpeg(chunk_encoder(source)([(plan, out)], reference=sample.reference))
     # Every run decoded from frame 0 instead, the frames before it dropped by select.
@@ -173,7 +177,7 @@ def test_decoding_only_the_sampled_gops_scores_the_very_frames_a_whole_decode_wo
     scores = [quality.score_chunk(SCORER, each, [(plan, out)], fps=Fraction(25), threads=None, run=scorer_run)
               for each in (sample, from_start)]
     assert scores[0] == scores[1]
-    assert len(scores[0]["360p"]["vmaf"]) == 2 * 7  # frames 3, 10, ..., 45 of each GOP
+    assert len(scores[0]["360p"]["vmaf"]) == scored
 
 
 def test_a_starved_cap_scores_far_lower_than_a_clean_encode(tmp_path):

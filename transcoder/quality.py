@@ -118,14 +118,15 @@ PAIRED_STEP = 6
 
 
 def paired(runs: Sequence[Run]) -> bool:
-    return all(run.step >= PAIRED_STEP for run in runs)
+    """Whether samples are fed in pairs: each run's frames before its samples (and the lead frame)
+    must lie in its GOP, which a chunk's last GOP of one or two frames does not allow."""
+    return all(run.step >= PAIRED_STEP and run.first - run.start >= 2 for run in runs)
 
 
-def select_expr(runs: Sequence[Run], *, offset: int = 0, lead: bool = True) -> str:
+def select_expr(runs: Sequence[Run], *, pairs: bool, offset: int = 0, lead: bool = True) -> str:
     """A select filter expression true on the frames fed to libvmaf for the runs (each sample, and
     when paired the frame before it, and the lead frame if `lead`), for a stream whose frame 0 is the
     chunk's frame `offset`."""
-    pairs = paired(runs)
     terms = []
     for run in runs:
         first, last = run.first - offset, run.last - offset
@@ -144,13 +145,15 @@ def frames_sampled(runs: Sequence[Run]) -> int:
 
 @dataclass(frozen=True)
 class ChunkSample:
-    """What the encode writes for the scorer (the reference) and which frames those are."""
+    """What the encode writes for the scorer (the reference), which frames those are, and whether
+    they are fed to libvmaf in pairs (see PAIRED_STEP)."""
 
     reference: ReferenceFrames
     runs: tuple[Run, ...]
+    pairs: bool
 
 
-def rendition_frames(path: Path, runs: Sequence[Run], fps: Fraction, threads: int):
+def rendition_frames(path: Path, runs: Sequence[Run], pairs: bool, fps: Fraction, threads: int):
     """The runs' frames of one rendition, in order, decoding each run's GOP only up to its last
     scored frame. The seek aims half a frame past the keyframe without `accurate_seek`, so it lands
     on that keyframe and drops nothing; select then counts frames from it."""
@@ -160,7 +163,7 @@ def rendition_frames(path: Path, runs: Sequence[Run], fps: Fraction, threads: in
         # A few frames of slack past the last: packets come in decode order (B-frames).
         limit = {"t": f"{float((run.last - run.start + 4) / fps):.6f}"}
         stream = ffmpeg.input(str(path), threads=threads, **seek, **limit).video
-        parts.append(stream.filter("select", select_expr([run], offset=run.start, lead=run is runs[0])))
+        parts.append(stream.filter("select", select_expr([run], pairs=pairs, offset=run.start, lead=run is runs[0])))
     return parts[0] if len(parts) == 1 else ffmpeg.concat(*parts, v=1, a=0)
 
 
@@ -169,7 +172,7 @@ def scorer_args(sample: ChunkSample, renditions: Sequence[tuple[OutputPlan, Path
     """The scorer's arguments: one decode of the reference, one libvmaf (with PSNR) per rendition,
     each writing its per-frame log (JSON) to the given path."""
     reference = sample.reference
-    pairs = paired(sample.runs)
+    pairs = sample.pairs
     timebase = f"{fps.denominator}/{fps.numerator}"
     # One thread per decoder and filter unless the worker says otherwise: the least CPU per frame,
     # and chunks already run in parallel on every worker.
@@ -180,7 +183,7 @@ def scorer_args(sample: ChunkSample, renditions: Sequence[tuple[OutputPlan, Path
     for index, (_plan, path, log_path) in enumerate(renditions):
         source = copies.stream(index) if copies is not None else ref
         distorted = (
-            rendition_frames(path, sample.runs, fps, n_threads)
+            rendition_frames(path, sample.runs, pairs, fps, n_threads)
             .filter("settb", timebase).filter("setpts", "N")
             # To the reference's size: bicubic, as the VMAF authors do for a ladder.
             .filter("scale", reference.width, reference.height, flags="bicubic").filter("format", "yuv420p")
@@ -257,7 +260,9 @@ def chunk_sample(folder: Path, frames: int, gop: int, source_width: int, source_
     while frames_sampled(runs) > frames_fitting:  # fewer frames per GOP, then fewer GOPs: one frame at least
         every, gop_every = (every * 2, gop_every) if every < gop else (every, gop_every * 2)
         runs = sample_runs(frames, gop, every, gop_every)
-    return ChunkSample(ReferenceFrames(folder / REFERENCE_FILE, select_expr(runs), width, height), runs)
+    pairs = paired(runs)
+    return ChunkSample(ReferenceFrames(folder / REFERENCE_FILE, select_expr(runs, pairs=pairs), width, height),
+                       runs, pairs)
 
 
 def score_chunk(binary: str, sample: ChunkSample, outputs: Sequence[tuple[OutputPlan, Path]], *,
@@ -270,7 +275,7 @@ def score_chunk(binary: str, sample: ChunkSample, outputs: Sequence[tuple[Output
     logs = [(plan, path, folder / f"{path.stem}.vmaf.json") for plan, path in outputs]
     try:
         run(scorer_args(sample, logs, fps=fps, threads=threads), binary)
-        return {plan.name: read_log(log_path, paired=paired(sample.runs)).as_json() for plan, _path, log_path in logs}
+        return {plan.name: read_log(log_path, paired=sample.pairs).as_json() for plan, _path, log_path in logs}
     except (FfmpegError, FfmpegStalled, FfmpegKilled, OSError, ValueError, KeyError) as exc:
         log.warning("not scored: the scorer failed: %s", exc)
         return None
