@@ -21,7 +21,8 @@ from typing import Any
 
 from transcoder import quality
 from transcoder.ladder import OutputPlan
-from vidfarm.rungs import ALL_RUNGS
+from vidfarm import metrics
+from vidfarm.rungs import ALL_RUNGS, RUNGS
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def encode_again(scorer: Scorer, plan: OutputPlan, path: Path, first: dict[str, 
         os.replace(retry_path, path)  # before anything reads the rung's MP4
     else:
         retry_path.unlink(missing_ok=True)
+    metrics.FLOOR_REENCODES.labels(metrics.rung_label(plan.name, RUNGS), "retry" if better else "first").inc()
     log.info("%s under its floor %g (p5 %.1f): encoded again at %d kb/s, p5 %s; %s kept", plan.name, floor,
              low(first), raised.maxrate_kbps, f"{low(retry):.1f}" if retry else "not scored",
              "the second" if better else "the first")
