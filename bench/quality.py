@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="clip length (default 12, 6 with --quick)")
     parser.add_argument("--sampling", help="samplings to cost, EVERYxGOP_EVERY (default 30x3,15x3,30x1)")
     parser.add_argument("--content", default=",".join(CONTENT), help="which content kinds (default: all)")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only what scoring costs (no every-frame truth, no floor): for long chunks")
     args = parser.parse_args()
     args.seconds = args.seconds or (6 if args.quick else 12)
     default = f"{QUALITY_EVERY}x{QUALITY_GOP_EVERY}"
@@ -118,7 +120,7 @@ def with_floor(clip: Clip, encode) -> dict:
     return scores[FLOOR_RUNG]
 
 
-def measure(name: str, seconds: float, samplings: list[tuple[int, int]], folder: Path):
+def measure(name: str, seconds: float, samplings: list[tuple[int, int]], folder: Path, cost_only: bool):
     source = make_source(folder / "source.mp4", CONTENT[name], seconds)
     info = source_info(source)
     plans = ladder_plans(info)
@@ -128,7 +130,7 @@ def measure(name: str, seconds: float, samplings: list[tuple[int, int]], folder:
     clip = Clip(name, folder, source, outputs, plans[0].fps, frames, plans[0].gop_frames, info.width, info.height,
                 encode_cpu)
     encode = clip.encoder(info)
-    *_cost, truth = scored_with(clip, encode, sample(clip, 1, 1))
+    truth = {} if cost_only else scored_with(clip, encode, sample(clip, 1, 1))[-1]
     bits = {plan.name: path.stat().st_size * 8 for plan, path in outputs}
     costs, sampled = [], {}
     for every, gop_every in samplings:
@@ -136,6 +138,8 @@ def measure(name: str, seconds: float, samplings: list[tuple[int, int]], folder:
         added, scorer, sampled[(every, gop_every)] = scored_with(clip, encode, chosen)
         costs.append((name, f"{every}x{gop_every}", quality.frames_sampled(chosen.runs), encode_cpu, added, scorer,
                       f"{100 * (added + scorer) / encode_cpu:.1f} %"))
+    if cost_only:
+        return [], costs
     floored = with_floor(clip, encode)
     rows = []
     default = sampled[samplings[0]]
@@ -162,10 +166,10 @@ def main() -> None:
     quality_rows, cost_rows = [], []
     for name in args.content.split(","):
         with temp_dir("vidfarm-quality-") as folder:
-            rows, costs = measure(name, args.seconds, samplings, folder)
+            rows, costs = measure(name, args.seconds, samplings, folder, args.cost_only)
         quality_rows += rows
         cost_rows += costs
-        print(f"{name}: done", file=sys.stderr)
+        print(f"{name}: {rows} {costs}", file=sys.stderr, flush=True)  # in case a long run is cut short
     every, gop_every = samplings[0]
     print(f"machine: {machine()}; {args.seconds:g} s 1080p30 clips, each one chunk; x264 {X264.options['preset']}")
     print()
