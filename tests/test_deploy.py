@@ -62,6 +62,7 @@ COUNTERS_GAUGES = {
     "vidfarm_autoscaler_decisions_total",
     "vidfarm_autoscaler_backlog_seconds",
     "vidfarm_renditions_not_scored_total",
+    "vidfarm_floor_reencodes_total",
 }
 HISTOGRAMS = {
     "vidfarm_upload_duration_seconds",

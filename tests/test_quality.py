@@ -1,6 +1,7 @@
 """Every rendition carries a quality score a user can see: VMAF and PSNR against its source, measured
 by the worker per chunk (real ffmpeg, real libvmaf from the imageio-ffmpeg wheel), through the real
-farm; without a scorer the video still ends ready, marked not scored."""
+farm; without a scorer the video still ends ready, marked not scored. A chunk under the quality floor
+is encoded again with higher caps, and the better attempt counts."""
 
 from __future__ import annotations
 
@@ -8,25 +9,28 @@ import hashlib
 import subprocess
 from dataclasses import replace
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import API_KEY, WorkerProcess, upload, wait_for
 from tests.test_cli import vidfarm
-from transcoder import quality
+from tests.test_tus import create as tus_create
+from tests.test_tus import patch as tus_patch
+from transcoder import floor, quality
 from transcoder.command import X264, chunk_args
 from transcoder.ladder import OutputPlan
+from transcoder.runner import run_ffmpeg
 from vidfarm.chunks import ChunkWindow
 
-# 13 s at 10 fps in 6 s chunks: a first chunk of 60 frames (one segment) scored at frames 0, 10, ..., 50,
-# and the last of 70 scored at 0, 10, ..., 60. A low rate keeps the test cheap.
-SECONDS = 13
-RATE = 10
+# 4 s at 25 fps: two GOPs of 50 frames, each scored at frames 5, 15, ..., 45 (in 2 s chunks or one).
+SECONDS = 4
 EVERY = 10
-EASY = f"testsrc2=size=640x360:rate={RATE}:duration={SECONDS}"
+GOP = 50
+EASY = f"testsrc2=size=640x360:rate=25:duration={SECONDS}"
 # The same picture under heavy moving noise: far more than the 360p cap can carry.
-HARD = f"testsrc2=size=640x360:rate={RATE}:duration={SECONDS},noise=alls=60:allf=t"
+HARD = f"testsrc2=size=640x360:rate=25:duration={SECONDS},noise=alls=60:allf=t"
 NO_LIBVMAF = "ffmpeg"  # the system's (Debian's) ffmpeg: no libvmaf filter
 
 pytestmark = pytest.mark.skipif(quality.scorer_binary("") is None, reason="no ffmpeg with libvmaf installed")
@@ -40,7 +44,7 @@ def clip(path: Path, lavfi: str) -> Path:
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=6.0, ladder=("360p",), quality_every=EVERY)
+    return replace(settings, chunk_seconds=2.0, ladder=("360p",), quality_every=EVERY, quality_gop_every=1)
 
 
 def transcode(http, settings, source: Path, **worker_settings) -> dict:
@@ -59,16 +63,45 @@ def test_an_easy_clip_scores_high_on_every_sampled_frame_of_every_chunk(api, htt
     [rendition] = video["renditions"]
     score = rendition["quality"]
     assert score is not None, "not scored"
-    assert score["frames_scored"] == 6 + 7  # two chunks of 60 and 70 frames, every 10th
+    assert score["frames_scored"] == 2 * 5  # two GOPs of 50 frames, every 10th
     assert 90 <= score["vmaf_p5"] <= score["vmaf_mean"] <= 100
     assert 30 < score["psnr_db"] <= 60
     shown = vidfarm(settings, "status", video["id"], "--url", api.url, "--api-key", API_KEY)
     assert f"VMAF {score['vmaf_mean']:.1f} (p5 {score['vmaf_p5']:.1f})" in shown.stdout, shown.stdout
 
 
-def test_every_frame_when_asked(http, settings, tmp_path):
-    video = transcode(http, settings, clip(tmp_path / "easy.mp4", EASY), quality_every=1)
-    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * RATE
+def test_every_frame_when_the_settings_ask(http, settings, tmp_path):
+    video = transcode(http, settings, clip(tmp_path / "easy.mp4", EASY), quality_every=1, quality_gop_every=1)
+    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * 25
+
+
+def test_every_frame_when_the_upload_asks(http, settings, tmp_path):
+    """`quality=full` on one upload; the farm's sampling stays for the others."""
+    source = clip(tmp_path / "easy.mp4", EASY)
+    worker = WorkerProcess(replace(settings, quality_gop_every=2))
+    try:
+        full, sampled = (upload(http, source, **params).json()["id"] for params in ({"quality": "full"}, {}))
+        scored = {vid: wait_for(http, vid)["renditions"][0]["quality"]["frames_scored"] for vid in (full, sampled)}
+    finally:
+        worker.stop()
+    assert scored == {full: SECONDS * 25, sampled: 2 * 5}
+    refused = upload(http, source, quality="best")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_quality", refused.text
+
+
+def test_every_frame_when_a_resumable_upload_asks(http, settings, tmp_path):
+    source = clip(tmp_path / "easy.mp4", EASY).read_bytes()
+    refused = tus_create(http, len(source), filename="easy.mp4", quality="every")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_quality", refused.text
+    created = tus_create(http, len(source), filename="easy.mp4", quality="full")
+    assert created.status_code == 201, created.text
+    worker = WorkerProcess(settings)
+    try:
+        assert tus_patch(http, created.headers["Location"], 0, source).status_code == 204
+        video = wait_for(http, created.headers["Vidfarm-Video-Id"])
+    finally:
+        worker.stop()
+    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * 25
 
 
 def test_a_noisy_clip_scores_far_lower_than_an_easy_one_at_the_same_cap(http, settings, tmp_path):
@@ -89,12 +122,12 @@ def test_without_a_scorer_the_video_ends_ready_and_says_not_scored(http, setting
 def test_the_reference_output_leaves_the_renditions_byte_for_byte(tmp_path):
     """Scoring must not change what is encoded: the same chunk with and without the scorer's frames."""
     source = clip(tmp_path / "src.mp4", EASY)
-    plan = OutputPlan("360p", 640, 360, Fraction(RATE), 800)
+    plan = OutputPlan("360p", 640, 360, Fraction(25), 800)
     window = ChunkWindow(seek_s=0.0, grid_start_frame=0, skip_frames=0)
     digests = []
     for scored in (False, True):
         out = tmp_path / f"out-{scored}.mp4"
-        reference = quality.reference_for(tmp_path, 640, 360, EVERY) if scored else None
+        reference = sample_of(tmp_path).reference if scored else None
         args = chunk_args(str(source), [(plan, out)], window=window, frames=None, encoder=X264, reference=reference)
         subprocess.run(["ffmpeg", *args], check=True, capture_output=True)
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
@@ -109,9 +142,123 @@ def test_the_video_score_is_frame_weighted_over_its_chunks():
     assert quality.combine([long, None]) is None, "a score that leaves out a chunk"
 
 
-def test_a_large_chunk_samples_fewer_frames_than_its_scratch_bound():
-    assert quality.sampling_interval(1800, 1920, 1080, 10, 1 << 30) == 10  # 60 s of 1080p30: 560 MB
-    every = quality.sampling_interval(1800, 7680, 4320, 10, 1 << 30)  # 8K: 50 MB a frame
-    frame_bytes = 7680 * 4320 * 3 // 2
-    assert quality.frames_sampled(1800, every) * frame_bytes <= 1 << 30
-    assert quality.frames_sampled(1800, every - 1) * frame_bytes > 1 << 30, "no more frames dropped than needed"
+def test_a_large_chunk_samples_fewer_frames_than_its_scratch_bound(tmp_path):
+    def sampled(width: int, height: int) -> int:
+        sample = quality.chunk_sample(tmp_path, 1800, 60, width, height, every=1, gop_every=1, max_bytes=1 << 30)
+        return quality.frames_sampled(sample.runs)
+
+    assert sampled(640, 360) == 1800  # 60 s of 360p30: 622 MB
+    frame_bytes = 7680 * 4320 * 3 // 2  # 8K: 50 MB a frame
+    assert sampled(7680, 4320) >= 10 and sampled(7680, 4320) * frame_bytes <= 1 << 30
+
+
+def test_samples_are_whole_gop_runs_spread_over_the_chunk_off_the_keyframes():
+    assert quality.sample_runs(180, 60, 1, 1) == (quality.Run(0, 0, 179, 1),)
+    # Nine GOPs, one in three: the middle GOP of each third, from frame 15 of it, every 30th.
+    runs = quality.sample_runs(540, 60, 30, 3)
+    assert [(r.start, r.first, r.last) for r in runs] == [(60, 75, 105), (240, 255, 285), (420, 435, 465)]
+    # A chunk shorter than one GOP in three still has one, inside it.
+    assert quality.sample_runs(40, 60, 30, 3) == (quality.Run(0, 15, 15, 30),)
+
+
+@pytest.mark.parametrize(("frames", "scored"), [
+    (SECONDS * 25, 2 * 7),  # frames 3, 10, ..., 45 of each GOP, each fed with the frame before it
+    (GOP + 1, 7 + 1),  # a last GOP of one frame: nothing before it to pair with, so none are paired
+])
+def test_decoding_only_the_sampled_gops_scores_the_very_frames_a_whole_decode_would(tmp_path, frames, scored):
+    """The seek lands exactly on each run's keyframe: a frame off and every score would differ."""
+    source = clip(tmp_path / "src.mp4", HARD.replace(f"duration={SECONDS}", f"duration={frames / 25}"))
+    plan = OutputPlan("360p", 640, 360, Fraction(25), 730)
+    sample = quality.chunk_sample(tmp_path, frames, GOP, 640, 360, every=7, gop_every=1, max_bytes=1 << 30)
+    out = tmp_path / "360p.mp4"
+    run_ffmpeg(chunk_encoder(source)([(plan, out)], reference=sample.reference))
+    # Every run decoded from frame 0 instead, the frames before it dropped by select.
+    from_start = replace(sample, runs=tuple(replace(r, start=0) for r in sample.runs))
+    scores = [quality.score_chunk(SCORER, each, [(plan, out)], fps=Fraction(25), threads=None, run=scorer_run)
+              for each in (sample, from_start)]
+    assert scores[0] == scores[1]
+    assert len(scores[0]["360p"]["vmaf"]) == scored
+
+
+def test_a_starved_cap_scores_far_lower_than_a_clean_encode(tmp_path):
+    source = clip(tmp_path / "src.mp4", EASY)
+    clean, starved = (
+        quality.combine([encode_and_score(tmp_path, source, OutputPlan("360p", 640, 360, Fraction(25), kbps),
+                                          sample_of(tmp_path))])
+        for kbps in (730, 40)
+    )
+    assert clean["vmaf_p5"] >= 90, clean
+    assert starved["vmaf_mean"] < clean["vmaf_mean"] - 30, (clean, starved)
+
+
+def test_a_chunk_under_the_floor_is_encoded_again_and_scores_higher(tmp_path):
+    """A rung whose cap starves it, a floor it misses: encoded again at 20x the cap, the better MP4
+    takes the rung's place (same frames, same keyframes), both attempts on record."""
+    source = clip(tmp_path / "src.mp4", EASY)
+    plan = OutputPlan("360p", 640, 360, Fraction(25), 40)
+    out = tmp_path / "360p.mp4"
+    sample = sample_of(tmp_path)
+    encode = chunk_encoder(source)
+    run_ffmpeg(encode([(plan, out)], reference=sample.reference))
+    scorer = floor.Scorer(SCORER, sample, Fraction(25), None, scorer_run)
+    scores = floor.score_chunk(scorer, [(plan, out)], lambda outs: run_ffmpeg(encode(outs)),
+                               floors=(("360p", 90.0),), ceiling=20)
+    record = scores["360p"]["floor"]
+    assert record["kept"] == "retry" and record["retry"]["cap_kbps"] == 800
+    assert record["retry"]["vmaf_p5"] > record["first"]["vmaf_p5"] + 20, record
+    assert record["retry"]["bits"] > record["first"]["bits"]
+    assert quality.combine([scores["360p"]])["vmaf_p5"] == record["retry"]["vmaf_p5"]
+    assert out.stat().st_size * 8 == record["retry"]["bits"], "the rung's MP4 is the second attempt"
+    assert keyframes(out) == [0, GOP] and not sample.reference.path.exists()
+
+
+def test_a_chunk_over_the_floor_is_left_alone(tmp_path):
+    source = clip(tmp_path / "src.mp4", EASY)
+    plan = OutputPlan("360p", 640, 360, Fraction(25), 730)
+    out = tmp_path / "360p.mp4"
+    sample = sample_of(tmp_path)
+    encode = chunk_encoder(source)
+    run_ffmpeg(encode([(plan, out)], reference=sample.reference))
+    before = out.read_bytes()
+    scores = floor.score_chunk(floor.Scorer(SCORER, sample, Fraction(25), None, scorer_run), [(plan, out)],
+                               lambda outs: pytest.fail("encoded again"), floors=(("*", 80.0),), ceiling=2)
+    assert "floor" not in scores["360p"] and out.read_bytes() == before
+
+
+def test_the_floor_through_the_farm_records_both_attempts(farm, http, settings, tmp_path):
+    video = transcode(http, settings, clip(tmp_path / "hard.mp4", HARD), vmaf_floor=(("360p", 99.0),))
+    assert video["status"] == "ready", video["error"]
+    chunks = [t.result["quality"]["360p"]["floor"] for t in farm.catalog.tasks(video["id"]) if t.kind == "chunk"]
+    assert chunks and all(c["retry"]["cap_kbps"] == 2 * c["first"]["cap_kbps"] for c in chunks), chunks
+    assert all(c["retry"]["vmaf_p5"] > c["first"]["vmaf_p5"] for c in chunks), chunks
+    # What users see is the kept attempts' score: above what the first attempts scored.
+    first_mean = sum(c["first"]["vmaf_mean"] for c in chunks) / len(chunks)
+    assert video["renditions"][0]["quality"]["vmaf_mean"] > first_mean, (video["renditions"], chunks)
+
+
+SCORER = quality.scorer_binary("") or "ffmpeg"
+
+
+def sample_of(folder: Path) -> quality.ChunkSample:
+    return quality.chunk_sample(folder, SECONDS * 25, GOP, 640, 360, every=EVERY, gop_every=1, max_bytes=1 << 30)
+
+
+def chunk_encoder(source: Path):
+    window = ChunkWindow(seek_s=0.0, grid_start_frame=0, skip_frames=0)
+    return partial(chunk_args, str(source), window=window, frames=None, encoder=X264)
+
+
+def scorer_run(args: list[str], binary: str) -> None:
+    run_ffmpeg(args, binary=binary)
+
+
+def encode_and_score(folder: Path, source: Path, plan: OutputPlan, sample: quality.ChunkSample) -> dict:
+    out = folder / f"{plan.name}.mp4"
+    run_ffmpeg(chunk_encoder(source)([(plan, out)], reference=sample.reference))
+    return quality.score_chunk(SCORER, sample, [(plan, out)], fps=Fraction(25), threads=None, run=scorer_run)[plan.name]
+
+
+def keyframes(path: Path) -> list[int]:
+    shown = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame",
+                            "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout.split()
+    return [index for index, key in enumerate(shown) if key.startswith("1")]

@@ -28,7 +28,9 @@ def changed_values(tmp_path: Path) -> dict[str, object]:
         "max_body_bytes": 999, "body_min_rate_bytes_s": 0, "body_rate_window_s": 2.5, "header_timeout_s": 4.0,
         "max_open_uploads": 7, "default_queue": "gpu", "queues": ("gpu", "cpu", "big"), "ladder": ("720p", "360p"),
         "stream_rungs": (),  # `none`: the stream carries the downloads only
-        "quality_scorer": "off", "quality_every": 7, "quality_max_reference_bytes": 12345678,
+        "quality_scorer": "off", "quality_every": 7, "quality_gop_every": 5,
+        "vmaf_floor": (("1080p", 80.0), ("*", 70.5)), "vmaf_floor_ceiling": 3.0,
+        "quality_max_reference_bytes": 12345678,
         "max_attempts": 5, "job_timeout_base_s": 30, "job_timeout_factor": 1.5, "stall_timeout_s": 7.0,
         "worker_heartbeat_ttl_s": 4, "lost_job_grace_s": 2.5, "db_lock_timeout_s": 0.5,
         "db_statement_timeout_s": 0.0, "db_worker_idle_in_transaction_s": 9.0, "chunk_seconds": 4.0,

@@ -90,24 +90,20 @@ def audio_options() -> dict[str, str | int]:
 
 @dataclass(frozen=True)
 class ReferenceFrames:
-    """Every n-th picture the encode reads, uncompressed at the source's display size: what the
-    quality scorer compares the renditions with (see transcoder/quality.py)."""
+    """The pictures the encode reads that the quality scorer samples (`select`: a select filter
+    expression on the chunk's frame numbers), uncompressed at the source's display size: what the
+    scorer compares the renditions with (see transcoder/quality.py)."""
 
     path: Path
-    every: int
+    select: str
     width: int
     height: int
-
-
-def sample_expr(every: int) -> str:
-    """Frames 0, n, 2n, ... of a stream whose frame numbers start at 0 (the chunk's first frame)."""
-    return f"not(mod(n,{every}))"
 
 
 def reference_output(branch, reference: ReferenceFrames, fps: Fraction):
     # Consecutive timestamps at the plan's rate: the muxer neither drops nor repeats a sampled frame.
     picture = (
-        branch.filter("select", sample_expr(reference.every))
+        branch.filter("select", reference.select)
         .filter("settb", f"{fps.denominator}/{fps.numerator}").filter("setpts", "N")
         .filter("scale", reference.width, reference.height).filter("setsar", 1).filter("format", "yuv420p")
     )

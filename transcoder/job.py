@@ -12,6 +12,7 @@ the reconciler to retry.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -29,12 +30,11 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
-from transcoder import fragments, package, quality
+from transcoder import floor, fragments, package, quality
 from transcoder.command import (
     CUT_LIST,
     ENCODERS,
     Encoder,
-    ReferenceFrames,
     audio_args,
     chunk_args,
     concat_list,
@@ -324,17 +324,22 @@ class ChunkAttempt(TaskAttempt):
         source = source_from_row(video)
         window = chunk_window(_span(task), fps, first_frame(video, fps), source.file_start_s)
         outputs = [(plan, self.folder / f"{plan.name}.mp4") for plan in plans]
-        reference = self.reference(source, self.planned_frames(video, task))
-        args = chunk_args(self.source_input(), outputs, window=window, frames=task.frames, encoder=self.encoder,
-                          deinterlace=source.interlaced, hdr_transfer=source.hdr_transfer, reference=reference)
+        scorer = self.scorer(video, source, self.planned_frames(video, task), plans[0])
+        encode = functools.partial(chunk_args, self.source_input(), window=window, frames=task.frames,
+                                   encoder=self.encoder, deinterlace=source.interlaced,
+                                   hdr_transfer=source.hdr_transfer)
+        args = encode(outputs, reference=scorer.sample.reference if scorer else None)
         started = time.monotonic()
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
         frames = count_frames(outputs[0][1])
         self.check_frames(video, task, frames, fps)
+        # Scores; a rung under its floor is encoded again here and its MP4 replaced, before anything reads it.
+        scores = floor.score_chunk(scorer, outputs, lambda again: self.ffmpeg(encode(again)),
+                                   floors=self.farm.settings.vmaf_floor, ceiling=self.farm.settings.vmaf_floor_ceiling)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
         return {"frames": frames, "rungs": [plan.name for plan in plans],
-                "quality": self.score(reference, outputs, fps), **self.cut_segments(plans, task.start_frame)}
+                "quality": scores, **self.cut_segments(plans, task.start_frame)}
 
     def cut_segments(self, plans: list[OutputPlan], start_frame: int) -> dict[str, Any]:
         """The chunk's final CMAF segments of every rung (stream copy of its MP4, which finalize still
@@ -367,30 +372,34 @@ class ChunkAttempt(TaskAttempt):
             made.append([seconds, path.stat().st_size])
         (folder / CUT_LIST).unlink()
         info = {"codecs": package.avc_codecs(init), "width": plan.width, "height": plan.height,
-                "fps": f"{plan.fps.numerator}/{plan.fps.denominator}", "cap_bps": plan.maxrate_kbps * 1000}
+                "fps": f"{plan.fps.numerator}/{plan.fps.denominator}", "cap_bps": self.cap_bps(plan)}
         return made, info
 
-    def reference(self, source: SourceInfo, frames: int) -> ReferenceFrames | None:
-        """Where the encode writes the frames the scorer needs; None when no scorer runs here."""
+    def cap_bps(self, plan: OutputPlan) -> int:
+        """The most a segment of the rung may carry: a rung with a VMAF floor may be encoded again at
+        the ceiling, and growing playlists announce this figure until the segments are measured."""
         settings = self.farm.settings
-        if quality.scorer_binary(settings.quality_scorer) is None:
+        raised = floor.floor_for(settings.vmaf_floor, plan) is not None
+        return round(plan.maxrate_kbps * 1000 * (settings.vmaf_floor_ceiling if raised else 1))
+
+    def scorer(self, video: dict[str, Any], source: SourceInfo, frames: int, plan: OutputPlan) -> floor.Scorer | None:
+        """What scores this chunk, and which of its frames (every frame if the upload asked); None
+        when no scorer runs here."""
+        settings = self.farm.settings
+        binary = quality.scorer_binary(settings.quality_scorer)
+        if binary is None:
             return None
-        every = quality.sampling_interval(frames, source.width, source.height, settings.quality_every,
-                                          settings.quality_max_reference_bytes)
-        return quality.reference_for(self.folder, source.width, source.height, every)
+        full = video.get("quality_mode") == lifecycle.FULL_QUALITY
+        sample = quality.chunk_sample(self.folder, frames, plan.gop_frames, source.width, source.height,
+                                      every=1 if full else settings.quality_every,
+                                      gop_every=1 if full else settings.quality_gop_every,
+                                      max_bytes=settings.quality_max_reference_bytes)
+        return floor.Scorer(binary, sample, plan.fps, self.encoder.threads, self.run_scorer)
 
     @staticmethod
     def planned_frames(video: dict[str, Any], task: Task) -> int:
         """The chunk's frames; the last chunk (no end) gets what the plan leaves for it."""
         return task.frames or max(1, (video.get("total_frames") or 0) - task.start_frame)
-
-    def score(self, reference: ReferenceFrames | None, outputs: list[tuple[OutputPlan, Path]],
-              fps: Fraction) -> dict[str, Any] | None:
-        binary = quality.scorer_binary(self.farm.settings.quality_scorer)
-        if reference is None or binary is None:
-            return None
-        return quality.score_chunk(binary, reference, outputs, fps=fps, threads=self.encoder.threads,
-                                   run=self.run_scorer)
 
     def run_scorer(self, args: list[str], binary: str) -> None:
         run_ffmpeg(args, should_cancel=self.cancel_requested, stall_timeout_s=IDENTITY.stall_timeout_s, binary=binary)

@@ -84,6 +84,8 @@ class Video(Base):
     job_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     requested: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # What the upload asked of the quality scores: "full" (every frame), or None (sampled).
+    quality_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
     renditions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     has_poster: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -195,6 +197,7 @@ class VideoRow(TypedDict):
     job_id: str | None
     worker: str | None
     requested: list[str] | None
+    quality_mode: str | None
     renditions: list[RenditionRow]
     has_poster: int
     created_at: str

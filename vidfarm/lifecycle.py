@@ -47,6 +47,9 @@ NOT_PROBED = {"duration_s": 0.0, "width": 0, "height": 0, "fps": 0.0, "video_cod
 CANCELED_REASON = "canceled"  # the failure metric's reason for a video stopped by its owner
 ERROR_MESSAGE_MAX = 2000  # characters of an error message kept (ffmpeg's stderr can be long)
 _CREATING = threading.Lock()
+# An upload's `quality`: every frame scored, or the farm's sampling (the default).
+FULL_QUALITY = "full"
+SAMPLED = "sampled"
 
 
 # -- domain errors --------------------------------------------------------------------------------
@@ -85,6 +88,7 @@ class Upload:
     size_bytes: int
     renditions: str | None
     queue: str | None
+    quality: str | None = None  # `full`: every frame scored
 
 
 def receive(farm: Farm, tenant: str) -> str:
@@ -98,14 +102,15 @@ def receive(farm: Farm, tenant: str) -> str:
 
 
 def open_upload(farm: Farm, tenant: str, size_bytes: int, filename: str, renditions: str | None,
-                queue: str | None) -> VideoRow:
+                queue: str | None, quality: str | None = None) -> VideoRow:
     """A resumable upload begins (`uploading`), what was asked checked as for a regular upload (now, not
     after 20 GiB), its (empty) bytes started in storage."""
     settings, video_id = farm.settings, new_video_id()
     fields = {
         "tenant": tenant, "status": VideoStatus.UPLOADING, "progress": 0.0, "attempts": 0, "size_bytes": size_bytes,
         "filename": printable(filename), "requested": renditions_asked(renditions, settings.ladder),
-        "queue": queue_asked(queue, settings), "has_poster": 0, "received_bytes": 0, **NOT_PROBED,
+        "queue": queue_asked(queue, settings), "quality_mode": quality_asked(quality), "has_poster": 0,
+        "received_bytes": 0, **NOT_PROBED,
     }
     # One creation at a time in this process, so concurrent requests cannot all pass the count;
     # replicas racing each other overshoot the cap by a few at most.
@@ -141,6 +146,7 @@ def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoStatus)
     settings = farm.settings
     wanted = renditions_asked(upload.renditions, settings.ladder)
     queue = queue_asked(upload.queue, settings)
+    quality_mode = quality_asked(upload.quality)
     try:
         source = probe(stored, max_duration_s=settings.max_duration_s, max_pixels=settings.max_pixels)
     except ProbeError as exc:
@@ -149,7 +155,7 @@ def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoStatus)
     video = farm.catalog.fill(
         upload.video_id, was=was, tenant=upload.tenant, status=VideoStatus.QUEUED, progress=0.0, attempts=0,
         filename=printable(upload.filename), size_bytes=upload.size_bytes, **_source_columns(source), queue=queue,
-        job_id=new_job_id(upload.video_id), requested=wanted, has_poster=0,
+        job_id=new_job_id(upload.video_id), requested=wanted, quality_mode=quality_mode, has_poster=0,
         tasks=plan_tasks(upload.video_id, source.duration_s, source.fps, source.has_audio, settings.chunk_seconds,
                          settings.pool_max_workers),
     )
@@ -166,7 +172,7 @@ def complete_upload(farm: Farm, video: VideoRow, stored: SourceHandle) -> VideoR
     the bytes go) and Rejected raised on."""
     upload = Upload(video_id=video["id"], tenant=video["tenant"], filename=video["filename"],
                     size_bytes=video["size_bytes"], renditions=",".join(video["requested"] or []) or None,
-                    queue=video["queue"])
+                    queue=video["queue"], quality=video.get("quality_mode"))
     try:
         return admit(farm, upload, stored, was=VideoStatus.UPLOADING)
     except Gone:
@@ -205,6 +211,17 @@ def renditions_asked(raw: str | None, ladder: tuple[str, ...]) -> list[str] | No
         raise Rejected("unknown_rendition",
                        f"unknown rendition {', '.join(unknown) or raw!r}; choose from {', '.join(ladder)}")
     return sorted(set(wanted), key=ladder.index)
+
+
+def quality_asked(raw: str | None) -> str | None:
+    """`full`: every frame of every rendition scored (VMAF costs several times the encode's CPU then);
+    unset or `sampled`: the farm's sampling (VIDFARM_QUALITY_EVERY, VIDFARM_QUALITY_GOP_EVERY)."""
+    asked = (raw or "").strip().lower()
+    if asked in ("", SAMPLED):
+        return None
+    if asked != FULL_QUALITY:
+        raise Rejected("unknown_quality", f"quality must be {FULL_QUALITY} or {SAMPLED}, got {raw!r}")
+    return FULL_QUALITY
 
 
 def queue_asked(raw: str | None, settings: Settings) -> str:

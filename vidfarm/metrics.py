@@ -41,6 +41,9 @@ RENDITION_VMAF_P5 = Histogram("vidfarm_rendition_vmaf_p5", "VMAF 5th percentile 
                               ["rung"], buckets=VMAF_BUCKETS)
 RENDITIONS_NOT_SCORED = Counter("vidfarm_renditions_not_scored_total", "Published renditions without a score.",
                                 ["rung"])
+# `kept`: first or retry, whichever had the higher 5th percentile (transcoder/floor.py).
+FLOOR_REENCODES = Counter("vidfarm_floor_reencodes_total", "Chunk renditions encoded again under their VMAF floor.",
+                          ["rung", "kept"])
 
 # Known label values start at zero, so dashboards show a flat line instead of "no data" until the
 # first failure (and rate() has a series to work on).
@@ -52,10 +55,14 @@ for _result in ("accepted", "rejected", "abandoned"):
     UPLOADS.labels(_result)
 
 
-def observe_quality(renditions: list[dict], rungs: Collection[str]) -> None:
+def rung_label(name: str, rungs: Collection[str]) -> str:
     """Renditions below the ladder (named by their own size) share one label: bounded cardinality."""
+    return name if name in rungs else "below_ladder"
+
+
+def observe_quality(renditions: list[dict], rungs: Collection[str]) -> None:
     for rendition in renditions:
-        rung = rendition["name"] if rendition["name"] in rungs else "below_ladder"
+        rung = rung_label(rendition["name"], rungs)
         score = rendition.get("quality")
         if score is None:
             RENDITIONS_NOT_SCORED.labels(rung).inc()

@@ -63,3 +63,35 @@ def parse_rungs(variable: str, raw: str, *, allow_none: bool) -> tuple[str, ...]
 def stream_only(ladder: tuple[str, ...] | list[str], stream_rungs: tuple[str, ...]) -> tuple[str, ...]:
     """The stream rungs that are not also downloads: a rung in both lists is a download."""
     return tuple(name for name in stream_rungs if name not in ladder)
+
+
+ALL_RUNGS = "*"
+
+
+def parse_floors(variable: str, raw: str) -> tuple[tuple[str, float], ...]:
+    """`VIDFARM_VMAF_FLOOR`: one number (every scored rung) or `rung=number` pairs, e.g.
+    "1080p=80,720p=78"; ValueError saying what is wrong. The number is a VMAF score (0-100)."""
+    pairs = []
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        name, _, value = part.rpartition("=")
+        name = name.strip() or ALL_RUNGS
+        if name != ALL_RUNGS and name not in RUNGS:
+            raise ValueError(f"{variable}: unknown rung {name!r}; known rungs: {', '.join(RUNGS)}")
+        try:
+            score = float(value)
+        except ValueError as exc:
+            raise ValueError(f"{variable} must be a VMAF score or rung=score pairs, got {raw!r}") from exc
+        if not 0 <= score <= 100:
+            raise ValueError(f"{variable}: a VMAF floor is between 0 and 100, got {score:g}")
+        pairs.append((name, score))
+    return tuple(pairs)
+
+
+def show_floors(floors: tuple[tuple[str, float], ...]) -> str:
+    return ",".join(f"{score:g}" if name == ALL_RUNGS else f"{name}={score:g}" for name, score in floors)
+
+
+def floor_of(floors: tuple[tuple[str, float], ...], rung: str) -> float | None:
+    """The floor of `rung`: its own, else the one for every rung, else none."""
+    named = dict(floors)
+    return named.get(rung, named.get(ALL_RUNGS))

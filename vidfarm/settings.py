@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vidfarm.chunks import DEFAULT_CHUNK_SECONDS, DEFAULT_POOL_MAX_WORKERS
-from vidfarm.rungs import DEFAULT_LADDER, DEFAULT_STREAM_RUNGS, NO_RUNGS, parse_rungs
+from vidfarm.rungs import DEFAULT_LADDER, DEFAULT_STREAM_RUNGS, NO_RUNGS, parse_floors, parse_rungs, show_floors
 from vidfarm.storage import StorageLocation
 
 GIB = 1024**3
@@ -29,9 +29,10 @@ ENV = "env"  # the metadata key of a field's EnvVar
 Environ = Mapping[str, str]
 # A field's value from the environment and the fields read before it (`home` comes first).
 Reader = Callable[[Environ, dict[str, Any]], Any]
-# Score every n-th frame by default (bench/quality.py, BENCHMARKS.md). A prime, so the sampled frames do not line up
-# with the 2 s keyframe grid (keyframes look better than the frames between them, and would weigh too much).
-QUALITY_EVERY = 31
+# Score every n-th frame of one GOP in m by default: what keeps scoring under 10 % of the encode's CPU
+# (bench/quality.py, BENCHMARKS.md).
+QUALITY_EVERY = 30
+QUALITY_GOP_EVERY = 3
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,13 @@ class Settings:
     # and which frames it scores: every n-th (1 = every frame; n measured in BENCHMARKS.md).
     quality_scorer: str = setting("VIDFARM_QUALITY_SCORER", _text, "")
     quality_every: int = setting("VIDFARM_QUALITY_EVERY", _at_least_one, QUALITY_EVERY)
+    # ... of one GOP in n, those spread over the chunk (only they are decoded). 1 and 1: every frame.
+    quality_gop_every: int = setting("VIDFARM_QUALITY_GOP_EVERY", _at_least_one, QUALITY_GOP_EVERY)
+    # The quality floor (transcoder/floor.py): a chunk whose 5th-percentile VMAF of a rung is under
+    # its floor is encoded again for that rung with its caps times `vmaf_floor_ceiling`, once, and
+    # the better of the two counts. "" = no floor; "80" = every scored rung; "1080p=80,720p=78".
+    vmaf_floor: tuple[tuple[str, float], ...] = setting("VIDFARM_VMAF_FLOOR", parse_floors, (), show=show_floors)
+    vmaf_floor_ceiling: float = setting("VIDFARM_VMAF_FLOOR_CEILING", _number, 2.0)
     # Scratch the scorer's reference frames (uncompressed, source size) of one chunk may take; a chunk
     # that would need more samples fewer frames.
     quality_max_reference_bytes: int = setting("VIDFARM_QUALITY_MAX_REFERENCE_BYTES", _integer, GIB)

@@ -62,7 +62,8 @@ def capabilities(farm: FarmDep) -> Response:
 
 @router.post("", status_code=201, response_class=Response, dependencies=SPEAKS_TUS)
 async def create_upload(request: Request, tenant: Tenant, farm: FarmDep) -> Response:
-    """Upload-Length, and Upload-Metadata `filename`, `renditions`, `queue` (as a regular upload's fields)."""
+    """Upload-Length, and Upload-Metadata `filename`, `renditions`, `queue`, `quality` (as a regular
+    upload's fields)."""
     length = _upload_length(request.headers.get("upload-length"), farm.settings.max_upload_bytes)
     video = await run_in_threadpool(_create, farm, tenant, length, _metadata(request.headers.get("upload-metadata")))
     named = {"Location": str(request.url_for("resume_upload", video_id=video["id"])), "Vidfarm-Video-Id": video["id"]}
@@ -123,7 +124,8 @@ def terminate_upload(video: OwnedVideo, farm: FarmDep) -> Response:
 def _create(farm: Farm, tenant: str, length: int, meta: dict[str, str]) -> VideoRow:
     """The row first names what was asked, checked as for a regular upload (422 now, not after 20 GiB)."""
     filename = meta.get("filename") or meta.get("name") or "upload"  # `name`: Uppy's key
-    return lifecycle.open_upload(farm, tenant, length, filename, meta.get("renditions"), meta.get("queue"))
+    return lifecycle.open_upload(farm, tenant, length, filename, meta.get("renditions"), meta.get("queue"),
+                                 meta.get("quality"))
 
 
 def _upload_length(raw: str | None, limit: int) -> int:

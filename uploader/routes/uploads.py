@@ -42,6 +42,8 @@ _UPLOAD_BODY_DOC = {
                         "file": {"type": "string", "format": "binary"},
                         "renditions": {"type": "string", "description": "comma-separated rungs, e.g. 720p"},
                         "queue": {"type": "string", "description": "queue (worker pool), e.g. gpu"},
+                        "quality": {"type": "string", "enum": ["full", "sampled"],
+                                    "description": "full: VMAF of every frame (default: sampled)"},
                     },
                 }
             },
@@ -55,6 +57,8 @@ _UPLOAD_BODY_DOC = {
         {"name": "renditions", "in": "query", "required": False, "schema": {"type": "string"}},
         {"name": "queue", "in": "query", "required": False, "schema": {"type": "string"},
          "description": "queue (worker pool) to run on, e.g. gpu; default VIDFARM_DEFAULT_QUEUE"},
+        {"name": "quality", "in": "query", "required": False, "schema": {"type": "string", "enum": ["full", "sampled"]},
+         "description": "full: score every frame of every rendition (default: sampled)"},
     ],
 }
 
@@ -76,6 +80,7 @@ async def upload_video(request: Request, tenant: Tenant, farm: FarmDep) -> dict[
                 video_id=video_id, tenant=tenant, filename=received.filename, size_bytes=received.size_bytes,
                 renditions=_form_or_query(request, received, "renditions"),
                 queue=_form_or_query(request, received, "queue"),
+                quality=_form_or_query(request, received, "quality"),
             )
             video = await run_in_threadpool(partial(lifecycle.admit, farm, upload, stored, was=VideoStatus.RECEIVING))
     except BaseException:
