@@ -24,7 +24,7 @@ from transcoder.ladder import OutputPlan
 from transcoder.runner import run_ffmpeg
 from vidfarm.chunks import ChunkWindow
 
-# 4 s at 25 fps: two GOPs of 50 frames, each scored at frames 5, 15, ..., 45 (in 2 s chunks or one).
+# 4 s at 25 fps: one chunk (under two 6 s segments) of two GOPs of 50 frames, each scored at frames 5, 15, ..., 45.
 SECONDS = 4
 EVERY = 10
 GOP = 50
@@ -44,7 +44,7 @@ def clip(path: Path, lavfi: str) -> Path:
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=("360p",), quality_every=EVERY, quality_gop_every=1)
+    return replace(settings, chunk_seconds=6.0, ladder=("360p",), quality_every=EVERY, quality_gop_every=1)
 
 
 def transcode(http, settings, source: Path, **worker_settings) -> dict:
@@ -84,7 +84,7 @@ def test_every_frame_when_the_upload_asks(http, settings, tmp_path):
         scored = {vid: wait_for(http, vid)["renditions"][0]["quality"]["frames_scored"] for vid in (full, sampled)}
     finally:
         worker.stop()
-    assert scored == {full: SECONDS * 25, sampled: 2 * 5}
+    assert scored == {full: SECONDS * 25, sampled: 5}  # sampled: one GOP of the chunk's two, every 10th frame
     refused = upload(http, source, quality="best")
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_quality", refused.text
 
