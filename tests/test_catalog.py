@@ -205,6 +205,21 @@ def test_a_move_into_a_terminal_status_writes_the_tenants_webhook_events(catalog
     assert ready["status"] == "pending" and ready["video_id"] == video["id"] and ready["attempts"] == []
 
 
+def test_playable_is_set_once_while_processing_with_its_webhook_event(catalog):
+    webhooks, tenant = Webhooks(catalog.engine), uuid.uuid4().hex[:8]
+    everything = webhooks.create(tenant, "https://receiver.example/a", EVENT_TYPES)
+    video = new_video(catalog, tenant)
+    assert not catalog.mark_playable(video["id"])  # queued: nothing plays yet
+    assert catalog.update(video["id"], status="processing")
+    assert catalog.mark_playable(video["id"])
+    assert not catalog.mark_playable(video["id"])  # once
+    row = catalog.get(video["id"], cached=False)
+    assert row["status"] == "processing" and row["playable_at"] is not None
+    assert events_of(webhooks, everything) == ["video.playable"]
+    playable = webhooks.deliveries(everything["id"])[0]
+    assert playable["video_id"] == video["id"]
+
+
 def test_no_status_change_commits_without_its_event(catalog):
     webhooks, tenant = Webhooks(catalog.engine), uuid.uuid4().hex[:8]
     webhooks.create(tenant, "https://receiver.example/a", EVENT_TYPES)

@@ -93,6 +93,8 @@ class Video(Base):
     file_start_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     total_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)  # planned; exact once ready
     has_stream: Mapped[int] = mapped_column(Integer, default=0)  # HLS + DASH package published
+    # When the first segment of every rung and of the audio existed (it plays while processing).
+    playable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Bytes of a resumable upload received so far, as of its last PATCH (the partial file is the truth).
     received_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Who may write to a resumable upload now (one request, on any API replica), and until when.
@@ -202,6 +204,7 @@ class VideoRow(TypedDict):
     file_start_s: float | None
     total_frames: int | None
     has_stream: int
+    playable_at: str | None
     received_bytes: int | None
     lease_holder: str | None
     lease_until: str | None
@@ -577,6 +580,21 @@ class Catalog:
         self._cache_drop(video_id)
         return changed
 
+    def mark_playable(self, video_id: str) -> bool:
+        """Set `playable_at` once, while the video is processing, and queue its `video.playable`
+        webhook events in the same transaction. Whether this call set it."""
+        now = utcnow()
+        stmt = update(Video).where(Video.id == video_id, Video.status == VideoStatus.PROCESSING,
+                                   Video.playable_at.is_(None)).values(playable_at=now, updated_at=now)
+        self._cache_drop(video_id)
+        with self.engine.begin() as conn:
+            changed = conn.execute(stmt).rowcount > 0
+            if changed:
+                row = conn.execute(select(*Video.__table__.columns).where(Video.id == video_id)).mappings().one()
+                outbox.announce(conn, _plain(row), outbox.PLAYABLE)
+        self._cache_drop(video_id)
+        return changed
+
     def lease(self, video_id: str, holder: str, ttl_s: float, *, renew: bool = False) -> bool:
         """Take the write lease of an unfinished upload (granted when nobody holds it or the holder's
         time ran out), or `renew` it (granted while nobody else took it, even past its time: then
@@ -602,6 +620,6 @@ class Catalog:
         on a canceled video changes its row again but is no second `video.deleted`."""
         if conn.execute(stmt.where(Video.status != status)).rowcount > 0:
             row = conn.execute(select(*Video.__table__.columns).where(Video.id == video_id)).mappings().one()
-            outbox.announce(conn, _plain(row), status)
+            outbox.announce(conn, _plain(row), outbox.EVENTS[status])
             return True
         return conn.execute(stmt).rowcount > 0

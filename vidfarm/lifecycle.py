@@ -8,6 +8,7 @@ reconciler) say what happened; how the farm records and announces it is decided 
 docs/design.md, "The lifecycle", draws both state machines.
 
     video:  receiving ─admit→ queued ─start→ processing ─ready→ ready
+            processing ─playable→ processing (once: playable_at set, it plays while encoded)
             uploading ─admit→ queued
             any of receiving/uploading/queued/processing ─fail→ failed, ─cancel→ canceled
     task:   queued ─start→ running ─task_done→ done;  queued/running ─retry→ queued (a new job id)
@@ -303,6 +304,17 @@ def ready(farm: Farm, video_id: str, job_id: str, result: dict[str, Any]) -> boo
         task_done(farm, video_id, TaskKind.FINALIZE, job_id, {"frames": result["frames"]})
         _announce(farm, video_id, VideoStatus.READY, progress=100.0)
     return done
+
+
+def playable(farm: Farm, video_id: str) -> bool:
+    """The first segment of every rung and of the audio exists: the video plays while it is still
+    processing. Once per video (`playable_at` is set once): the `playable` event and the webhook
+    `video.playable`. False when it was already playable, or is no longer processing."""
+    if not farm.catalog.mark_playable(video_id):
+        return False
+    log.info("video %s: playable", video_id)
+    events.publish(farm.redis, video_id, "playable")
+    return True
 
 
 def retry(farm: Farm, video_id: str, task: Task) -> Task | None:

@@ -1,9 +1,9 @@
 """The webhook tables, and the outbox write: one delivery row per event per subscription.
 
 `announce` is called by `Catalog.update` inside the transaction that moves a video into ready, failed
-or canceled, so an event exists exactly when its status change does: neither is ever committed
-without the other. Reading and changing the rows: `vidfarm/webhooks.py`. Why: docs/design.md,
-"Webhooks".
+or canceled (and by `Catalog.mark_playable` in the one that sets `playable_at`), so an event exists
+exactly when its change does: neither is ever committed without the other. Reading and changing the
+rows: `vidfarm/webhooks.py`. Why: docs/design.md, "Webhooks".
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ EVENTS: dict[VideoStatus, str] = {
     VideoStatus.FAILED: "video.failed",
     VideoStatus.CANCELED: "video.deleted",
 }
-EVENT_TYPES = tuple(EVENTS.values())
+# Not a status: the video plays while still processing (`Catalog.mark_playable`).
+PLAYABLE = "video.playable"
+EVENT_TYPES = (*EVENTS.values(), PLAYABLE)
 
 # A delivery's states: `pending` until one attempt gets a 2xx (`delivered`) or the last retry fails.
 PENDING, DELIVERED, GAVE_UP = "pending", "delivered", "failed"
@@ -62,10 +64,9 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-def announce(conn: Connection, video: Mapping[str, Any], status: VideoStatus) -> int:
-    """Queue `status`'s event for each of the tenant's webhooks that asked for it, on `conn`, the
-    caller's transaction. Returns how many deliveries were queued."""
-    event = EVENTS[status]
+def announce(conn: Connection, video: Mapping[str, Any], event: str) -> int:
+    """Queue `event` for each of the tenant's webhooks that asked for it, on `conn`, the caller's
+    transaction. Returns how many deliveries were queued."""
     hooks = conn.execute(select(Webhook.id, Webhook.events).where(Webhook.tenant == video["tenant"])).all()
     now = datetime.now(UTC)
     rows = [
