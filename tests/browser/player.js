@@ -34,11 +34,15 @@ window.play = function play(scenario) {
   // the height shown at the end (the rung that played it).
   result.stalls = [];
   result.startupMs = null;  // from play() to the first picture moving
+  result.startedAt = null;  // where on the timeline it did (0 for a start at the beginning)
   const asked = performance.now();
   let began = false;
   let waitingSince = null;
   video.addEventListener("playing", () => {
-    if (result.startupMs === null) result.startupMs = performance.now() - asked;
+    if (result.startupMs === null) {
+      result.startupMs = performance.now() - asked;
+      result.startedAt = video.currentTime;
+    }
     if (waitingSince !== null) result.stalls.push({at: video.currentTime, ms: performance.now() - waitingSince});
     began = true;
     waitingSince = null;
