@@ -32,16 +32,17 @@ BROWSER_DIR = ROOT / "tests" / "browser"
 NODE_MODULES = (BROWSER_DIR / "node_modules").resolve()
 # Only the players are served from node_modules, not whatever else npm installed.
 VENDORED = ("hls.js/dist/", "dashjs/dist/")
-# 7 s at 25 fps in 2 s chunks (one GOP each): several chunks stitched, two segments per rung (6 s + 1 s),
-# so chunk joins, a SegmentTimeline with two entries and a short last segment are all exercised.
-CLIP = ("testsrc2=size=1280x720:rate=25:duration=7", True, [])
+# 13 s at 25 fps in 6 s chunks (one segment each): two chunks stitched, three segments per rung
+# (6 s + 6 s + 1 s), so a chunk join, a SegmentTimeline with two entries and a short last segment are all
+# exercised.
+CLIP = ("testsrc2=size=1280x720:rate=25:duration=13", True, [])
 LADDER = ("720p", "360p")
 # The stream also carries 480p (a default stream-only rung) between the two downloads: every level
 # below is played, forced, in both players.
 STREAMED = ("720p", "480p", "360p")
 HEIGHTS = sorted(int(rung.removesuffix("p")) for rung in STREAMED)  # a landscape clip: height = rung
-CHUNK_SECONDS = 2.0
-RATE = 4  # playbackRate: 7 s of video in under 2 s per playback
+CHUNK_SECONDS = 6.0
+RATE = 4  # playbackRate: 13 s of video in under 4 s per playback
 PLAY_TIMEOUT_MS = 20_000
 END_TOLERANCE_S = 0.1
 HALF_FRAME_S = 0.02  # at 25 fps

@@ -102,7 +102,7 @@ def test_a_write_drops_the_cached_copy(catalog, cache):
 
 
 def test_progress_counts_every_chunk_and_only_the_attempt_that_holds_its_task(catalog, cache):
-    tasks = plan_tasks("v", 10.0, 30.0, True, 4.0)  # chunks 0-1, audio, finalize
+    tasks = plan_tasks("v", 13.0, 30.0, True, 6.0)  # chunks 0-1, audio, finalize
     video = new_video(catalog, status=VideoStatus.PROCESSING, tasks=tasks)
     first, second = (t for t in tasks if t.kind == "chunk")
     for task in (first, second):
@@ -155,9 +155,9 @@ def planned_video(catalog: Catalog, duration_s: float, **overrides) -> dict:
 
 def test_work_estimate_counts_seconds_of_queued_chunks_and_what_running_chunks_have_left(catalog):
     queue = f"q-{uuid.uuid4().hex[:6]}"
-    planned_video(catalog, 100.0, queue=queue)  # one chunk of 100 s (under two chunks)
-    long = planned_video(catalog, 300.0, status="processing", queue=queue)  # five chunks of 60 s
-    # Two chunks done, one half way, two still queued; audio and finalize are not picture work.
+    planned_video(catalog, 100.0, queue=queue)  # chunks of 6, 48 and 46 s, all queued
+    long = planned_video(catalog, 300.0, status="processing", queue=queue)  # chunks of 6, 60 x 4 and 54 s
+    # Two chunks done, one half way, three still queued; audio and finalize are not picture work.
     for name, fields in {"chunk-00000": {"status": "done", "done_frames": 1800},
                          "chunk-00001": {"status": "done", "done_frames": 1800},
                          "chunk-00002": {"status": "running", "done_frames": 900},
@@ -165,7 +165,7 @@ def test_work_estimate_counts_seconds_of_queued_chunks_and_what_running_chunks_h
         assert catalog.update_task(long["id"], name, **fields)
     planned_video(catalog, 999.0, status="ready", queue=queue)
     planned_video(catalog, 999.0, queue="elsewhere")
-    assert catalog.work_estimate([queue]) == pytest.approx((100.0 + 2 * 60.0, 30.0))
+    assert catalog.work_estimate([queue]) == pytest.approx((100.0 + 300.0 - 6.0 - 2 * 60.0, 30.0))
 
 
 def test_migration_adds_missing_columns(database_url, cache):

@@ -21,19 +21,20 @@ from transcoder import job as job_module
 from vidfarm.jobs import new_job_id
 
 RUNG = "360p"
+LONG_S = 36
 
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, worker_heartbeat_ttl_s=HEARTBEAT_TTL_S, max_attempts=3,
+    return replace(settings, chunk_seconds=6.0, worker_heartbeat_ttl_s=HEARTBEAT_TTL_S, max_attempts=3,
                    ladder=(RUNG,))
 
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> Path:
-    # 16 s in 2 s chunks: 8 chunks, each long enough at 640x360 to be caught in the middle.
+    # 36 s in 6 s chunks: 6 chunks of 60 frames, each long enough at 640x360 to be caught in the middle.
     folder = tmp_path_factory.mktemp("chunk-faults")
-    return make(folder / "long.mp4", "testsrc2=size=640x360:rate=30:duration=16", audio_s=16)
+    return make(folder / "long.mp4", f"testsrc2=size=640x360:rate=10:duration={LONG_S}", audio_s=LONG_S)
 
 
 def tasks(farm, video_id: str) -> dict[str, dict]:
@@ -118,7 +119,7 @@ def test_redis_wiped_between_chunks_requeues_exactly_what_is_missing(long_clip, 
 @pytest.mark.slow
 def test_a_chunk_that_fails_for_good_fails_the_video_and_stops_the_others(long_clip, http, farm, settings,
                                                                           start_worker, reconciler, tmp_path):
-    # Matroska declares 16 s in its header; the data stops after about half: the chunks past the cut
+    # Matroska declares 36 s in its header; the data stops after about half: the chunks past the cut
     # have no pictures to encode.
     whole = tmp_path / "whole.mkv"
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(long_clip), "-c", "copy", str(whole)],

@@ -1,7 +1,7 @@
 """Chunked encoding is frame-exact: a video cut into chunks comes out with the very frames, timestamps
 and keyframes of the same video encoded in one piece, for every kind of source.
 
-Both encodes run through the real farm (API, Redis, a worker, ffmpeg): one API plans 2 s chunks,
+Both encodes run through the real farm (API, Redis, a worker, ffmpeg): one API plans 6 s chunks,
 a second API on the same catalog plans one chunk per video.
 """
 
@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ApiServer, ffprobe, upload, wait_for
+from vidfarm.chunks import GOPS_PER_SEGMENT
 from vidfarm.farm import Farm
 
-SECONDS = 7
-RUNGS = "480p,360p"
+SECONDS = 19  # three chunks of 6 s (the last one 7 s): two joins
+RUNGS = "360p,240p"
 AAC_FRAME_S = 1024 / 48000
 # Every frame moves (scroll), so a frame duplicated or dropped at a join is far less similar to its
 # counterpart than the encoder's own noise.
-MOVING = "testsrc2=size=854x480:rate={rate}:duration={seconds},scroll=h=0.01"
+MOVING = "testsrc2=size=640x360:rate={rate}:duration={seconds},scroll=h=0.01"
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
 AUDIO = ["-f", "lavfi", "-i", f"sine=frequency=330:duration={SECONDS}", "-c:a", "aac", "-shortest"]
 
@@ -62,7 +63,7 @@ SOURCES = {
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=tuple(RUNGS.split(",")))
+    return replace(settings, chunk_seconds=6.0, ladder=tuple(RUNGS.split(",")))
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_chunked_output_has_the_frames_of_a_single_pass(name, http, api, whole_a
         frames_a, frames_b = packets(a), packets(b)
         # Same frame count, same timestamps, keyframes at the same frames.
         assert frames_a == frames_b
-        gop = chunks[0].frames  # one chunk is one GOP at 2 s chunks
+        gop = chunks[0].frames // GOPS_PER_SEGMENT  # the first chunk is one segment
         assert [i for i, (_, key) in enumerate(frames_a) if key] == list(range(0, len(frames_a), gop))
         assert all(join % gop == 0 for join in joins)
         # Same pictures: at every join, frame i matches frame i of the single pass far better than its

@@ -1,32 +1,71 @@
-"""The chunk plan: whole GOPs on the output frame grid, one chunk for short videos, the last chunk
-open-ended; and where a chunk job seeks and cuts."""
+"""The chunk plan: whole 6 s segments on the output frame grid, a first chunk of one segment, later
+chunks sized to the pool, the last chunk open-ended; and where a chunk job seeks and cuts."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
-from vidfarm.chunks import ChunkSpan, chunk_frames, chunk_window, plan_chunks
+from vidfarm.chunks import ChunkSpan, chunk_frames, chunk_window, later_chunk_segments, plan_chunks
 
 NTSC = Fraction(30000, 1001)
+SEGMENT = 180  # frames of a 6 s segment at 30 fps: 3 GOPs of 60
 
 
-def test_chunks_are_whole_gops_of_output_frames():
+def lengths(spans: list[ChunkSpan]) -> list[int | None]:
+    """Chunk lengths in segments (None: the open-ended last chunk)."""
+    return [None if s.frames is None else s.frames // SEGMENT for s in spans]
+
+
+def test_chunks_are_whole_segments_of_output_frames():
     assert chunk_frames(Fraction(30), 60) == 1800
-    assert chunk_frames(NTSC, 60) == 1800  # 30 GOPs of 60 frames (2.002 s each), not 60 s of seconds
-    assert chunk_frames(Fraction(25), 61.6) == 1550  # rounded to the nearest whole GOP (31 x 50)
-    assert chunk_frames(Fraction(30), 0.5) == 60  # never less than one GOP
+    assert chunk_frames(NTSC, 60) == 1800  # 10 segments of 180 frames (6.006 s each), not 60 s of seconds
+    assert chunk_frames(Fraction(25), 61.6) == 1500  # rounded to the nearest whole segment (10 x 150)
+    assert chunk_frames(Fraction(30), 0.5) == 180  # never less than one segment
 
 
-def test_a_video_under_two_chunks_is_one_chunk():
-    assert plan_chunks(119.0, Fraction(30), 60) == [ChunkSpan(0, 0, None)]
+def test_a_video_of_up_to_two_segments_is_one_chunk():
+    assert plan_chunks(12.0, Fraction(30), 6) == [ChunkSpan(0, 0, None)]
+    assert plan_chunks(4.0, Fraction(30), 6) == [ChunkSpan(0, 0, None)]
+
+
+def test_the_first_chunk_is_one_segment_and_every_chunk_starts_on_a_segment():
+    spans = plan_chunks(13.0, Fraction(30), 60)  # two segments and a short third
+    assert spans == [ChunkSpan(0, 0, SEGMENT), ChunkSpan(1, SEGMENT, None)]
+    spans = plan_chunks(5400.0, NTSC, 60)
+    assert spans[0] == ChunkSpan(0, 0, SEGMENT)
+    assert all(s.start_frame % SEGMENT == 0 for s in spans)
+    assert all(s.frames is not None and s.frames % SEGMENT == 0 for s in spans[:-1])
 
 
 def test_the_last_chunk_takes_the_remainder_and_any_error_in_the_declared_duration():
-    spans = plan_chunks(150.0, Fraction(30), 60)
-    assert spans == [ChunkSpan(0, 0, 1800), ChunkSpan(1, 1800, None)]
-    assert [s.end_frame for s in spans] == [1800, None]
+    spans = plan_chunks(150.0, Fraction(30), 60)  # 25 segments: 1 + 24 in chunks of at most 10
+    assert lengths(spans) == [1, 8, 8, None]
+    assert spans[-1].start_frame == 17 * SEGMENT
     long = plan_chunks(5400.0, NTSC, 60)
-    assert len(long) == 89 and all(s.start_frame == i * 1800 for i, s in enumerate(long))
+    assert len(long) == 91 and set(lengths(long)[1:-1]) <= {9, 10}  # 898 segments after the first
+
+
+def test_a_long_video_has_a_chunk_for_every_worker_of_the_pool():
+    spans = plan_chunks(1200.0, Fraction(30), 60, workers=8)  # 20 min: 199 segments after the first
+    later = lengths(spans)[1:-1]
+    # Three whole waves of 8 chunks (two would need chunks over 60 s), as even as whole segments allow.
+    assert len(spans) - 1 == 24
+    assert max(later) - min(later) <= 1 and max(later) <= 10
+    assert sorted(later, reverse=True) == later  # the longest start first
+
+
+def test_a_short_video_is_not_split_below_the_minimum_chunk():
+    spans = plan_chunks(30.0, Fraction(30), 60, workers=8, min_chunk_seconds=18)
+    assert lengths(spans) == [1, None]  # the first segment, then 24 s as one chunk, not four of 6 s
+    spans = plan_chunks(120.0, Fraction(30), 60, workers=8, min_chunk_seconds=18)
+    assert lengths(spans) == [1, 4, 3, 3, 3, 3, None]  # 19 segments: 6 chunks of at least 3, not 8
+
+
+def test_the_configured_chunk_length_is_the_upper_bound():
+    assert later_chunk_segments(19, workers=1, max_segments=10, min_segments=3) == [10, 9]
+    # The operator's bound wins over the measured minimum (tests use 6 s chunks on short clips).
+    assert later_chunk_segments(4, workers=1, max_segments=1, min_segments=3) == [1, 1, 1, 1]
+    assert later_chunk_segments(0, workers=8, max_segments=10, min_segments=3) == []
 
 
 def test_a_later_chunk_warms_up_just_before_its_first_frame_on_the_absolute_grid():

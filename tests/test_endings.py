@@ -32,11 +32,13 @@ from vidfarm.reconciler import Reconciler
 from vidfarm.states import TaskKind, TaskStatus, VideoStatus
 from vidfarm.storage import new_video_id
 
+SECONDS = 18.0  # three chunks of 6 s
+
 
 @pytest.fixture
 def settings(settings):
-    # Deliveries stay in the outbox, where the test reads them; 2 s chunks make a short clip several.
-    return replace(settings, webhook_deliver_in_api=False, chunk_seconds=2.0, ladder=("360p",))
+    # Deliveries stay in the outbox, where the test reads them; 6 s chunks make a short clip several.
+    return replace(settings, webhook_deliver_in_api=False, chunk_seconds=6.0, ladder=("360p",))
 
 
 @dataclass
@@ -74,10 +76,11 @@ def status_events(farm: Farm) -> Iterator[Callable[[str], list[dict]]]:
 
 @pytest.fixture
 def clip(tmp_path_factory) -> Path:
-    """6 s in 2 s chunks: three chunks, audio and finalize."""
+    """18 s in 6 s chunks: three chunks, audio and finalize."""
     path = tmp_path_factory.mktemp("endings") / "clip.mp4"
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc2=size=320x180:rate=30:duration=6", "-f", "lavfi", "-i", "sine=duration=6",
+                    f"testsrc2=size=320x180:rate=30:duration={SECONDS}", "-f", "lavfi",
+                    "-i", f"sine=duration={SECONDS}",
                     "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(path)], check=True)
     return path
 
@@ -92,10 +95,10 @@ def bad_input_at_probe_time(farm, http, tmp_path, clip) -> Ending:
 
 def worker_lost_at_the_last_attempt(farm, http, tmp_path, clip) -> Ending:
     video_id = new_video_id()
-    tasks = plan_tasks(video_id, 6.0, 30.0, True, farm.settings.chunk_seconds)
+    tasks = plan_tasks(video_id, SECONDS, 30.0, True, farm.settings.chunk_seconds)
     video = farm.catalog.create(
         id=video_id, tenant=tenant_of(API_KEY), status=VideoStatus.PROCESSING, attempts=0, filename="a.mp4",
-        size_bytes=10, duration_s=6.0, width=320, height=180, fps=30.0, video_codec="h264", audio_codec="aac",
+        size_bytes=10, duration_s=SECONDS, width=320, height=180, fps=30.0, video_codec="h264", audio_codec="aac",
         queue="cpu", job_id=None, requested=None, tasks=tasks,
     )
     enqueue_graph(farm.rq_redis, farm.settings, video, tasks)
@@ -110,7 +113,7 @@ def worker_lost_at_the_last_attempt(farm, http, tmp_path, clip) -> Ending:
 
 
 def chunk_that_fails_for_good(farm, http, tmp_path, clip) -> Ending:
-    # Matroska declares 6 s in its header; the data stops after about half: the last chunk has no
+    # Matroska declares 18 s in its header; the data stops after about half: the last chunk has no
     # pictures to encode. It runs here, with real ffmpeg, as a worker runs it.
     whole, cut = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(clip), "-c", "copy", str(whole)],

@@ -23,7 +23,7 @@ DOWNLOADS = ("720p", "360p")
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=DOWNLOADS, stream_rungs=DEFAULT_STREAM_RUNGS)
+    return replace(settings, chunk_seconds=6.0, ladder=DOWNLOADS, stream_rungs=DEFAULT_STREAM_RUNGS)
 
 
 @pytest.fixture(scope="module")

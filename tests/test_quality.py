@@ -19,12 +19,14 @@ from transcoder.command import X264, chunk_args
 from transcoder.ladder import OutputPlan
 from vidfarm.chunks import ChunkWindow
 
-# 4 s at 25 fps in 2 s chunks: two chunks of 50 frames, each scored at frames 0, 10, ..., 40.
-SECONDS = 4
+# 13 s at 10 fps in 6 s chunks: a first chunk of 60 frames (one segment) scored at frames 0, 10, ..., 50,
+# and the last of 70 scored at 0, 10, ..., 60. A low rate keeps the test cheap.
+SECONDS = 13
+RATE = 10
 EVERY = 10
-EASY = f"testsrc2=size=640x360:rate=25:duration={SECONDS}"
+EASY = f"testsrc2=size=640x360:rate={RATE}:duration={SECONDS}"
 # The same picture under heavy moving noise: far more than the 360p cap can carry.
-HARD = f"testsrc2=size=640x360:rate=25:duration={SECONDS},noise=alls=60:allf=t"
+HARD = f"testsrc2=size=640x360:rate={RATE}:duration={SECONDS},noise=alls=60:allf=t"
 NO_LIBVMAF = "ffmpeg"  # the system's (Debian's) ffmpeg: no libvmaf filter
 
 pytestmark = pytest.mark.skipif(quality.scorer_binary("") is None, reason="no ffmpeg with libvmaf installed")
@@ -38,7 +40,7 @@ def clip(path: Path, lavfi: str) -> Path:
 
 @pytest.fixture
 def settings(settings):
-    return replace(settings, chunk_seconds=2.0, ladder=("360p",), quality_every=EVERY)
+    return replace(settings, chunk_seconds=6.0, ladder=("360p",), quality_every=EVERY)
 
 
 def transcode(http, settings, source: Path, **worker_settings) -> dict:
@@ -57,7 +59,7 @@ def test_an_easy_clip_scores_high_on_every_sampled_frame_of_every_chunk(api, htt
     [rendition] = video["renditions"]
     score = rendition["quality"]
     assert score is not None, "not scored"
-    assert score["frames_scored"] == 2 * 5  # two chunks of 50 frames, every 10th
+    assert score["frames_scored"] == 6 + 7  # two chunks of 60 and 70 frames, every 10th
     assert 90 <= score["vmaf_p5"] <= score["vmaf_mean"] <= 100
     assert 30 < score["psnr_db"] <= 60
     shown = vidfarm(settings, "status", video["id"], "--url", api.url, "--api-key", API_KEY)
@@ -66,7 +68,7 @@ def test_an_easy_clip_scores_high_on_every_sampled_frame_of_every_chunk(api, htt
 
 def test_every_frame_when_asked(http, settings, tmp_path):
     video = transcode(http, settings, clip(tmp_path / "easy.mp4", EASY), quality_every=1)
-    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * 25
+    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * RATE
 
 
 def test_a_noisy_clip_scores_far_lower_than_an_easy_one_at_the_same_cap(http, settings, tmp_path):
@@ -87,7 +89,7 @@ def test_without_a_scorer_the_video_ends_ready_and_says_not_scored(http, setting
 def test_the_reference_output_leaves_the_renditions_byte_for_byte(tmp_path):
     """Scoring must not change what is encoded: the same chunk with and without the scorer's frames."""
     source = clip(tmp_path / "src.mp4", EASY)
-    plan = OutputPlan("360p", 640, 360, Fraction(25), 800)
+    plan = OutputPlan("360p", 640, 360, Fraction(RATE), 800)
     window = ChunkWindow(seek_s=0.0, grid_start_frame=0, skip_frames=0)
     digests = []
     for scored in (False, True):

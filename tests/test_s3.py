@@ -28,7 +28,7 @@ from tests.conftest import (
     wait_for,
     wait_until,
 )
-from tests.test_chunk_faults import long_clip, tasks  # noqa: F401 - the 16 s clip fixture
+from tests.test_chunk_faults import long_clip, tasks  # noqa: F401 - the 36 s clip fixture
 from tests.test_faults import HEARTBEAT_TTL_S
 from tests.test_tus import create, patch
 from vidfarm.farm import Farm
@@ -48,7 +48,7 @@ def checksums(request) -> bool:
 
 @pytest.fixture
 def settings(settings, checksums):
-    return replace(settings, chunk_seconds=2.0, ladder=("360p",), worker_heartbeat_ttl_s=HEARTBEAT_TTL_S,
+    return replace(settings, chunk_seconds=6.0, ladder=("360p",), worker_heartbeat_ttl_s=HEARTBEAT_TTL_S,
                    s3_checksums=checksums)
 
 

@@ -16,9 +16,11 @@ import ffmpeg
 
 from transcoder.ladder import OutputPlan
 from vidfarm.chunks import ChunkWindow
+from vidfarm.segments import AUDIO_SAMPLE_RATE, INIT_SEGMENT
 
 AUDIO_BITRATE = "128k"
-AUDIO_RATE = 48000
+AUDIO_RATE = AUDIO_SAMPLE_RATE
+CUT_LIST = "ffmpeg.m3u8"  # the segmenter's own playlist: which segments closed, and their durations
 
 
 @dataclass(frozen=True)
@@ -161,16 +163,22 @@ def chunk_args(
     return merged.overwrite_output().get_args()
 
 
-def audio_args(source: Path | str, target: Path, *, start_s: float) -> list[str]:
+def audio_args(source: Path | str, target: Path, stream_folder: Path, *, start_s: float, segment_s: float) -> list[str]:
     """The whole first audio track as AAC, its time 0 at the video's first frame (`start_s`, on the
     source's clock): what comes earlier is cut, a late start is padded with silence, so the track
-    lines up with the stitched picture."""
+    lines up with the stitched picture. Two outputs of one decode: `target` (an MP4 the downloads
+    are stitched with) and the stream's CMAF segments in `stream_folder`, each closed segment listed
+    in its cut list as soon as it is written, so they can be published while the rest is encoded.
+    The AAC encoder is deterministic: both outputs hold the same packets."""
     stream = ffmpeg.input(str(source), copyts=None)
     audio = stream["a:0"].filter("asetpts", f"PTS-{start_s:.6f}/TB").filter(
         "aresample", AUDIO_RATE, **{"async": 1, "first_pts": 0}
-    )
-    out = ffmpeg.output(audio, str(target), format="mp4", vn=None, **audio_options())
-    return out.global_args(*QUIET, *PROGRESS).overwrite_output().get_args()
+    ).filter_multi_output("asplit", 2)
+    download = ffmpeg.output(audio.stream(0), str(target), format="mp4", vn=None, **audio_options())
+    segments = ffmpeg.output(audio.stream(1), str(stream_folder / CUT_LIST), vn=None, **audio_options(),
+                             **cmaf_options(stream_folder, segment_s, growing=True))
+    merged = ffmpeg.merge_outputs(download, segments)
+    return merged.global_args(*QUIET, *PROGRESS).overwrite_output().get_args()
 
 
 def stitch_args(concat_list: Path, audio: Path | None, target: Path) -> list[str]:
@@ -188,22 +196,30 @@ def concat_list(chunks: Sequence[Path]) -> str:
     return "".join("file '{}'\n".format(str(p).replace("'", "'\\''")) for p in chunks)
 
 
-def segment_args(source: Path, stream: str, folder: Path, segment_s: float) -> list[str]:
-    """Stream copy of one stream (`v:0` or `a:0`) into CMAF segments (fragmented MP4) of `segment_s`,
-    cut at keyframes: init.mp4, seg_00000.m4s, ... and ffmpeg's own playlist, which we read back.
+def segment_args(source: Path, stream: str, folder: Path, segment_s: float, *, first: int = 0) -> list[str]:
+    """Stream copy of one stream (`v:0` or `a:0`) into CMAF segments of `segment_s`, cut at keyframes
+    (see cmaf_options), numbered from `first`."""
+    out = ffmpeg.input(str(source))[stream].output(str(folder / CUT_LIST), c="copy",
+                                                   **cmaf_options(folder, segment_s, first=first))
+    return out.global_args(*QUIET).overwrite_output().get_args()
+
+
+def cmaf_options(folder: Path, segment_s: float, *, first: int = 0, growing: bool = False) -> dict[str, str | int]:
+    """CMAF segments (fragmented MP4) of `segment_s`, cut at the first keyframe at or after each
+    multiple: init.mp4, seg_{first:05d}.m4s, ... and ffmpeg's own playlist (CUT_LIST), which we read
+    back. `growing`: the playlist is rewritten as each segment closes (an EVENT playlist).
 
     With B-frames the first picture decodes before it is shown (DTS < PTS = 0). By default ffmpeg
     shifts every timestamp up to make DTS non-negative and hides the shift in an edit list, which
     Media Source Extensions ignore: in hls.js and dash.js the picture then starts 2 frames late, out
     of sync with the sound and past the manifests' end. Negative composition offsets (trun v1, as
     CMAF expects) keep the first picture at PTS 0 = tfdt, with no shift and no edit list."""
-    out = ffmpeg.input(str(source))[stream].output(
-        str(folder / "ffmpeg.m3u8"), format="hls", c="copy", hls_time=f"{segment_s:.6f}",
-        hls_playlist_type="vod", hls_segment_type="fmp4", hls_fmp4_init_filename="init.mp4",
-        hls_segment_filename=str(folder / "seg_%05d.m4s"), hls_list_size=0,
-        avoid_negative_ts="disabled", hls_segment_options="movflags=+negative_cts_offsets",
-    )
-    return out.global_args(*QUIET).overwrite_output().get_args()
+    return {
+        "format": "hls", "hls_time": f"{segment_s:.6f}", "hls_playlist_type": "event" if growing else "vod",
+        "hls_segment_type": "fmp4", "hls_fmp4_init_filename": INIT_SEGMENT, "start_number": first,
+        "hls_segment_filename": str(folder / "seg_%05d.m4s"), "hls_list_size": 0,
+        "avoid_negative_ts": "disabled", "hls_segment_options": "movflags=+negative_cts_offsets",
+    }
 
 
 def poster_args(source: Path | str, target: Path, *, at_s: float, width: int, height: int) -> list[str]:

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -28,8 +29,9 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
-from transcoder import package, quality
+from transcoder import fragments, package, quality
 from transcoder.command import (
+    CUT_LIST,
     ENCODERS,
     Encoder,
     ReferenceFrames,
@@ -42,9 +44,9 @@ from transcoder.command import (
 )
 from transcoder.ladder import RUNGS, OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
-from vidfarm import cancel, events, lifecycle, metrics
+from vidfarm import cancel, events, lifecycle, metrics, segments
 from vidfarm.catalog import Task
-from vidfarm.chunks import ChunkSpan, chunk_window
+from vidfarm.chunks import ChunkSpan, chunk_window, segment_frames
 from vidfarm.farm import Farm
 from vidfarm.probe import SourceInfo
 from vidfarm.rungs import stream_only
@@ -216,7 +218,16 @@ class TaskAttempt:
             log.info("video %s: %s result dropped, the task was re-assigned or the video canceled",
                      self.video_id, self.task_name)
             return VideoStatus.CANCELED
+        self.announce_if_playable()
         return TaskStatus.DONE
+
+    def announce_if_playable(self) -> None:
+        """Best effort after segments were recorded: what was recorded stays, and the next chunk or
+        audio write checks again."""
+        try:
+            lifecycle.announce_if_playable(self.farm, self.video_id)
+        except (SQLAlchemyError, redis.RedisError) as exc:
+            log.warning("video %s: playable not checked: %s", self.video_id, type(exc).__name__)
 
     def fail(self, code: str, message: str) -> str:
         """Fails the whole video (a chunk that cannot be encoded is a video that cannot be); the
@@ -322,7 +333,41 @@ class ChunkAttempt(TaskAttempt):
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
         return {"frames": frames, "rungs": [plan.name for plan in plans],
-                "quality": self.score(reference, outputs, fps)}
+                "quality": self.score(reference, outputs, fps), **self.cut_segments(plans, task.start_frame)}
+
+    def cut_segments(self, plans: list[OutputPlan], start_frame: int) -> dict[str, Any]:
+        """The chunk's final CMAF segments of every rung (stream copy of its MP4, which finalize still
+        stitches into the downloads), numbered and timed on the whole video's grid: what the result
+        records (vidfarm/segments.py)."""
+        per_segment = segment_frames(plans[0].fps)
+        if start_frame % per_segment:
+            raise VideoFailed("internal_error", f"{self.task_name} starts at frame {start_frame}, "
+                              f"not on a segment boundary (every {per_segment} frames)")
+        first = start_frame // per_segment
+        cut = {plan.name: self.segment_rung(plan, first, Fraction(start_frame) / plan.fps) for plan in plans}
+        return {"first_segment": first, "segments": {name: made for name, (made, _) in cut.items()},
+                "tracks": {name: info for name, (_, info) in cut.items()}}
+
+    def segment_rung(self, plan: OutputPlan, first: int, start_s: Fraction) -> tuple[list[list[float]], dict[str, Any]]:
+        """[[seconds, bytes], ...] of the rung's segments from `first`, and the track's descriptor.
+        Cut on their own, the segments' times start at 0: moved to `start_s`, they are byte for byte
+        those of the whole rendition cut in one pass (transcoder/fragments.py)."""
+        folder = self.folder / plan.name
+        folder.mkdir(exist_ok=True)
+        self.ffmpeg(segment_args(self.folder / f"{plan.name}.mp4", "v:0", folder, segment_seconds(plan), first=first))
+        init = (folder / package.INIT_SEGMENT).read_bytes()
+        timescale = fragments.track_timescale(init)
+        made = []
+        for name, seconds in package.read_cut_list(folder / CUT_LIST):
+            path = folder / name
+            if first:
+                path.write_bytes(fragments.shift_segment(path.read_bytes(), by=start_s, timescale=timescale,
+                                                         sequence_by=first))
+            made.append([seconds, path.stat().st_size])
+        (folder / CUT_LIST).unlink()
+        info = {"codecs": package.avc_codecs(init), "width": plan.width, "height": plan.height,
+                "fps": f"{plan.fps.numerator}/{plan.fps.denominator}", "cap_bps": plan.maxrate_kbps * 1000}
+        return made, info
 
     def reference(self, source: SourceInfo, frames: int) -> ReferenceFrames | None:
         """Where the encode writes the frames the scorer needs; None when no scorer runs here."""
@@ -410,20 +455,66 @@ def count_frames(path: Path) -> int:
 
 
 class AudioAttempt(TaskAttempt):
-    """The whole audio track once, lined up with the picture's first frame."""
+    """The whole audio track once, lined up with the picture's first frame: the MP4 the downloads
+    are stitched with, and the stream's segments, each stored and recorded as soon as it closes so
+    that the audio is never what a video waits for to become playable."""
 
     kind = TaskKind.AUDIO
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stored: list[list[float]] = []  # [[seconds, bytes], ...] of the segments kept so far
+        self.recorded = 0  # of which the catalog knows
+        self._last_write = 0.0
+
     def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
-        fps = self.plans(video)[0].fps
-        start_s = float(Fraction(first_frame(video, fps)) / fps)
-        self.ffmpeg(audio_args(self.source_input(), self.folder / "audio.m4a", start_s=start_s))
-        return {}
+        plan = self.plans(video)[0]
+        start_s = float(Fraction(first_frame(video, plan.fps)) / plan.fps)
+        folder = self.folder / segments.AUDIO
+        folder.mkdir(exist_ok=True)
+        args = audio_args(self.source_input(), self.folder / "audio.m4a", folder, start_s=start_s,
+                          segment_s=segment_seconds(plan))
+        self.ffmpeg(args, on_progress=lambda _: self.publish_closed(folder))
+        self.keep_closed(folder)
+        return {"segments": self.stored, "complete": True}
+
+    def publish_closed(self, folder: Path) -> None:
+        """Each second at most: keep the segments that closed, then record them in the catalog."""
+        now = time.monotonic()
+        if now - self._last_write < CATALOG_INTERVAL_S:
+            return
+        self._last_write = now
+        self.keep_closed(folder)
+        if len(self.stored) > self.recorded and self.record_segments():
+            self.announce_if_playable()
+
+    def keep_closed(self, folder: Path) -> None:
+        """Store the segments ffmpeg listed since the last look (its playlist lists closed ones only;
+        it is replaced whole, by a rename, each time one closes)."""
+        cut_list = folder / CUT_LIST
+        closed = package.read_cut_list(cut_list) if cut_list.exists() else []
+        for name, seconds in closed[len(self.stored):]:
+            if not self.stored:
+                self.storage.keep_attempt_file(self.video_id, self.job_id, f"{segments.AUDIO}/{package.INIT_SEGMENT}")
+            self.storage.keep_attempt_file(self.video_id, self.job_id, f"{segments.AUDIO}/{name}")
+            self.stored.append([seconds, (folder / name).stat().st_size])
+
+    def record_segments(self) -> bool:
+        try:
+            written = lifecycle.audio_segments(self.farm, self.video_id, self.task_name, self.job_id,
+                                               {"segments": self.stored, "complete": False})
+        except SQLAlchemyError as exc:
+            # Best effort, as progress is: task_done records them all anyway.
+            log.warning("video %s: audio segments not recorded: %s", self.video_id, type(exc).__name__)
+            return False
+        self.recorded = len(self.stored)
+        return written
 
 
 class FinalizeAttempt(TaskAttempt):
-    """Stream copy only: stitch each rung's chunks with the audio into the download MP4, cut the
-    CMAF segments of HLS and DASH, write the manifests, then publish everything at once."""
+    """Stream copy only: stitch each download's chunks with the audio into its MP4, gather the
+    segments the chunks and the audio task made (nothing is cut again), write the manifests, then
+    publish everything at once."""
 
     kind = TaskKind.FINALIZE
     keeps_files = False  # published instead
@@ -445,17 +536,14 @@ class FinalizeAttempt(TaskAttempt):
         plans = encoded_by_every_chunk(self.plans(video), [t.result for t in chunks])
         frames = sum(t.result["frames"] for t in chunks)
         renditions = []
-        for plan in plans:
+        for plan in (p for p in plans if p.download):
             parts = [self.kept_file(t, f"{plan.name}.mp4") for t in chunks]
             listing = self.folder / f"{plan.name}.txt"
             listing.write_text(concat_list(parts))
-            # A stream-only rung is stitched only to be cut into segments: its picture is all they take.
-            sound = audio_path if plan.download else None
-            self.ffmpeg(stitch_args(listing, sound, self.folder / f"{plan.name}.mp4"))
-            if plan.download:
-                renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"])
-                                  | {"quality": quality.combine(_chunk_quality(t, plan.name) for t in chunks)})
-        stream = self.package(plans, audio_path)
+            self.ffmpeg(stitch_args(listing, audio_path, self.folder / f"{plan.name}.mp4"))
+            renditions.append(self.describe(plan, self.folder / f"{plan.name}.mp4", video["duration_s"])
+                              | {"quality": quality.combine(_chunk_quality(t, plan.name) for t in chunks)})
+        stream = self.package(plans, segments.stream_state(self.siblings))
         poster = self.make_poster(video)
         self.publish(plans, stream, poster)
         return {"frames": frames, "renditions": renditions, "has_poster": poster is not None}
@@ -464,34 +552,49 @@ class FinalizeAttempt(TaskAttempt):
         """A local path to a file the finished attempt of `task` kept (downloaded to scratch if need be)."""
         return self.storage.attempt_file(self.video_id, task.result["attempt"], name, self.folder / "in")
 
-    def package(self, plans: list[OutputPlan], audio_path: Path | None) -> Path:
+    def package(self, plans: list[OutputPlan], state: dict[str, segments.TrackState]) -> Path:
+        """The recorded segments of every rung and of the audio in one folder, with today's VOD
+        playlists, master playlist and DASH manifest."""
         stream = self.folder / "stream"
-        tracks = []
-        for plan in plans:
-            folder = stream / plan.name
-            folder.mkdir(parents=True)
-            self.ffmpeg(segment_args(self.folder / f"{plan.name}.mp4", "v:0", folder, segment_seconds(plan)))
-            codecs = package.avc_codecs((folder / package.INIT_SEGMENT).read_bytes())
-            tracks.append(self.track(folder, plan.name, codecs=codecs, width=plan.width, height=plan.height,
-                                     fps=plan.fps))
+        tracks = [package.Track(plan.name, self.gather(stream, self.complete(state, plan.name)),
+                                codecs=state[plan.name].info["codecs"], width=plan.width, height=plan.height,
+                                fps=plan.fps) for plan in plans]
         audio = None
-        if audio_path is not None:
-            folder = stream / package.AUDIO_FOLDER
-            folder.mkdir(parents=True)
-            self.ffmpeg(segment_args(audio_path, "a:0", folder, segment_seconds(plans[0])))
-            audio = self.track(folder, package.AUDIO_FOLDER, codecs=package.AAC_LC_CODECS, sample_rate=48000)
+        if segments.AUDIO in state:
+            audio = package.Track(segments.AUDIO, self.gather(stream, self.complete(state, segments.AUDIO)),
+                                  codecs=package.AAC_LC_CODECS, sample_rate=segments.AUDIO_SAMPLE_RATE)
+        for track in [*tracks, *([audio] if audio else [])]:
+            (stream / track.folder / package.MEDIA_PLAYLIST).write_text(package.media_playlist(track))
         (stream / package.MASTER_PLAYLIST).write_text(package.master_playlist(tracks, audio))
         (stream / package.DASH_MANIFEST).write_text(package.dash_manifest(tracks, audio))
         return stream
 
     @staticmethod
-    def track(folder: Path, name: str, **fields: Any) -> package.Track:
-        cut_list = folder / "ffmpeg.m3u8"
-        segments = package.read_segments(folder, cut_list)
-        cut_list.unlink()
-        track = package.Track(name, segments, **fields)
-        (folder / package.MEDIA_PLAYLIST).write_text(package.media_playlist(track))
+    def complete(state: dict[str, segments.TrackState], name: str) -> segments.TrackState:
+        track = state.get(name)
+        if track is None or not track.complete:
+            # Every task is done, so only a chunk encoded by a vidfarm that recorded no segments
+            # (before a rolling upgrade) leaves a hole: that video must be encoded again.
+            raise VideoFailed("internal_error", f"the {name} segments of some chunk were not recorded")
         return track
+
+    def gather(self, stream: Path, track: segments.TrackState) -> tuple[package.Segment, ...]:
+        """Each file of the track from the attempt that made it into stream/<track>/ (linked where
+        it is already on this disk), several at once: object stores answer each slowly."""
+        (stream / track.name).mkdir(parents=True)
+        wanted = [(track.init_attempt, package.INIT_SEGMENT)]
+        wanted += [(s.attempt, segments.segment_name(s.index)) for s in track.segments]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda w: self.place(w[0], f"{track.name}/{w[1]}", stream), wanted))
+        return tuple(package.Segment(segments.segment_name(s.index), s.duration_s, s.size_bytes)
+                     for s in track.segments)
+
+    def place(self, attempt: str, name: str, stream: Path) -> None:
+        kept = self.storage.attempt_file(self.video_id, attempt, name, self.folder / "in")
+        try:
+            os.link(kept, stream / name)
+        except OSError:  # another file system
+            shutil.copyfile(kept, stream / name)
 
     def make_poster(self, video: dict[str, Any]) -> Path | None:
         source = source_from_row(video)

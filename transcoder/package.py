@@ -14,16 +14,18 @@ from fractions import Fraction
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from vidfarm import segments
 from vidfarm.chunks import GOP_SECONDS
 
-AUDIO_FOLDER = "audio"
+# The names and layout every track folder shares: vidfarm/segments.py, the contract.
+AUDIO_FOLDER = segments.AUDIO
+AAC_LC_CODECS = segments.AAC_LC_CODECS
+INIT_SEGMENT = segments.INIT_SEGMENT
+SEGMENTS_PER_CHUNK_GOPS = segments.SEGMENT_GOPS
 AUDIO_GROUP = "aac"
-AAC_LC_CODECS = "mp4a.40.2"
 MEDIA_PLAYLIST = "index.m3u8"
 MASTER_PLAYLIST = "master.m3u8"
 DASH_MANIFEST = "manifest.mpd"
-INIT_SEGMENT = "init.mp4"
-SEGMENTS_PER_CHUNK_GOPS = 3  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
 SEGMENT_S = SEGMENTS_PER_CHUNK_GOPS * GOP_SECONDS
 VIDEO_TIMESCALE = 90000
 # Where playback starts (the first variant listed): about what a phone on a slow mobile network gets.
@@ -87,10 +89,6 @@ def read_cut_list(playlist: Path) -> list[tuple[str, float]]:
             cuts.append((line.strip(), duration))
             duration = None
     return cuts
-
-
-def read_segments(folder: Path, playlist: Path) -> tuple[Segment, ...]:
-    return tuple(Segment(name, seconds, (folder / name).stat().st_size) for name, seconds in read_cut_list(playlist))
 
 
 def avc_codecs(init_segment: bytes) -> str:

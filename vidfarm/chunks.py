@@ -1,9 +1,16 @@
 """The chunk plan of a video: which output frames each chunk job encodes. Pure arithmetic.
 
 Chunks are cut on the output frame grid (the constant frame rate every rendition gets), never on
-seconds of the source, and each is a whole number of GOPs. Every chunk therefore starts with a
-keyframe exactly where a single-pass encode would have put one, so the renditions keep keyframes at
-the same frames and the HLS/DASH segments line up across rungs and across chunk joins.
+seconds of the source, and each is a whole number of 6 s segments (3 GOPs of 2 s). Every chunk
+therefore starts with a keyframe exactly where a single-pass encode would have put one, and at a
+segment boundary, so a chunk job can write its own final segments: they line up across rungs and
+across chunk joins, and only the video's last segment may be short.
+
+The plan (docs/chunking.md): the first chunk is one segment, so that the first segment of a video
+exists a few seconds after its upload; the later chunks split the rest evenly into lengths of whole
+segments, at most `chunk_seconds` each, enough of them to keep every worker of the pool busy
+(`workers`) as long as no chunk goes under `min_chunk_seconds` (below that the fixed cost of a
+chunk job outweighs what the split gains; bench/chunking.py measures it).
 """
 
 from __future__ import annotations
@@ -13,7 +20,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 GOP_SECONDS = 2
+GOPS_PER_SEGMENT = 3  # 6 s segments, Apple's recommended length; transcoder/package.py cuts these
 DEFAULT_CHUNK_SECONDS = 60.0
+# The shortest later chunk whose fixed cost (job start, probe, seek, warm-up decode, encoder start)
+# stays within 3 % of its encode, measured with bench/chunking.py --overhead (BENCHMARKS.md).
+MIN_CHUNK_SECONDS = 18.0
+# A video of up to this many segments is one chunk: see plan_chunks.
+SINGLE_CHUNK_SEGMENTS = 2
 MAX_FPS = 60.0
 
 
@@ -55,20 +68,55 @@ def expected_frames(duration_s: float, fps: Fraction) -> int:
     return max(1, round(duration_s * fps))
 
 
+def segment_frames(fps: Fraction) -> int:
+    return GOPS_PER_SEGMENT * gop_frames(fps)
+
+
 def chunk_frames(fps: Fraction, chunk_seconds: float) -> int:
-    """`chunk_seconds` rounded to whole GOPs (at least one)."""
-    gop = gop_frames(fps)
-    return gop * max(1, round(chunk_seconds * float(fps) / gop))
+    """`chunk_seconds` rounded to whole segments (at least one)."""
+    segment = segment_frames(fps)
+    return segment * max(1, round(chunk_seconds * float(fps) / segment))
 
 
-def plan_chunks(duration_s: float, fps: Fraction, chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> list[ChunkSpan]:
-    """Full chunks, the last one open-ended so it absorbs the remainder and any error in the declared
-    duration. A video shorter than two chunks is one chunk: splitting it would only add overhead."""
-    per_chunk = chunk_frames(fps, chunk_seconds)
-    count = max(1, expected_frames(duration_s, fps) // per_chunk)
-    spans = [ChunkSpan(i, i * per_chunk, per_chunk) for i in range(count - 1)]
-    spans.append(ChunkSpan(count - 1, (count - 1) * per_chunk, None))
+def plan_chunks(duration_s: float, fps: Fraction, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, workers: int = 1,
+                min_chunk_seconds: float = MIN_CHUNK_SECONDS) -> list[ChunkSpan]:
+    """A first chunk of one segment, then `later_chunk_segments` of the whole segments left; the last
+    chunk is open-ended, so it absorbs the short last segment and any error in the declared duration.
+
+    A video of up to two segments (12 s) is one chunk: split, its second chunk would start a second
+    job (and need a second free worker) to save the encode of one segment, a second or two, while its
+    fixed cost is a large share of a 6 s chunk; the first segment of a 12 s one-chunk video exists
+    about as soon as the whole video is encoded, which is a few seconds."""
+    segment = segment_frames(fps)
+    total = expected_frames(duration_s, fps)
+    if math.ceil(total / segment) <= SINGLE_CHUNK_SEGMENTS:
+        return [ChunkSpan(0, 0, None)]
+    max_segments = chunk_frames(fps, chunk_seconds) // segment
+    min_segments = max(1, round(min_chunk_seconds * float(fps) / segment))
+    lengths = [1, *later_chunk_segments(total // segment - 1, workers, max_segments, min_segments)]
+    spans, start = [], 0
+    for index, length in enumerate(lengths):
+        last = index == len(lengths) - 1
+        spans.append(ChunkSpan(index, start, None if last else length * segment))
+        start += length * segment
     return spans
+
+
+def later_chunk_segments(segments: int, workers: int, max_segments: int, min_segments: int) -> list[int]:
+    """Lengths (in segments, summing to `segments`) of the chunks after the first, longest first.
+
+    The count is the fewest whole waves of `workers` chunks that keep each chunk within
+    `max_segments` (a long video keeps every worker busy, and a wave does not end with a few workers
+    idle), lowered so that no chunk goes under `min_segments`; `max_segments` wins over the minimum
+    (it is the operator's explicit bound). The lengths differ by one segment at most: the same
+    work per chunk, so the chunks of a wave end together."""
+    if segments <= 0:
+        return []
+    fewest = math.ceil(segments / max_segments)
+    waves = workers * math.ceil(fewest / max(1, workers))
+    count = max(fewest, min(waves, segments // min_segments), 1)
+    base, extra = divmod(segments, count)
+    return [base + 1] * extra + [base] * (count - extra)
 
 
 @dataclass(frozen=True)

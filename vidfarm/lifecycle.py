@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from vidfarm import events, metrics
+from vidfarm import events, metrics, segments
 from vidfarm.catalog import Task, VideoRow
 from vidfarm.farm import Farm
 from vidfarm.jobs import enqueue_graph, new_job_id, plan_tasks, stop_failed_video, stop_video, total_frames
@@ -289,6 +289,24 @@ def task_done(farm: Farm, video_id: str, task_name: str, job_id: str, result: di
     """The attempt finished (running → done): it counts only if the catalog still names it."""
     return farm.catalog.update_task(video_id, task_name, expect={"job_id": job_id, "status": TaskStatus.RUNNING},
                                     status=TaskStatus.DONE, result={"attempt": job_id, **result})
+
+
+def audio_segments(farm: Farm, video_id: str, task_name: str, job_id: str, result: dict[str, Any]) -> bool:
+    """The running audio attempt `job_id` stored more segments: its result says which (see
+    vidfarm/segments.py), only while the catalog still names it. The task stays running."""
+    return farm.catalog.update_task(video_id, task_name, expect={"job_id": job_id, "status": TaskStatus.RUNNING},
+                                    result={"attempt": job_id, **result})
+
+
+def announce_if_playable(farm: Farm, video_id: str) -> bool:
+    """After a chunk or the audio recorded segments: the video becomes playable once the first
+    segment of every rung and of the audio exists. A cached read once it already is."""
+    video = farm.catalog.get(video_id)
+    if video is None or video.get("playable_at") is not None or video["status"] != VideoStatus.PROCESSING:
+        return False
+    if not segments.is_playable(segments.stream_state(farm.catalog.tasks(video_id))):
+        return False
+    return playable(farm, video_id)
 
 
 def ready(farm: Farm, video_id: str, job_id: str, result: dict[str, Any]) -> bool:

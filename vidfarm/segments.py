@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vidfarm.catalog import Task
+from vidfarm.chunks import GOPS_PER_SEGMENT
 from vidfarm.states import TaskKind, TaskStatus
 
-SEGMENT_GOPS = 3  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
+SEGMENT_GOPS = GOPS_PER_SEGMENT  # 3 GOPs of 2 s: 6 s segments, Apple's recommended length
 AUDIO = "audio"
 INIT_SEGMENT = "init.mp4"
 AAC_LC_CODECS = "mp4a.40.2"

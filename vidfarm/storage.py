@@ -22,7 +22,8 @@ from urllib.parse import unquote, urlsplit
 VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 RENDITION_NAME_RE = re.compile(r"^[0-9]{2,5}p$")
 ATTEMPT_RE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]{1,40}-[0-9a-f]{8}$")
-WORK_FILE_RE = re.compile(r"^([0-9]{2,5}p\.mp4|audio\.m4a)$")
+# An attempt's files: a chunk's rung MP4s, the audio track, and the CMAF segments each makes.
+WORK_FILE_RE = re.compile(r"^([0-9]{2,5}p\.mp4|audio\.m4a|([0-9]{2,5}p|audio)/(init\.mp4|seg_[0-9]{5,6}\.m4s))$")
 # What an unfinished resumable upload keeps beside its bytes (object stores: state and a short tail).
 UPLOAD_FILE_RE = re.compile(r"^(state\.json|tail-[0-9a-f]{12})$")
 # What a player may fetch of a package: manifests, playlists, init and media segments. Nothing else.
@@ -293,6 +294,11 @@ class Storage(ABC):
     @abstractmethod
     def keep_attempt(self, video_id: str, attempt: str) -> None:
         """Make a finished attempt's files readable by any worker (finalize may run elsewhere)."""
+
+    @abstractmethod
+    def keep_attempt_file(self, video_id: str, attempt: str, name: str) -> None:
+        """One file of a running attempt, kept now (an audio segment that just closed): others read it
+        before the attempt ends."""
 
     @abstractmethod
     def attempt_file(self, video_id: str, attempt: str, name: str, into: Path) -> Path:

@@ -177,6 +177,9 @@ class FileStorage(Storage):
     def keep_attempt(self, video_id: str, attempt: str) -> None:
         """Already where every worker reads it (the shared folder)."""
 
+    def keep_attempt_file(self, video_id: str, attempt: str, name: str) -> None:
+        """Already where every worker reads it (the shared folder)."""
+
     def attempt_file(self, video_id: str, attempt: str, name: str, into: Path) -> Path:
         return self.path(work_key(video_id, attempt, name))
 

@@ -203,9 +203,12 @@ class S3Storage(Storage):
 
     def keep_attempt(self, video_id: str, attempt: str) -> None:
         folder = self.attempt_folder(video_id, attempt)
-        names = [p.name for p in folder.iterdir() if WORK_FILE_RE.match(p.name)]
-        self._upload_all({work_key(video_id, attempt, n): folder / n for n in names})
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        self._upload_all({work_key(video_id, attempt, n): folder / n for n in names if WORK_FILE_RE.match(n)})
         shutil.rmtree(folder, ignore_errors=True)
+
+    def keep_attempt_file(self, video_id: str, attempt: str, name: str) -> None:
+        self._upload(work_key(video_id, attempt, name), self.attempt_folder(video_id, attempt) / name)
 
     def attempt_file(self, video_id: str, attempt: str, name: str, into: Path) -> Path:
         target = into / attempt / name
