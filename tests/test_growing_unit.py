@@ -3,6 +3,8 @@ transcoder/package.py): what a player reads before the video is ready. Pure: no 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.conftest import ROOT
 from tests.test_lint import imported_modules, module_name
 from tests.test_segments import audio, chunk
@@ -10,7 +12,6 @@ from transcoder import package
 from uploader import growing
 from vidfarm.catalog import Task
 from vidfarm.segments import stream_state
-from vidfarm.states import TaskKind, TaskStatus
 
 RUNGS = {
     "720p": {"codecs": "avc1.64001f", "width": 1280, "height": 720, "fps": "30000/1001", "cap_bps": 3_000_000},
@@ -53,9 +54,9 @@ def test_a_growing_media_playlist_lists_the_contiguous_prefix_from_the_start_and
 def test_the_target_duration_of_a_growing_playlist_is_a_whole_segment_from_the_first_listing():
     """A one-segment first chunk of a short source: its target duration must not grow later (a
     playlist may not change it), so it is at least the 6 s of the segments to come."""
-    short = Task("audio", TaskKind.AUDIO, status=TaskStatus.RUNNING, job_id="a",
-                 result={"attempt": "a", "segments": [[2.0, 100]], "complete": False})
-    assert "#EXT-X-TARGETDURATION:6" in lines(growing.playlist(stream_state([short]), "audio/index.m3u8"))
+    first = described(chunk(0, 1))
+    short = replace(first, result={**first.result, "segments": dict.fromkeys(RUNGS, [[2.0, 100]])})
+    assert "#EXT-X-TARGETDURATION:6" in lines(growing.playlist(stream_state([short]), "360p/index.m3u8"))
 
 
 def test_the_growing_master_declares_the_caps_in_todays_start_order():
