@@ -9,7 +9,6 @@ type, a start at 0, no end, bandwidths from the rungs' caps). Pure: no I/O here.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from fractions import Fraction
 
 from transcoder import package
@@ -31,33 +30,6 @@ def track(state: TrackState) -> package.Track:
                          fps=Fraction(info["fps"]), cap_bps=info["cap_bps"])
 
 
-def listed(state: dict[str, TrackState]) -> dict[str, TrackState]:
-    """What the growing media playlists list of each track: its contiguous run of segments, except
-    each track's final segment, which appears with the end tag at ready, and no audio past the
-    shortest picture track.
-
-    Why: hls.js (1.7) ends a stream only when the segment it buffers last was listed in a playlist
-    with an end tag; a final segment buffered while the playlist was growing leaves the player
-    stalled a frame before the end, forever. The final segment of a picture track is known (every
-    chunk is done); the audio task may record its final one before it says it is complete, but the
-    sound runs as long as the picture (lined up with its first frame), so holding it to the
-    picture's length keeps its final segment out too (not for a source whose sound stops early).
-    Playability is unaffected: a playable video lists one segment of each track."""
-    pictures = {name: _held_back(track) for name, track in state.items() if name != AUDIO}
-    if AUDIO in state:
-        shortest = min((len(track.segments) for track in pictures.values()), default=0)
-        audio = _held_back(state[AUDIO])
-        pictures[AUDIO] = replace(audio, segments=audio.segments[:shortest])
-    return pictures
-
-
-def _held_back(track: TrackState) -> TrackState:
-    # A one-segment track has nothing else to list: it plays, and waits for its end at ready.
-    if track.complete and len(track.segments) > 1:
-        return replace(track, segments=track.segments[:-1])
-    return track
-
-
 def master_playlist(state: dict[str, TrackState]) -> str:
     audio = track(state[AUDIO]) if AUDIO in state else None
     return package.master_playlist([track(t) for name, t in state.items() if name != AUDIO], audio)
@@ -69,7 +41,7 @@ def playlist(state: dict[str, TrackState], path: str) -> str | None:
     if path == package.MASTER_PLAYLIST:
         return master_playlist(state)
     name, _, file_name = path.partition("/")
-    found = listed(state).get(name)
+    found = state.get(name)
     if file_name != package.MEDIA_PLAYLIST or found is None or not found.segments:
         return None
     return package.media_playlist(track(found), growing=True)

@@ -103,6 +103,12 @@ function playHls(video, scenario, result) {
       return;
     }
     const config = {enableWorker: true, capLevelToPlayerSize: false};
+    if (scenario.hlsLog) {
+      // hls.js's own log, for a test that must show why a stream did or did not end.
+      result.hlsLog = [];
+      const keep = (level) => (...args) => result.hlsLog.push(`${level} ${args.join(" ")}`.slice(0, 300));
+      config.debug = {log: keep("log"), info: keep("info"), warn: keep("warn"), error: keep("error"), debug: () => {}};
+    }
     if (scenario.level !== null) config.startLevel = scenario.level;
     const hls = new Hls(config);
     window.hls = hls;
