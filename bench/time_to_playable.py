@@ -7,8 +7,9 @@ file is stored, probed and queued); the video resource is then polled every `--p
 exists) and for `ready`. The median of `--reps` uploads per length is printed beside Mux's published
 median time to playable for that length's bucket.
 
-Sources: varied content (testsrc2, a mandelbrot zoom, grain, a game of life, in turns; a beeping
-tone), generated once per length and cached under `--cache`.
+Sources: varied content (sharp synthetic motion, the same under film grain, a game of life, a
+scrolling test card, in turns; a beeping tone), generated once per length (x264 ultrafast: a 5 min
+source in about a minute) and cached under `--cache`.
 
     python bench/time_to_playable.py                  # 10 s, 60 s, 5 min of 720p30; N = 2; 3 each
     python bench/time_to_playable.py --quick          # smoke run: 10 s and 20 s of 320x180, once each
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from _common import LocalFarm, machine, median, table, temp_dir, upload_file
-from chunking import make_varied_source, pin_workers
+from chunking import pin_workers
 
 # Mux's median time from upload to playable, by source length (their published figures): the upper
 # bound of each bucket in seconds, and the median.
@@ -56,6 +58,40 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"{args.workers} workers x {args.cores_per_worker} cores do not fit this machine's "
                      f"{os.cpu_count()} cores")
     return args
+
+
+def scenes(size: str, rate: int, seconds: float) -> list[str]:
+    """lavfi graphs of the kinds of scene a source cycles through, all `size` yuv420p: cheap to render
+    (bench/chunking.py's mandelbrot zoom takes longer than a 5 min benchmark run)."""
+    width, height = (int(x) for x in size.split("x"))
+    common = f"format=yuv420p,setsar=1,trim=duration={seconds}"
+    return [
+        f"testsrc2=size={size}:rate={rate},{common}",  # synthetic motion, sharp text
+        f"testsrc2=size={size}:rate={rate},noise=alls=14:allf=t,{common}",  # film grain: costly bits
+        f"life=size={width // 4}x{height // 4}:rate={rate}:mold=10:ratio=0.2:life_color=#ffcc33:"
+        f"death_color=#202060,scale={size}:flags=neighbor,{common}",  # many small moving edges
+        f"smptehdbars=size={size}:rate={rate},scroll=h=0.003:v=0.002,{common}",  # a slow pan
+    ]
+
+
+def make_source(path: Path, seconds: float, size: str, rate: int, scene_s: float) -> Path:
+    """Scenes of about `scene_s` in turns, with a beeping AAC tone; skipped when `path` exists."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = max(1, round(seconds / scene_s))
+    kinds = scenes(size, rate, seconds / count)
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
+    for index in range(count):
+        cmd += ["-f", "lavfi", "-i", kinds[index % len(kinds)]]
+    cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:beep_factor=4:duration={seconds}"]
+    inputs = "".join(f"[{i}:v]" for i in range(count))
+    cmd += ["-filter_complex", f"{inputs}concat=n={count}:v=1:a=0[v]", "-map", "[v]", "-map", f"{count}:a",
+            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", "-shortest",
+            str(path.with_suffix(".part.mp4"))]
+    subprocess.run(cmd, check=True)
+    path.with_suffix(".part.mp4").rename(path)  # a killed generation never leaves a cached half file
+    return path
 
 
 def mux_median(seconds: float) -> tuple[str, float]:
@@ -138,8 +174,8 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
 def main() -> None:
     args = parse_args()
     name = f"{args.size}-{args.rate}-{args.scene_seconds:g}"
-    sources = {seconds: make_varied_source(args.cache / f"varied-{seconds:g}s-{name}.mp4", seconds, args.size,
-                                           args.rate, args.scene_seconds)
+    sources = {seconds: make_source(args.cache / f"playable-{seconds:g}s-{name}.mp4", seconds, args.size, args.rate,
+                                    args.scene_seconds)
                for seconds in args.seconds}
     with temp_dir("bench-playable-") as work:
         runs = run(args, sources, work)
