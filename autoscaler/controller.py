@@ -19,6 +19,7 @@ from autoscaler import metrics
 from autoscaler.backend import Backend, KnowsSpares, WorkerRef, choose_victims
 from autoscaler.leader import AlwaysLeader, Leader
 from autoscaler.policy import Decision, PolicyState, PoolConfig, Snapshot, decide
+from autoscaler.starts import StartTimes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class _PoolRuntime:
     desired: int | None = None
     current: int | None = None
     last_decision: dict[str, Any] | None = None
+    starts: StartTimes = dataclasses.field(default_factory=StartTimes)
 
 
 class Controller:
@@ -120,8 +122,10 @@ class Controller:
 
     def _step_pool(self, pool: _PoolRuntime) -> Decision:
         snapshot, workers = self._observe(pool.config)
+        pool.starts.saw(snapshot.now, (w.name for w in workers))
         # The backend owns the replica count; the observer only knows the RQ side.
-        snapshot = dataclasses.replace(snapshot, current_replicas=pool.backend.current_replicas())
+        snapshot = dataclasses.replace(snapshot, current_replicas=pool.backend.current_replicas(),
+                                       worker_starts_s=pool.starts.recent)
         decision = decide(snapshot, pool.config, pool.state)
         decision = self._act(pool, snapshot, decision, workers)
         self._record(pool, snapshot, decision)
@@ -136,6 +140,7 @@ class Controller:
             return decision
         if decision.desired > current:
             pool.backend.scale_to(decision.desired, [])
+            pool.starts.asked(snapshot.now, decision.desired - current)
             pool.state = decision.state
             return decision
         wanted = current - decision.desired
@@ -145,6 +150,7 @@ class Controller:
         decision = self._fit_to_victims(pool, current, decision, victims)
         if decision.desired < current:
             pool.backend.scale_to(decision.desired, victims)
+            pool.starts.withdrawn(sum(1 for v in victims if v in spares))
         return decision
 
     def _fit_to_victims(

@@ -8,12 +8,15 @@ What it does differently from KEDA's Redis scaler (docs/design.md says why):
 
 * running jobs count as needing a worker (KEDA reads ``LLEN`` only and scales a busy farm down);
 * it never asks for fewer replicas than there are busy workers;
-* it scales up at once, and scales down only after the surplus has lasted ``scale_down_after_s``.
+* it scales up at once, and scales down only after the surplus has lasted about as long as starting a
+  worker takes (ski rental, ``scale_down_delay``): a delay learned from the measured starts instead of
+  a fixed one.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 # Float division can land a hair above an integer (3 / 0.1 == 30.000000000000004); without this
@@ -30,7 +33,10 @@ class PoolConfig:
     target_jobs_per_worker: float = 1.0
     target_backlog_seconds: float | None = None  # acceptable drain seconds per worker; None = off
     max_scale_up_step: int | None = None  # most replicas added per decision; None = unlimited
-    scale_down_after_s: float = 60.0
+    scale_down_after_s: float = 60.0  # the scale-down delay until a worker start has been measured
+    # Bounds of the learned delay (scale_down_delay); equal bounds make the delay fixed.
+    scale_down_min_s: float = 10.0
+    scale_down_max_s: float = 600.0
 
     def __post_init__(self) -> None:
         # Validate here so a bad pools.yaml fails at load time with the field named, not mid-loop.
@@ -59,6 +65,11 @@ class PoolConfig:
             )
         if not self.scale_down_after_s >= 0:
             raise ValueError(f"pool {self.name!r}: scale_down_after_s must be >= 0, got {self.scale_down_after_s}")
+        if not 0 <= self.scale_down_min_s <= self.scale_down_max_s:
+            raise ValueError(
+                f"pool {self.name!r}: scale_down_min_s must be >= 0 and <= scale_down_max_s "
+                f"({self.scale_down_max_s}), got {self.scale_down_min_s}"
+            )
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,9 @@ class Snapshot:
     current_replicas: int
     queued_work_s: float = 0.0  # estimated seconds of work queued (source durations * cost factor)
     running_work_s: float = 0.0  # estimated remaining seconds of running jobs
+    # Recent worker starts, seconds from the decision that asked for a replica to its worker's first
+    # heartbeat (autoscaler.starts), oldest first. Empty until one has been measured.
+    worker_starts_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,21 +190,47 @@ def _scale_up(snapshot: Snapshot, config: PoolConfig, target: _Target) -> Decisi
     )
 
 
+def scale_down_delay(snapshot: Snapshot, config: PoolConfig) -> float:
+    """How long a surplus must last before idle workers go: about what starting one costs.
+
+    Ski rental: an idle worker costs its rent every second; letting it go and starting one again when
+    work comes costs a start (billed while it boots, and the wait of whoever needs it). Keeping it as
+    long as a start takes, then letting it go, never costs more than twice the best choice made with
+    hindsight, whatever the arrivals."""
+    starts = snapshot.worker_starts_s
+    if not starts:
+        # Nothing measured yet (a new autoscaler, a pool that never grew): the configured delay.
+        return config.scale_down_after_s
+    # The median: one pod stuck Pending for a node, or one cached image, does not move it.
+    estimate = statistics.median(starts)
+    # Bounded: under the minimum a pool would flap between passes; the maximum caps what a cluster
+    # short of capacity for a while can make the pool pay in idle workers.
+    return min(max(estimate, config.scale_down_min_s), config.scale_down_max_s)
+
+
+def _delay_source(snapshot: Snapshot) -> str:
+    starts = snapshot.worker_starts_s
+    if not starts:
+        return "configured delay"
+    return f"median start {statistics.median(starts):.0f}s of the last {len(starts)}"
+
+
 def _scale_down(snapshot: Snapshot, config: PoolConfig, state: PolicyState, target: _Target) -> Decision:
     current = snapshot.current_replicas
-    # Remember when the surplus began; it must last scale_down_after_s without a break, so a brief
-    # lull between two uploads does not throw away warm workers.
+    # Remember when the surplus began; it must last the delay without a break, so a brief lull between
+    # two uploads does not throw away warm workers.
     since = snapshot.now if state.surplus_since is None else state.surplus_since
     waited = snapshot.now - since
-    if waited < config.scale_down_after_s:
-        remaining = config.scale_down_after_s - waited
+    delay = scale_down_delay(snapshot, config)
+    if waited < delay:
+        remaining = delay - waited
         return Decision(
             desired=current,
             direction="none",
             reason="hold_scale_down_delay",
             message=(
                 f"holding {current} replicas: {target.message}; surplus for {waited:.0f}s, "
-                f"scale down in {remaining:.0f}s"
+                f"scale down in {remaining:.0f}s ({_delay_source(snapshot)})"
             ),
             state=PolicyState(surplus_since=since),
         )

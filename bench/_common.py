@@ -46,9 +46,16 @@ from vidfarm.states import TERMINAL
 ROOT = Path(__file__).resolve().parents[1]
 VIDFARM = [sys.executable, "-m", "vidfarm"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# A chunk length no video reaches: the plan is then one chunk (what VIDFARM_CHUNK_SECONDS takes too;
-# infinity would not survive the rounding to whole GOPs).
+# A chunk length no video reaches: chunk_plan then gives one chunk, as the farm planned before issue 13
+# (the farm itself always cuts a short first chunk now; infinity would not survive the rounding).
 ONE_CHUNK_S = 1e9
+
+
+def chunk_plan(duration_s: float, fps: Fraction, chunk_s: float, workers: int = 1) -> list[ChunkSpan]:
+    """The farm's chunk plan for a pool of `workers`; the whole video as one chunk for ONE_CHUNK_S."""
+    if chunk_s >= ONE_CHUNK_S:
+        return [ChunkSpan(0, 0, None)]
+    return plan_chunks(duration_s, fps, chunk_s, workers)
 
 
 # -- clips --------------------------------------------------------------------------------------
@@ -109,10 +116,10 @@ class GraphCommands:
 
 
 def graph_commands(source: Path, info: SourceInfo, plans: Sequence[OutputPlan], folder: Path, *,
-                   chunk_s: float, encoder: Encoder = X264) -> GraphCommands:
-    """The commands of transcoder.job for one video with `chunk_s` chunks, writing under `folder`
-    (created, with the concat lists the stitch reads)."""
-    spans = plan_chunks(info.duration_s, output_fps(info.fps), chunk_s)
+                   chunk_s: float, encoder: Encoder = X264, spans: Sequence[ChunkSpan] | None = None) -> GraphCommands:
+    """The commands of transcoder.job for one video with `chunk_s` chunks (or the given `spans`),
+    writing under `folder` (created, with the concat lists the stitch reads)."""
+    spans = spans or chunk_plan(info.duration_s, output_fps(info.fps), chunk_s)
     parts = [folder / chunk_name(span.index) for span in spans]
     chunks = []
     for span, part in zip(spans, parts, strict=True):

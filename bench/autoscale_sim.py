@@ -44,12 +44,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from _common import ONE_CHUNK_S  # noqa: E402  (bench/, next to this file)
+from _common import ONE_CHUNK_S, chunk_plan  # noqa: E402  (bench/, next to this file)
 
 from autoscaler.backend import WorkerRef  # noqa: E402
 from autoscaler.controller import Controller  # noqa: E402
 from autoscaler.policy import PoolConfig, Snapshot  # noqa: E402
-from vidfarm.chunks import plan_chunks  # noqa: E402
 from vidfarm.states import WorkerState  # noqa: E402
 
 TICK_S = 1.0
@@ -147,10 +146,12 @@ def long_arrivals(rng: random.Random) -> list[tuple[float, float]]:
     return uploads
 
 
-def split_upload(index: int, arrival: float, source_s: float, chunk_s: float, next_id: int) -> Upload:
-    """The job graph vidfarm.jobs plans for one upload, with the real chunk plan (whole GOPs, the
-    last chunk absorbing the remainder, a video under two chunks as one)."""
-    spans = plan_chunks(source_s, LONG_FPS, chunk_s)
+def split_upload(index: int, arrival: float, source_s: float, chunk_s: float, workers: int,
+                 next_id: int) -> Upload:
+    """The job graph vidfarm.jobs plans for one upload, with the real chunk plan (a first chunk of one
+    segment, then at least `workers` chunks of whole segments up to `chunk_s`, the last one absorbing
+    the remainder)."""
+    spans = chunk_plan(source_s, LONG_FPS, chunk_s, workers)
     lengths = [float((s.frames or 0) / LONG_FPS) for s in spans[:-1]]
     lengths.append(source_s - sum(lengths))
     works = [n * ENCODE_COST + CHUNK_OVERHEAD_S for n in lengths] + [source_s * AUDIO_COST]
@@ -159,11 +160,11 @@ def split_upload(index: int, arrival: float, source_s: float, chunk_s: float, ne
     return Upload(index, arrival, source_s, parts, finalize)
 
 
-def long_trace(rng: random.Random, chunk_s: float) -> tuple[list[Upload], list[Job]]:
+def long_trace(rng: random.Random, chunk_s: float, workers: int) -> tuple[list[Upload], list[Job]]:
     uploads: list[Upload] = []
     next_id = 0
     for index, (arrival, source_s) in enumerate(long_arrivals(rng)):
-        uploads.append(split_upload(index, arrival, source_s, chunk_s, next_id))
+        uploads.append(split_upload(index, arrival, source_s, chunk_s, workers, next_id))
         next_id += len(uploads[-1].parts) + 1
     return uploads, [job for u in uploads for job in u.parts]
 
@@ -460,14 +461,32 @@ class Result:
     p50_wait_s: float
     p95_wait_s: float
     worker_s: float
+    work_s: float  # useful work: each job that finished, once
     killed: int
     unfinished: int
     series: dict[str, list[float]]
 
+    @property
+    def cost_ratio(self) -> float:
+        """Worker-seconds billed per second of useful work."""
+        return self.worker_s / self.work_s
+
+
+# The scale-down delay before issue 20 (fixed) and now (learned from the measured starts, seeded
+# with the same 60 s and bounded as PoolConfig's defaults).
+FIXED_DELAY_S = 60.0
+BEFORE, AFTER = "vidfarm fixed 60 s", "vidfarm"
+
 
 def make_policy(name: str, cluster: Cluster, max_replicas: int = MAX_REPLICAS) -> Policy:
-    if name == "vidfarm":
-        config = PoolConfig("sim", ("cpu",), min_replicas=0, max_replicas=max_replicas, scale_down_after_s=60.0)
+    if name == AFTER:
+        config = PoolConfig("sim", ("cpu",), min_replicas=0, max_replicas=max_replicas,
+                            scale_down_after_s=FIXED_DELAY_S)
+        return VidfarmPolicy(cluster, config)
+    if name == BEFORE:
+        config = PoolConfig("sim", ("cpu",), min_replicas=0, max_replicas=max_replicas,
+                            scale_down_after_s=FIXED_DELAY_S, scale_down_min_s=FIXED_DELAY_S,
+                            scale_down_max_s=FIXED_DELAY_S)
         return VidfarmPolicy(cluster, config)
     if name == "keda-like":
         return KedaLike(max_replicas)
@@ -481,7 +500,7 @@ LATENCIES: dict[str, Callable[[random.Random], float]] = {
     "local 1s": lambda rng: 1.0,
 }
 TRACES: dict[str, Callable[[random.Random], list[Job]]] = {"bursty": bursty_trace, "steady": steady_trace}
-POLICIES = ("vidfarm", "keda-like", "hpa-like")
+POLICIES = (AFTER, "keda-like", "hpa-like")
 
 
 def simulate(trace: str, latency: str, policy_name: str, seed: int) -> Result:
@@ -530,10 +549,15 @@ def _result(
         p50_wait_s=_percentile(waits, 50),
         p95_wait_s=_percentile(waits, 95),
         worker_s=cluster.worker_seconds,
+        work_s=useful_work(jobs),
         killed=cluster.kills,
         unfinished=sum(1 for j in jobs if j.finished_at is None),
         series=series,
     )
+
+
+def useful_work(jobs: Sequence[Job]) -> float:
+    return sum(j.work_s for j in jobs if j.finished_at is not None)
 
 
 def _percentile(values: Sequence[float], pct: float) -> float:
@@ -546,12 +570,13 @@ def _percentile(values: Sequence[float], pct: float) -> float:
 
 def format_table(results: Sequence[Result]) -> str:
     header = (
-        "| trace | worker start | policy | jobs | p50 wait s | p95 wait s | worker-hours | jobs killed | unfinished |"
+        "| trace | worker start | policy | jobs | p50 wait s | p95 wait s | worker-hours | cost / work | "
+        "jobs killed | unfinished |"
     )
-    rule = "|---|---|---|---:|---:|---:|---:|---:|---:|"
+    rule = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
     rows = [
         f"| {r.trace} | {r.latency} | {r.policy} | {r.jobs} | {r.p50_wait_s:.0f} | {r.p95_wait_s:.0f} | "
-        f"{r.worker_s / 3600:.1f} | {r.killed} | {r.unfinished} |"
+        f"{r.worker_s / 3600:.1f} | {r.cost_ratio:.2f} | {r.killed} | {r.unfinished} |"
         for r in results
     ]
     return "\n".join([header, rule, *rows])
@@ -560,7 +585,7 @@ def format_table(results: Sequence[Result]) -> str:
 LONG_LATENCY = "pod 20-40s"
 LONG_TAIL_S = 4 * 3600  # long videos on a small pool need hours to drain: bill every row alike
 LONG_MAX_WORKERS = (2, 4, 8, 16, 32)
-LONG_CHUNKS: dict[str, float] = {"one chunk": ONE_CHUNK_S, "60 s chunks": 60.0}
+LONG_CHUNKS: dict[str, float] = {"one chunk": ONE_CHUNK_S, "chunks <= 60 s": 60.0}
 
 
 @dataclass
@@ -573,16 +598,22 @@ class LongResult:
     p95_ready_s: float
     peak_replicas: int
     worker_s: float
+    work_s: float
     killed: int
     unfinished: int
 
+    @property
+    def cost_ratio(self) -> float:
+        return self.worker_s / self.work_s
 
-def simulate_long(chunking: str, max_workers: int, seed: int) -> LongResult:
-    """The long-upload trace through the real controller (vidfarm policy only)."""
-    uploads, jobs = long_trace(random.Random(seed), LONG_CHUNKS[chunking])
+
+def simulate_long(chunking: str, max_workers: int, seed: int, policy: str = AFTER) -> LongResult:
+    """The long-upload trace through the real controller (vidfarm policy only), each video planned
+    for the pool's max workers as the API plans it."""
+    uploads, jobs = long_trace(random.Random(seed), LONG_CHUNKS[chunking], max_workers)
     cluster = Cluster(random.Random(seed + 1), LATENCIES[LONG_LATENCY])
     cluster.on_finish = finalize_when_done(uploads, cluster)
-    series = run_trace(cluster, make_policy("vidfarm", cluster, max_workers), jobs, TRACE_S + LONG_TAIL_S)
+    series = run_trace(cluster, make_policy(policy, cluster, max_workers), jobs, TRACE_S + LONG_TAIL_S)
     ready = [u.ready_s for u in uploads if u.ready_s is not None]
     return LongResult(
         chunking=chunking,
@@ -593,6 +624,7 @@ def simulate_long(chunking: str, max_workers: int, seed: int) -> LongResult:
         p95_ready_s=_percentile(ready, 95),
         peak_replicas=int(max(series["replicas"])),
         worker_s=cluster.worker_seconds,
+        work_s=useful_work([*jobs, *(u.finalize for u in uploads)]),
         killed=cluster.kills,
         unfinished=len(uploads) - len(ready),
     )
@@ -601,12 +633,13 @@ def simulate_long(chunking: str, max_workers: int, seed: int) -> LongResult:
 def format_long_table(results: Sequence[LongResult]) -> str:
     header = (
         "| chunking | max workers | videos | jobs | p50 upload->ready min | p95 upload->ready min | "
-        "peak replicas | worker-hours | jobs killed | unfinished |"
+        "peak replicas | worker-hours | cost / work | jobs killed | unfinished |"
     )
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     rows = [
         f"| {r.chunking} | {r.max_workers} | {r.videos} | {r.jobs} | {r.p50_ready_s / 60:.1f} | "
-        f"{r.p95_ready_s / 60:.1f} | {r.peak_replicas} | {r.worker_s / 3600:.1f} | {r.killed} | {r.unfinished} |"
+        f"{r.p95_ready_s / 60:.1f} | {r.peak_replicas} | {r.worker_s / 3600:.1f} | {r.cost_ratio:.2f} | "
+        f"{r.killed} | {r.unfinished} |"
         for r in results
     ]
     return "\n".join([header, rule, *rows])
@@ -645,11 +678,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--long-only", action="store_true", help="only the long uploads split into chunks")
+    parser.add_argument("--scale-down-only", action="store_true",
+                        help="only the vidfarm policy, fixed 60 s scale-down delay beside the learned one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)  # the controller logs every change at INFO
 
     if args.long_only:
         return print_long(args.seed)
+    if args.scale_down_only:
+        return print_scale_down(args.seed)
     results = [
         simulate(trace, latency, policy, args.seed) for trace in TRACES for latency in LATENCIES for policy in POLICIES
     ]
@@ -660,6 +697,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for path in plot(results, "bursty", "pod 20-40s", args.out):
             print(f"plot: {path}")
+    return 0
+
+
+def print_scale_down(seed: int) -> int:
+    """Issue 20: the learned scale-down delay (ski rental) beside the fixed 60 s, on every trace."""
+    pairs = [(simulate(t, lat, BEFORE, seed), simulate(t, lat, AFTER, seed)) for t in TRACES for lat in LATENCIES]
+    print("scale-down delay: fixed 60 s -> learned from worker starts (median, bounded 10-600 s)")
+    print("| trace | worker start | p95 wait s | worker-hours | cost / work | jobs killed |")
+    print("|---|---|---:|---:|---:|---:|")
+    for a, b in pairs:
+        print(f"| {a.trace} | {a.latency} | {a.p95_wait_s:.0f} -> {b.p95_wait_s:.0f} | "
+              f"{a.worker_s / 3600:.1f} -> {b.worker_s / 3600:.1f} | {a.cost_ratio:.2f} -> {b.cost_ratio:.2f} | "
+              f"{a.killed} -> {b.killed} |")
+    long = [(simulate_long(c, m, seed, BEFORE), simulate_long(c, m, seed, AFTER))
+            for c in LONG_CHUNKS for m in LONG_MAX_WORKERS]
+    print(f"\nlong uploads (worker start {LONG_LATENCY}):")
+    print("| chunking | max workers | p95 upload->ready min | worker-hours | cost / work | jobs killed |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for a, b in long:
+        print(f"| {a.chunking} | {a.max_workers} | {a.p95_ready_s / 60:.1f} -> {b.p95_ready_s / 60:.1f} | "
+              f"{a.worker_s / 3600:.1f} -> {b.worker_s / 3600:.1f} | {a.cost_ratio:.2f} -> {b.cost_ratio:.2f} | "
+              f"{a.killed} -> {b.killed} |")
     return 0
 
 

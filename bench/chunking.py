@@ -5,6 +5,10 @@
     jobs build (`_common.graph_commands`). CPU seconds of the chunk jobs + stitching (what chunking
     changes; the audio job is the same either way and shown apart), size of each stitched rung, and
     PSNR of each rung against the source (VMAF too where an ffmpeg with libvmaf is found).
+(o) Overhead per chunk length (`--part overhead`): the same source cut into equal chunks of each of
+    `--lengths` seconds (whole 6 s segments) against one chunk, on one core: the CPU overhead of the
+    chunk jobs + stitching and the size change, per length, and the fixed cost per extra chunk. The
+    shortest length within 3 % is vidfarm.chunks.MIN_CHUNK_SECONDS, the floor of the per-video plan.
 (b) Speed-up: a private farm (`vidfarm up`) with N workers, each pinned with `taskset` to its own
     `--cores-per-worker` cores so that it stands for one machine; time from upload start to `ready`,
     and the finalize job's own run time from its RQ record.
@@ -15,6 +19,7 @@ life, in turns, with a beeping tone) is generated once and cached under `--cache
     python bench/chunking.py                                   # full run: 10 min 1080p, N = 1, 2
     python bench/chunking.py --workers 1,2,4,8 --cores-per-worker 2   # on a 16-core machine
     python bench/chunking.py --seconds 20 --size 640x360 --chunk-seconds 4 --scene-seconds 5  # tiny
+    python bench/chunking.py --part overhead --seconds 120 --size 1280x720 --lengths 6,12,18,30,60
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from rq.registry import FinishedJobRegistry
 
 from transcoder.job import count_frames
 from transcoder.ladder import OutputPlan
+from vidfarm.chunks import ChunkSpan, chunk_frames, expected_frames, output_fps
 from vidfarm.probe import SourceInfo
 
 CPU_TARGET_PCT = 3.0
@@ -67,7 +73,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scene-seconds", type=float, default=20, help="length of each scene (default 20)")
     parser.add_argument("--chunk-seconds", type=float, default=60, help="VIDFARM_CHUNK_SECONDS (default 60)")
     parser.add_argument("--rungs", default=None, help="ladder, e.g. 1080p,720p (default: the farm's)")
-    parser.add_argument("--part", choices=("cost", "speedup", "both"), default="both")
+    parser.add_argument("--part", choices=("cost", "speedup", "both", "overhead"), default="both")
+    parser.add_argument("--lengths", default="6,12,18,30,60",
+                        help="chunk lengths in seconds for --part overhead (default 6,12,18,30,60)")
     parser.add_argument("--reps", type=int, default=1, help="repetitions of (a), order alternating (default 1)")
     parser.add_argument("--workers", default="1,2", help="values of N for (b), comma-separated (default 1,2)")
     parser.add_argument("--cores-per-worker", type=int, default=1, help="cores pinned to each worker (default 1)")
@@ -81,6 +89,7 @@ def parse_args() -> argparse.Namespace:
                         help="an ffmpeg with libvmaf (default: ffmpeg or imageio-ffmpeg's, if either has it)")
     args = parser.parse_args()
     args.ns = [int(n) for n in args.workers.split(",")]
+    args.lengths = [float(s) for s in args.lengths.split(",")]
     last_core = args.first_core + max(args.ns) * args.cores_per_worker
     if args.part != "cost" and last_core > (os.cpu_count() or 1):
         parser.error(f"N={max(args.ns)} x {args.cores_per_worker} cores from core {args.first_core} "
@@ -192,9 +201,9 @@ def run_all(commands: Sequence[list[str]], pin: str) -> Measure:
 
 
 def encode(source: Path, info: SourceInfo, plans: list[OutputPlan], folder: Path, mode: str, chunk_s: float,
-           pin: str) -> Encoded:
+           pin: str, spans: Sequence[ChunkSpan] | None = None) -> Encoded:
     shutil.rmtree(folder, ignore_errors=True)
-    graph = graph_commands(source, info, plans, folder, chunk_s=chunk_s)
+    graph = graph_commands(source, info, plans, folder, chunk_s=chunk_s, spans=spans)
     chunk_jobs = run_all(graph.chunks, pin)
     audio = run_all(graph.audio, pin)
     stitch = run_all(graph.stitch, pin)
@@ -285,6 +294,43 @@ def print_cost_quality(args: argparse.Namespace, one: Encoded, chunked: Encoded,
     print(table(headers, rows))
     print(f"\nsize within {SIZE_TARGET_PCT:g} % and PSNR within {PSNR_TARGET_DB:g} dB in every rung: "
           f"{'met' if all(verdicts) else 'MISSED'}")
+
+
+# -- (o) overhead per chunk length --------------------------------------------------------------
+
+
+def equal_spans(info: SourceInfo, length_s: float) -> list[ChunkSpan]:
+    """Chunks of `length_s` (whole segments) from frame 0, the last one open-ended: the per-video
+    plan's later chunks, without its short first chunk, so that each row has one length."""
+    fps = output_fps(info.fps)
+    per_chunk = chunk_frames(fps, length_s)
+    count = max(1, expected_frames(info.duration_s, fps) // per_chunk)
+    return [ChunkSpan(i, i * per_chunk, None if i == count - 1 else per_chunk) for i in range(count)]
+
+
+def part_overhead(args: argparse.Namespace, source: Path, info: SourceInfo, plans: list[OutputPlan],
+                  work: Path) -> None:
+    pin = cores(0, args.cores_per_worker, args.first_core)
+    rows, chosen = [], None
+    for rep in range(args.reps):
+        one = encode(source, info, plans, work / "one", "one chunk", ONE_CHUNK_S, pin)
+        one_bytes = sum(p.stat().st_size for p in one.renditions.values())
+        print(f"(o) rep {rep + 1} one chunk: picture {one.picture_cpu_s:.1f} CPU s", flush=True)
+        for length in args.lengths:
+            split = encode(source, info, plans, work / "split", f"{length:g} s", length, pin, equal_spans(info, length))
+            cpu_pct = 100 * (split.picture_cpu_s / one.picture_cpu_s - 1)
+            size_pct = 100 * (sum(p.stat().st_size for p in split.renditions.values()) / one_bytes - 1)
+            per_chunk = (split.picture_cpu_s - one.picture_cpu_s) / max(1, split.chunks - 1)
+            rows.append([rep + 1, f"{length:g}", split.chunks, one.picture_cpu_s, split.picture_cpu_s,
+                         f"{cpu_pct:+.2f}", f"{size_pct:+.2f}", f"{per_chunk:.2f}"])
+            print(f"(o) rep {rep + 1} {length:g} s: {split.chunks} chunks, CPU {cpu_pct:+.2f} %", flush=True)
+            if rep == args.reps - 1 and chosen is None and cpu_pct <= CPU_TARGET_PCT:
+                chosen = length
+    print(f"\n(o) overhead per chunk length against one chunk, pinned to cores {pin}\n")
+    print(table(["rep", "chunk s", "chunks", "one chunk CPU s", "split CPU s", "CPU overhead %", "size %",
+                 "CPU s per extra chunk"], rows))
+    print(f"\nshortest length within {CPU_TARGET_PCT:g} % CPU (last rep): "
+          f"{'none' if chosen is None else f'{chosen:g} s'}")
 
 
 # -- (b) speed-up -------------------------------------------------------------------------------
@@ -395,6 +441,8 @@ def main() -> None:
           f"{info.width}x{info.height}@{info.fps:g}); renditions: {', '.join(p.name for p in plans)}; "
           f"chunks of {args.chunk_seconds:g} s; {machine()}", flush=True)
     with temp_dir("bench-chunking-") as work:
+        if args.part == "overhead":
+            part_overhead(args, source, info, plans, work)
         if args.part in ("cost", "both"):
             part_cost(args, source, info, plans, work)
         if args.part in ("speedup", "both"):

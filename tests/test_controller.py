@@ -109,6 +109,27 @@ def test_scale_down_removes_only_idle_workers_after_the_delay(world: World, cloc
     assert backend.calls == [(2, [WorkerRef("w0", "idle"), WorkerRef("w2", "idle")])]
 
 
+def test_the_scale_down_delay_is_learned_from_the_starts_the_controller_measured(world: World,
+                                                                                clock: FakeClock) -> None:
+    backend = MemoryBackend(0)
+    ctl = controller(world, (CPU, backend))
+    world.queued = 2
+    ctl.step()  # asks for two replicas
+    clock.now += 25.0
+    world.queued, world.running, world.workers = 0, 2, workers("busy", "busy")
+    ctl.step()  # both registered: two starts of 25 s
+    clock.now += 100.0
+    world.running, world.workers = 0, workers("idle", "idle")
+    assert ctl.step()["cpu"].reason == "hold_scale_down_delay"
+    clock.now += 24.0
+    ctl.step()
+    assert backend.calls == [(2, [])]
+    clock.now += 1.0
+    decision = ctl.step()["cpu"]
+    # Idle for as long as a start took (25 s), not the configured 60 s.
+    assert (decision.direction, backend.calls[-1][0]) == ("down", 0)
+
+
 def test_fewer_idle_than_wanted_shrinks_by_the_idle_count_and_retries(world: World, clock: FakeClock) -> None:
     backend = MemoryBackend(4)  # two pods not registered with RQ yet: neither idle nor busy
     world.workers = workers("idle", "busy")

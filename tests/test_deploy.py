@@ -1054,6 +1054,16 @@ def test_gke_trusts_googles_load_balancers():
 MEASURED_MAX_PIXELS = 3840 * 2160
 
 
+@pytest.mark.parametrize("variant", VARIANTS + README_WRAPPERS)
+def test_chunks_are_planned_for_the_largest_pool(variant):
+    """The API and the reconciler plan a long video into at least as many chunks as its pool's most
+    workers: the number they read must be what pools.yaml lets the autoscaler run."""
+    res = render(variant)
+    largest = max(p["max"] for p in _pools(res).values())
+    for planner in (_uploader(res), find(res, "Deployment", "autoscaler")):
+        assert pod_settings(res, planner).pool_max_workers == largest, planner["metadata"]["name"]
+
+
 @pytest.mark.parametrize("variant", VARIANTS + S3_VARIANTS + README_WRAPPERS)
 def test_each_overlay_accepts_exactly_what_its_workers_serve(variant):
     """An upload the farm accepts must be one a pool scales workers for and a worker is sized for:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.policy import Decision, PolicyState, PoolConfig, Snapshot, decide
+from autoscaler.policy import Decision, PolicyState, PoolConfig, Snapshot, decide, scale_down_delay
 
 
 def pool(**overrides: object) -> PoolConfig:
@@ -27,8 +27,9 @@ def snap(
     current: int = 0,
     queued_work_s: float = 0.0,
     running_work_s: float = 0.0,
+    starts: tuple[float, ...] = (),
 ) -> Snapshot:
-    return Snapshot(now, queued, running, idle, busy, current, queued_work_s, running_work_s)
+    return Snapshot(now, queued, running, idle, busy, current, queued_work_s, running_work_s, worker_starts_s=starts)
 
 
 NO_SURPLUS = PolicyState()
@@ -101,6 +102,15 @@ TABLE = [
      {"max_replicas": 2}, snap(running=5, busy=5, current=2), NO_SURPLUS, (2, "none", "at_max")),
     ("current above max with no load: scale down after the delay",
      {"max_replicas": 2}, snap(idle=5, current=5), LONG_SURPLUS, (0, "down", "scale_to_zero")),
+    ("learned delay: surplus shorter than the median start holds",
+     {}, snap(idle=2, current=2, starts=(28.0, 31.0, 30.0)), PolicyState(surplus_since=971.0),
+     (2, "none", "hold_scale_down_delay")),
+    ("learned delay: surplus as long as the median start scales down, before the configured 60 s",
+     {}, snap(idle=2, current=2, starts=(28.0, 31.0, 30.0)), PolicyState(surplus_since=970.0),
+     (0, "down", "scale_to_zero")),
+    ("learned delay: one start stuck for an hour does not move the median",
+     {}, snap(idle=1, current=1, starts=(30.0, 3600.0, 29.0)), PolicyState(surplus_since=970.0),
+     (0, "down", "scale_to_zero")),
     ("demand returns during the delay: back to steady",
      {}, snap(queued=1, running=1, busy=1, idle=1, current=2), PolicyState(surplus_since=990.0),
      (2, "none", "steady")),
@@ -115,6 +125,29 @@ def test_rule(overrides: dict, snapshot: Snapshot, state: PolicyState, expected:
     decision = decide(snapshot, pool(**overrides), state)
     assert (decision.desired, decision.direction, decision.reason) == expected
     assert decision.message  # every decision explains itself
+
+
+@pytest.mark.parametrize(
+    ("starts", "delay"),
+    [
+        ((), 60.0),  # nothing measured yet: the configured delay
+        ((20.0, 40.0, 30.0, 35.0), 32.5),  # the median of the measured starts
+        ((1.0, 2.0, 1.5), 10.0),  # local processes start in a second: the floor keeps the pool from flapping
+        ((900.0, 1200.0), 600.0),  # a cluster short of nodes for a while: idle workers cost at most the cap
+    ],
+)
+def test_the_scale_down_delay_is_about_what_a_start_costs(starts: tuple[float, ...], delay: float) -> None:
+    assert scale_down_delay(snap(starts=starts), pool(scale_down_after_s=60.0)) == delay
+
+
+def test_equal_bounds_fix_the_delay() -> None:
+    config = pool(scale_down_after_s=3.0, scale_down_min_s=3.0, scale_down_max_s=3.0)  # vidfarm up --scale-down-after 3
+    assert scale_down_delay(snap(starts=(30.0,)), config) == 3.0
+
+
+def test_the_hold_says_where_its_delay_comes_from() -> None:
+    held = decide(snap(idle=1, current=1, starts=(30.0, 40.0)), pool(), PolicyState(surplus_since=990.0))
+    assert "scale down in 25s (median start 35s of the last 2)" in held.message
 
 
 def test_hold_remembers_when_the_surplus_started() -> None:
@@ -155,6 +188,8 @@ def test_scale_down_message_names_the_counts() -> None:
         ({"target_backlog_seconds": -5.0}, "target_backlog_seconds"),
         ({"max_scale_up_step": 0}, "max_scale_up_step"),
         ({"scale_down_after_s": -1.0}, "scale_down_after_s"),
+        ({"scale_down_min_s": 30.0, "scale_down_max_s": 20.0}, "scale_down_min_s"),
+        ({"scale_down_min_s": -1.0}, "scale_down_min_s"),
         ({"queues": ()}, "queues"),
     ],
 )
@@ -166,8 +201,8 @@ def test_invalid_config_names_the_field(overrides: dict, field: str) -> None:
 # -- properties ------------------------------------------------------------------------------------
 
 configs = st.builds(
-    lambda min_r, extra, target, backlog, step, delay: PoolConfig(
-        "p", ("q",), min_r, min_r + extra if min_r + extra >= 1 else 1, target, backlog, step, delay
+    lambda min_r, extra, target, backlog, step, delay, low, span: PoolConfig(
+        "p", ("q",), min_r, min_r + extra if min_r + extra >= 1 else 1, target, backlog, step, delay, low, low + span
     ),
     st.integers(0, 5),
     st.integers(0, 10),
@@ -175,6 +210,8 @@ configs = st.builds(
     st.none() | st.floats(1.0, 3600.0),
     st.none() | st.integers(1, 5),
     st.floats(0.0, 300.0),
+    st.floats(0.0, 120.0),
+    st.floats(0.0, 600.0),
 )
 
 
@@ -192,6 +229,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         current_replicas=current,
         queued_work_s=draw(st.floats(0.0, 1e5)),
         running_work_s=draw(st.floats(0.0, 1e5)),
+        worker_starts_s=tuple(draw(st.lists(st.floats(0.0, 7200.0), max_size=20))),
     )
 
 
@@ -242,7 +280,14 @@ def test_scale_down_only_after_the_delay(s: Snapshot, c: PoolConfig, state: Poli
     d = decide(s, c, state)
     if d.direction == "down":
         since = s.now if state.surplus_since is None else state.surplus_since
-        assert s.now - since >= c.scale_down_after_s
+        assert s.now - since >= scale_down_delay(s, c)
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots(), configs)
+def test_a_learned_delay_stays_within_its_bounds(s: Snapshot, c: PoolConfig) -> None:
+    if s.worker_starts_s:
+        assert c.scale_down_min_s <= scale_down_delay(s, c) <= c.scale_down_max_s
 
 
 @settings(max_examples=200, deadline=None)

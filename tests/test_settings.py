@@ -32,6 +32,7 @@ def changed_values(tmp_path: Path) -> dict[str, object]:
         "max_attempts": 5, "job_timeout_base_s": 30, "job_timeout_factor": 1.5, "stall_timeout_s": 7.0,
         "worker_heartbeat_ttl_s": 4, "lost_job_grace_s": 2.5, "db_lock_timeout_s": 0.5,
         "db_statement_timeout_s": 0.0, "db_worker_idle_in_transaction_s": 9.0, "chunk_seconds": 4.0,
+        "pool_max_workers": 3,
         "playback_secret": "s3cret", "playback_ttl_s": 60, "tus_expiry_s": 10.0, "tus_lease_s": 1.5,
         "public_url": "https://videos.example.com/farm", "local_url": "http://127.0.0.1:8123",
         "webhook_allow_private": True, "webhook_retry_delays_s": (0.2, 1.0, 30.0), "webhook_timeout_s": 1.5,

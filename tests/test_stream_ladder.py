@@ -14,9 +14,9 @@ from tests.conftest import ffprobe, make_clip, upload, wait_for
 from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
-# 13 s at 10 fps in 6 s chunks: a chunk join and three segments per rung (6 s + 6 s + 1 s) for the
-# 1080p source, at a low rate to keep it cheap; the smaller ones only need to show which rungs they get.
-RATE = 10
+# 13 s at 25 fps in 6 s chunks: a chunk join and three segments per rung (6 s + 6 s + 1 s) for the
+# 1080p source; the smaller ones only need to show which rungs they get.
+RATE = 25
 SOURCES = {
     "1080p": (f"testsrc2=size=1920x1080:rate={RATE}:duration=13", ["1920x1080", "1280x720", "854x480", "640x360"]),
     "720p": (f"testsrc2=size=1280x720:rate={RATE}:duration=3", ["1280x720", "854x480", "640x360"]),

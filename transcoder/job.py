@@ -659,7 +659,7 @@ def _timestamp(iso: str) -> float:
 def segment_seconds(plan: OutputPlan) -> float:
     """Segments of whole GOPs, exactly: rounded down to the microsecond so that ffmpeg's segmenter,
     which cuts at the first keyframe at or after each multiple, cuts at that very keyframe."""
-    exact = Fraction(package.SEGMENTS_PER_CHUNK_GOPS * plan.gop_frames) / plan.fps
+    exact = Fraction(segment_frames(plan.fps)) / plan.fps
     return (exact * 1_000_000).__floor__() / 1_000_000
 
 

@@ -22,6 +22,7 @@ from fractions import Fraction
 GOP_SECONDS = 2
 GOPS_PER_SEGMENT = 3  # 6 s segments, Apple's recommended length; transcoder/package.py cuts these
 DEFAULT_CHUNK_SECONDS = 60.0
+DEFAULT_POOL_MAX_WORKERS = 10  # deploy/k8s/base/pools.yaml's max for the cpu pool
 # The shortest later chunk whose fixed cost (job start, probe, seek, warm-up decode, encoder start)
 # stays within 3 % of its encode, measured with bench/chunking.py --overhead (BENCHMARKS.md).
 MIN_CHUNK_SECONDS = 18.0

@@ -94,8 +94,9 @@ def up_flags(func):
         click.option("--min-workers", default=0, show_default=True, type=click.IntRange(0), help="Fewest workers."),
         click.option("--max-workers", default=os.cpu_count() or 2, show_default=True, type=click.IntRange(1),
                      help="Most workers (default: CPU count)."),
-        click.option("--scale-down-after", default=60.0, show_default=True, type=click.FloatRange(0),
-                     help="Seconds of idle capacity before workers are stopped."),
+        click.option("--scale-down-after", default=None, type=click.FloatRange(0),
+                     help="Seconds of idle capacity before workers are stopped (default: about as long as a "
+                          "worker takes to start, learned from the starts measured)."),
         click.option("--encoder", default="x264", show_default=True, type=click.Choice(["x264", "nvenc", "auto"]),
                      help="Video encoder of the local workers."),
         click.option("--queue", "queues", multiple=True,

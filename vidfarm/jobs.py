@@ -48,11 +48,13 @@ def chunk_name(index: int) -> str:
     return f"chunk-{index:05d}"
 
 
-def plan_tasks(video_id: str, duration_s: float, fps: float, has_audio: bool, chunk_seconds: float) -> list[Task]:
-    """A new video's tasks, queued, each with the job id of its first attempt."""
+def plan_tasks(video_id: str, duration_s: float, fps: float, has_audio: bool, chunk_seconds: float,
+               workers: int = 1) -> list[Task]:
+    """A new video's tasks, queued, each with the job id of its first attempt; `workers` is the most
+    its pool runs (the chunk plan gives a long video at least that many chunks)."""
     rate = output_fps(fps)
     tasks = []
-    for span in plan_chunks(duration_s, rate, chunk_seconds):
+    for span in plan_chunks(duration_s, rate, chunk_seconds, workers):
         start_s = float(Fraction(span.start_frame) / rate)
         length_s = float(Fraction(span.frames) / rate) if span.frames else max(0.0, duration_s - start_s)
         tasks.append(Task(chunk_name(span.index), TaskKind.CHUNK, start_frame=span.start_frame, frames=span.frames,

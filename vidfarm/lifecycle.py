@@ -150,7 +150,8 @@ def admit(farm: Farm, upload: Upload, stored: SourceHandle, *, was: VideoStatus)
         upload.video_id, was=was, tenant=upload.tenant, status=VideoStatus.QUEUED, progress=0.0, attempts=0,
         filename=printable(upload.filename), size_bytes=upload.size_bytes, **_source_columns(source), queue=queue,
         job_id=new_job_id(upload.video_id), requested=wanted, has_poster=0,
-        tasks=plan_tasks(upload.video_id, source.duration_s, source.fps, source.has_audio, settings.chunk_seconds),
+        tasks=plan_tasks(upload.video_id, source.duration_s, source.fps, source.has_audio, settings.chunk_seconds,
+                         settings.pool_max_workers),
     )
     if video is None:
         raise Gone("not_found", f"upload {upload.video_id} was terminated or expired before it completed")

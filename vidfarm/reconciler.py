@@ -277,7 +277,7 @@ class Reconciler:
         """A video accepted before chunked encoding existed: plan its graph now and queue it."""
         settings = self.farm.settings
         tasks = plan_tasks(video["id"], video["duration_s"], video["fps"], video["audio_codec"] is not None,
-                           settings.chunk_seconds)
+                           settings.chunk_seconds, settings.pool_max_workers)
         self.farm.catalog.add_tasks(video["id"], tasks)
         self.farm.catalog.update(video["id"], expect={"status": video["status"]},
                                  total_frames=total_frames(video["duration_s"], video["fps"]))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vidfarm.chunks import DEFAULT_CHUNK_SECONDS
+from vidfarm.chunks import DEFAULT_CHUNK_SECONDS, DEFAULT_POOL_MAX_WORKERS
 from vidfarm.rungs import DEFAULT_LADDER, DEFAULT_STREAM_RUNGS, NO_RUNGS, parse_rungs
 from vidfarm.storage import StorageLocation
 
@@ -240,8 +240,12 @@ class Settings:
     # A worker's session left idle inside a transaction this long (the worker froze mid-write) is ended
     # by PostgreSQL, which releases its row locks; the worker's own transactions last milliseconds.
     db_worker_idle_in_transaction_s: float = setting("VIDFARM_DB_WORKER_IDLE_IN_TRANSACTION_S", _number, 15.0)
-    # Long videos are split into chunks of about this many seconds (whole GOPs), encoded in parallel.
+    # Videos are split into chunks of whole 6 s segments, encoded in parallel: a first chunk of one
+    # segment, then chunks of at most this many seconds (vidfarm.chunks.plan_chunks, docs/chunking.md).
     chunk_seconds: float = setting("VIDFARM_CHUNK_SECONDS", _number, DEFAULT_CHUNK_SECONDS)
+    # The most workers a pool runs (the autoscaler's max): a long video gets at least this many
+    # chunks, so every worker has one. `vidfarm up` sets it to its --max-workers; deploy/k8s to pools.yaml's max.
+    pool_max_workers: int = setting("VIDFARM_POOL_MAX_WORKERS", _at_least_one, DEFAULT_POOL_MAX_WORKERS)
     # Playback URLs carry a token signed with this secret, valid this long.
     playback_secret: str = setting("VIDFARM_PLAYBACK_SECRET", _text, "", fallback=_playback_secret)
     playback_ttl_s: int = setting("VIDFARM_PLAYBACK_TTL_S", _integer, 6 * 3600)

@@ -62,7 +62,7 @@ class UpOptions:
     port: int
     min_workers: int
     max_workers: int
-    scale_down_after_s: float
+    scale_down_after_s: float | None  # None: learned from the workers' starts
     resync_s: float
     encoder: str
     queues: tuple[str, ...]  # empty: every queue the settings accept
@@ -85,6 +85,13 @@ def ensure_secrets(settings: Settings) -> Settings:
     if settings.api_keys:
         return settings
     return replace(settings, api_keys=(_local_secret(settings.local_key_file),))
+
+
+def fixed_scale_down(delay_s: float | None) -> dict[str, float]:
+    """--scale-down-after fixes the delay (equal bounds); without it PoolConfig's defaults learn it."""
+    if delay_s is None:
+        return {}
+    return {"scale_down_after_s": delay_s, "scale_down_min_s": delay_s, "scale_down_max_s": delay_s}
 
 
 def serve_queues(settings: Settings, queues: tuple[str, ...]) -> Settings:
@@ -259,7 +266,7 @@ class FarmProcesses:
         pool = PoolConfig(
             name=queues[0], queues=queues,
             min_replicas=self.options.min_workers, max_replicas=self.options.max_workers,
-            scale_down_after_s=self.options.scale_down_after_s,
+            **fixed_scale_down(self.options.scale_down_after_s),
         )
         self.backend = LocalProcesses(pool.name, pool.queues, encoder=self.options.encoder,
                                       on_change=self.write_targets, popen=self.popen)
@@ -352,6 +359,8 @@ def run_up(settings: Settings, options: UpOptions, *,
     """Run until SIGINT/SIGTERM (or until `after_start` returns, for `vidfarm demo`).
     Raises UpError, having started nothing or stopped what it started, when the farm cannot run."""
     settings = serve_queues(settings, options.queues)
+    # The API plans each video's chunks for the most workers its one pool runs.
+    settings = replace(settings, pool_max_workers=options.max_workers)
     if not settings.local_url:  # without a public URL, the links in webhook payloads point at the API `up` serves
         settings = replace(settings, local_url=f"http://{options.host}:{options.port}")
     with hold_home(settings.home), api_socket(options.host, options.port) as sock:
