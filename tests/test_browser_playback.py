@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BACKENDS, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip, upload, wait_for
+from tests.conftest import BACKENDS, CHROMIUM, NEEDS_BROWSER, ROOT, make_clip, upload, wait_for, wait_until
 from uploader import playback
 from vidfarm.rungs import DEFAULT_STREAM_RUNGS
 from vidfarm.settings import Settings
@@ -200,3 +200,42 @@ def test_hls_and_dash_play_to_the_end_at_every_level(farm, http, worker, page_ur
         assert answers and all(r["status"] == 403 and r["cors"] == "*" for r in answers), why
         if result["player"] == "hls":
             assert result["playerErrors"][0]["code"] == 403, why
+
+
+# 27 s of 720p at 25 fps, three stream rungs, one worker: it stays `processing` long after it is
+# playable (several chunks of 6 s segments), so the browser starts on the growing playlists. Not a
+# multiple of 6 s: then the audio's last segment is a single AAC frame, which hls.js never counts as
+# buffered, so it never ends the stream (VOD too; a packaging issue of its own).
+GROWING_CLIP = ("testsrc2=size=1280x720:rate=25:duration=27", True, [])
+GROWING_TIMEOUT_MS = 240_000
+
+
+def test_hls_plays_a_processing_video_from_the_start_to_the_end(farm, http, worker, page_url, tmp_path):
+    """hls.js, on a page of another origin, opens a video that is playable but still processing: it
+    starts at 0 (not at the live edge), plays on as segments arrive, and ends where the source does
+    once the video is ready."""
+    source = make_clip(tmp_path / "long.mp4", *GROWING_CLIP)
+    video_id = upload(http, source).json()["id"]
+
+    def playable() -> dict | None:
+        video = http.get(f"/v1/videos/{video_id}").json()
+        assert video["status"] not in ("failed", "canceled"), video
+        return video if video["playback"] else None
+
+    video = wait_until(playable, 180, "the video to be playable", every_s=0.1)
+    assert video["status"] == "processing" and video["playback"]["dash"] is None
+    growing = {**scenario("hls", video["playback"]["hls"]), "rate": 1, "timeoutMs": GROWING_TIMEOUT_MS,
+               "keepPlaylists": True, "hlsLog": True}
+    [result] = play(page_url, [growing], timeout_s=GROWING_TIMEOUT_MS / 1000 + 60)
+    (tmp_path / "results.json").write_text(json.dumps(result, indent=1))
+
+    ready = http.get(f"/v1/videos/{video_id}").json()
+    assert ready["status"] == "ready"
+    why = describe(result)
+    assert_played_to_the_end(result, ready["source"]["duration_s"])
+    assert result["startedAt"] is not None and result["startedAt"] <= END_TOLERANCE_S, why
+    media = [p["text"] for p in result["playlists"] if p["url"].endswith("p/index.m3u8")]
+    # The player began on a growing playlist (EVENT, no end, only part of the video) and saw it end.
+    first, last = media[0], media[-1]
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in first and "#EXT-X-ENDLIST" not in first, why
+    assert "#EXT-X-ENDLIST" in last and first.count("seg_") < last.count("seg_"), why

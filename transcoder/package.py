@@ -15,6 +15,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from vidfarm import segments
+from vidfarm.chunks import GOP_SECONDS
 
 # The names and layout every track folder shares: vidfarm/segments.py, the contract.
 AUDIO_FOLDER = segments.AUDIO
@@ -25,6 +26,7 @@ AUDIO_GROUP = "aac"
 MEDIA_PLAYLIST = "index.m3u8"
 MASTER_PLAYLIST = "master.m3u8"
 DASH_MANIFEST = "manifest.mpd"
+SEGMENT_S = SEGMENTS_PER_CHUNK_GOPS * GOP_SECONDS
 VIDEO_TIMESCALE = 90000
 # Where playback starts (the first variant listed): about what a phone on a slow mobile network gets.
 START_BANDWIDTH_BPS = 1_000_000
@@ -48,6 +50,9 @@ class Track:
     height: int = 0
     fps: Fraction | None = None
     sample_rate: int = 0
+    # While the video is still encoded, the rung's cap: a figure a player may rely on before every
+    # segment exists to be measured. None once the track is complete.
+    cap_bps: int | None = None
 
     @property
     def is_video(self) -> bool:
@@ -64,6 +69,11 @@ class Track:
     @property
     def average_bps(self) -> int:
         return math.ceil(sum(s.size_bytes for s in self.segments) * 8 / max(self.duration_s, 1e-3))
+
+    @property
+    def bandwidth_bps(self) -> int:
+        """What a master playlist declares: the cap while growing, the measured peak once complete."""
+        return self.cap_bps if self.cap_bps is not None else self.peak_bps
 
 
 # -- reading what ffmpeg wrote ---------------------------------------------------------------------
@@ -93,16 +103,25 @@ def avc_codecs(init_segment: bytes) -> str:
 # -- HLS --------------------------------------------------------------------------------------------
 
 
-def media_playlist(track: Track) -> str:
+def media_playlist(track: Track, *, growing: bool = False) -> str:
+    """The VOD playlist of a finished track; `growing`: the segments that exist so far of a video still
+    encoded, as an EVENT playlist (players keep reloading it and never drop a segment) that starts
+    at 0, not at the live edge, and has no end yet."""
     # Every EXTINF must fit in the target duration (rounded up, stricter than the spec's rounding).
     target = math.ceil(max(s.duration_s for s in track.segments) - 1e-6)
+    kind = ["#EXT-X-PLAYLIST-TYPE:VOD"]
+    if growing:
+        # A playlist's target duration must not change as it grows: the segments to come are full ones.
+        target = max(target, SEGMENT_S)
+        kind = ["#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-START:TIME-OFFSET=0,PRECISE=YES"]
     lines = [
         "#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0",
-        "#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-INDEPENDENT-SEGMENTS", f'#EXT-X-MAP:URI="{INIT_SEGMENT}"',
+        *kind, "#EXT-X-INDEPENDENT-SEGMENTS", f'#EXT-X-MAP:URI="{INIT_SEGMENT}"',
     ]
     for segment in track.segments:
         lines += [f"#EXTINF:{segment.duration_s:.6f},", segment.name]
-    lines.append("#EXT-X-ENDLIST")
+    if not growing:
+        lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 
 
@@ -112,14 +131,15 @@ def start_order(videos: Sequence[Track], audio: Track | None) -> list[Track]:
     phone on a slow network plays within a segment instead of waiting for a 1080p one; a fast network
     climbs after the first segment."""
     ordered = sorted(videos, key=lambda t: -t.height * t.width)
-    sound = audio.peak_bps if audio else 0
-    start = next((t for t in ordered if t.peak_bps + sound <= START_BANDWIDTH_BPS), ordered[-1])
+    sound = audio.bandwidth_bps if audio else 0
+    start = next((t for t in ordered if t.bandwidth_bps + sound <= START_BANDWIDTH_BPS), ordered[-1])
     return [start, *(t for t in ordered if t is not start)]
 
 
 def master_playlist(videos: Sequence[Track], audio: Track | None) -> str:
     """Variants in start_order; BANDWIDTH is the peak segment bit rate of picture plus sound,
-    AVERAGE-BANDWIDTH the mean over the whole video, both measured on the segments."""
+    AVERAGE-BANDWIDTH the mean over the whole video, both measured on the segments. Of tracks still
+    growing (`cap_bps` set), BANDWIDTH is the caps' sum and there is no average yet."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if audio is not None:
         lines.append(
@@ -127,13 +147,13 @@ def master_playlist(videos: Sequence[Track], audio: Track | None) -> str:
             f'CHANNELS="2",URI="{audio.folder}/{MEDIA_PLAYLIST}"'
         )
     for video in start_order(videos, audio):
-        peak = video.peak_bps + (audio.peak_bps if audio else 0)
-        average = video.average_bps + (audio.average_bps if audio else 0)
+        peak = video.bandwidth_bps + (audio.bandwidth_bps if audio else 0)
         codecs = f"{video.codecs},{audio.codecs}" if audio else video.codecs
-        attributes = (
-            f'BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},CODECS="{codecs}",'
-            f"RESOLUTION={video.width}x{video.height},FRAME-RATE={float(video.fps):.3f}"
-        )
+        attributes = f"BANDWIDTH={peak},"
+        if video.cap_bps is None:
+            attributes += f"AVERAGE-BANDWIDTH={video.average_bps + (audio.average_bps if audio else 0)},"
+        attributes += (f'CODECS="{codecs}",RESOLUTION={video.width}x{video.height},'
+                       f"FRAME-RATE={float(video.fps):.3f}")
         if audio is not None:
             attributes += f',AUDIO="{AUDIO_GROUP}"'
         lines += [f"#EXT-X-STREAM-INF:{attributes}", f"{video.folder}/{MEDIA_PLAYLIST}"]

@@ -6,6 +6,10 @@ not listening while the connection was down, re-reads the catalog instead of rep
 missed; the catalog is re-read now and then as well, so a message lost on the way never leaves a
 client waiting. The stream ends when the video is ready, failed or canceled.
 
+Events: `status` first, `progress` as it goes, `playable` once (as soon as the stream knows the
+video plays while processing, at once if it already does: the video's `playable_at` and signed
+`playback` URLs, as `GET /v1/videos/{id}` shows them), and a last `status` at the end.
+
 Each tenant may hold `max_event_streams_per_tenant` streams open on one API process (429 beyond).
 """
 
@@ -29,6 +33,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from uploader.errors import ApiError
+from uploader.playback import is_growing, playback_urls
 from uploader.resources import video_error
 from vidfarm import events
 from vidfarm.catalog import VideoRow
@@ -57,6 +62,12 @@ def sse(kind: str, data: dict[str, Any]) -> str:
 
 def _state(video: VideoRow) -> dict[str, Any]:
     return {"id": video["id"], "status": video["status"], "progress": video["progress"], "error": video_error(video)}
+
+
+def _playable(farm: Farm, video: VideoRow, base_url: str) -> str:
+    """The `playable` event: workers publish only that it happened; the URLs are signed here."""
+    return sse("playable", {**_state(video), "type": "playable", "playable_at": video["playable_at"],
+                            "playback": playback_urls(farm.settings, video, base_url)})
 
 
 class Subscription:
@@ -291,10 +302,14 @@ async def _read_catalog(farm: Farm, video_id: str) -> VideoRow | None | bool:
 
 
 async def event_stream(farm: Farm, video: VideoRow, feed: Subscription, request: Request) -> AsyncIterator[str]:
+    base_url = str(request.base_url)
     sent = _state(video)
     yield sse("status", sent)
     if video["status"] in TERMINAL:
         return
+    playable = is_growing(video)
+    if playable:
+        yield _playable(farm, video, base_url)
     last_check = last_sent = time.monotonic()
     while not await request.is_disconnected():
         now = time.monotonic()
@@ -308,6 +323,9 @@ async def event_stream(farm: Farm, video: VideoRow, feed: Subscription, request:
                 deleted = {"id": video["id"], "status": VideoStatus.CANCELED}
                 yield sse("status", _state(current) if current else deleted)
                 return
+            if current and not playable and is_growing(current):
+                playable, last_sent = True, now
+                yield _playable(farm, current, base_url)
             if current and _state(current) != sent:
                 sent, last_sent = _state(current), now
                 yield sse("progress", sent)
@@ -316,6 +334,10 @@ async def event_stream(farm: Farm, video: VideoRow, feed: Subscription, request:
             if now - last_sent >= KEEPALIVE_S:
                 last_sent = now
                 yield ": keepalive\n\n"
+            continue
+        if data.get("type") == "playable":
+            # Announced by the catalog's next read (at once): it has the row to sign the URLs for.
+            last_check = float("-inf")
             continue
         last_sent = now
         yield sse(data.get("type", "progress"), data)

@@ -56,8 +56,11 @@ class RenditionOut(BaseModel):
 
 
 class PlaybackOut(BaseModel):
+    """Signed player URLs, from the moment the video is playable. While it is still processing only
+    HLS plays (its playlists grow as segments are encoded): `dash` is null until it is ready."""
+
     hls: str
-    dash: str
+    dash: str | None
     expires_at: int
 
 
@@ -78,6 +81,7 @@ class VideoOut(BaseModel):
     source: SourceOut
     renditions: list[RenditionOut]
     poster_url: str | None
+    playable_at: str | None = None  # when the first segment of every track existed (ISO 8601, UTC)
     playback: PlaybackOut | None = None
     upload: UploadOut | None = None
     created_at: str
@@ -137,6 +141,7 @@ def video_resource(video: VideoRow, base_url: str, settings: Settings) -> dict[s
             for r in (video["renditions"] or [])
         ] if ready else [],
         "poster_url": f"{prefix}/poster.jpg" if ready and video["has_poster"] else None,
+        "playable_at": video.get("playable_at"),
         "playback": playback_urls(settings, video, base_url),
         "upload": _upload(video, settings),
         "created_at": video["created_at"],

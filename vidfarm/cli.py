@@ -313,7 +313,8 @@ def make_client(url: str, api_key: str | None):
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--wait", is_flag=True, help="Wait for the transcode, with a progress bar.")
+@click.option("--wait", is_flag=True, help="Wait for the transcode, with a progress bar; the HLS URL is printed "
+                                          "as soon as the video is playable.")
 @click.option("--renditions", default=None, help="Comma-separated rungs (e.g. 720p); default: all.")
 @click.option("--queue", default=None, help="Queue (worker pool) to run on, e.g. gpu; default: the server's.")
 @click.option("--resumable-above", envvar="VIDFARM_RESUMABLE_ABOVE", default=64 * 1024 * 1024, show_default=True,
@@ -326,7 +327,8 @@ def upload(file: Path, wait: bool, renditions: str | None, queue: str | None, re
            chunk_size: int, url: str, api_key: str | None) -> None:
     """Upload a video file.
 
-    Prints the video id; with --wait, follows the transcode and prints the rendition URLs.
+    Prints the video id; with --wait, prints the HLS URL as soon as the video plays (while it is
+    still processing), follows the transcode to its end and prints the rendition URLs.
     """
     client = make_client(url, api_key)
     size = file.stat().st_size

@@ -26,10 +26,15 @@ def api_call(fn, *args, **kwargs):
 
 
 def wait_with_bar(client, video_id: str) -> dict:
+    """Follows the transcode to its end. The HLS URL is printed (stdout) as soon as the video is
+    playable, while it is still processing: a player can start there and then."""
     with click.progressbar(length=100, label="transcode", file=sys.stderr, show_percent=True) as bar:
-        shown = {"value": 0}
+        shown = {"value": 0, "playable": False}
 
         def advance(video: dict) -> None:
+            if video.get("playback") and video["status"] == VideoStatus.PROCESSING and not shown["playable"]:
+                shown["playable"] = True
+                click.echo(f"playable  {video['playback']['hls']}")
             target = int(video["progress"]) if video["status"] != VideoStatus.READY else 100
             if target > shown["value"]:
                 bar.update(target - shown["value"])
@@ -57,4 +62,5 @@ def print_video(video: dict) -> None:
     if video.get("playback"):
         # Signed URLs a player opens as they are (no header): ffplay, VLC, hls.js, dash.js, Safari.
         click.echo(f"  hls    {video['playback']['hls']}")
-        click.echo(f"  dash   {video['playback']['dash']}")
+        if video["playback"]["dash"]:  # null while processing: DASH waits for ready
+            click.echo(f"  dash   {video['playback']['dash']}")

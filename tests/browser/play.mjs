@@ -5,7 +5,9 @@
 // PAGE_URL is player.html on the test's static server (another origin than the API). Each result
 // is what window.play() reported plus every HTTP response the page saw (URL, status, CORS header),
 // so the test can check which rung's segments were fetched and that an expired token got a 403.
-// A scenario with `throttleKbps` plays on a network throttled to that many kbit/s.
+// A scenario with `throttleKbps` plays on a network throttled to that many kbit/s; one with
+// `keepPlaylists` also reports the text of every playlist the page got, in order (a growing
+// stream's playlists change from one reload to the next).
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -34,6 +36,14 @@ try {
     page.on("response", (r) => responses.push({
       url: r.url(), status: r.status(), cors: r.headers()["access-control-allow-origin"] ?? null,
     }));
+    const playlists = [];
+    if (scenario.keepPlaylists) {
+      page.on("response", (r) => {
+        if (r.url().split("?")[0].endsWith(".m3u8") && r.status() === 200) {
+          playlists.push(r.text().then((text) => ({url: r.url(), text}), () => null));
+        }
+      });
+    }
     page.on("requestfailed", (r) => responses.push({url: r.url(), status: null, failure: r.failure()?.errorText}));
     page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console_.push(m.text()); });
     page.on("pageerror", (e) => console_.push("pageerror: " + e.message));
@@ -50,7 +60,9 @@ try {
       });
     }
     const outcome = await page.evaluate((s) => window.play(s), scenario);
-    results.push({...scenario, ...outcome, responses, console: console_, seconds: (Date.now() - started) / 1000});
+    const texts = (await Promise.all(playlists)).filter(Boolean);
+    results.push({...scenario, ...outcome, responses, playlists: texts, console: console_,
+                  seconds: (Date.now() - started) / 1000});
     await page.close();
   }
 } finally {

@@ -34,11 +34,15 @@ window.play = function play(scenario) {
   // the height shown at the end (the rung that played it).
   result.stalls = [];
   result.startupMs = null;  // from play() to the first picture moving
+  result.startedAt = null;  // where on the timeline it did (0 for a start at the beginning)
   const asked = performance.now();
   let began = false;
   let waitingSince = null;
   video.addEventListener("playing", () => {
-    if (result.startupMs === null) result.startupMs = performance.now() - asked;
+    if (result.startupMs === null) {
+      result.startupMs = performance.now() - asked;
+      result.startedAt = video.currentTime;
+    }
     if (waitingSince !== null) result.stalls.push({at: video.currentTime, ms: performance.now() - waitingSince});
     began = true;
     waitingSince = null;
@@ -99,6 +103,12 @@ function playHls(video, scenario, result) {
       return;
     }
     const config = {enableWorker: true, capLevelToPlayerSize: false};
+    if (scenario.hlsLog) {
+      // hls.js's own log, for a test that must show why a stream did or did not end.
+      result.hlsLog = [];
+      const keep = (level) => (...args) => result.hlsLog.push(`${level} ${args.join(" ")}`.slice(0, 300));
+      config.debug = {log: keep("log"), info: keep("info"), warn: keep("warn"), error: keep("error"), debug: () => {}};
+    }
     if (scenario.level !== null) config.startLevel = scenario.level;
     const hls = new Hls(config);
     window.hls = hls;

@@ -335,7 +335,8 @@ function renderVideo(row, video) {
   part(".meta").textContent = [v.source ? describeSource(v.source) : "", created].filter(Boolean).join(" · ") + percent;
   part(".error").textContent = v.error ? `${v.error.message} (${v.error.code})` : "";
   part(".error").hidden = !v.error;
-  part(".play").hidden = v.status !== "ready";
+  // Playable before ready: HLS grows while the rest is encoded (`playback` appears with `playable_at`).
+  part(".play").hidden = !(v.status === "ready" || (v.status === "processing" && v.playback));
   renderRenditions(part(".renditions"), v.status === "ready" ? v.renditions || [] : []);
 }
 
@@ -395,7 +396,9 @@ function onEvent(id, block) {
   if (!data.length || !row) return;
   const event = JSON.parse(data.join("\n"));
   const update = {};
-  for (const field of ["status", "progress", "error"]) if (field in event) update[field] = event[field];
+  for (const field of ["status", "progress", "error", "playable_at", "playback"]) {
+    if (field in event) update[field] = event[field];
+  }
   renderVideo(row, update);
 }
 
@@ -430,7 +433,9 @@ async function openPlayer(video) {
   $("#player-title").textContent = video.source.filename;
   const info = $("#player-info");
   if (video.playback && typeof Hls !== "undefined" && Hls.isSupported()) {
-    info.textContent = "HLS (adaptive): every rendition, the player picks one to suit the connection.";
+    info.textContent = video.status === "ready"
+      ? "HLS (adaptive): every rendition, the player picks one to suit the connection."
+      : "HLS while processing: it plays what is encoded so far, and on to the end as the rest arrives.";
     hls = new Hls();
     hls.on(Hls.Events.ERROR, (_, data) => {
       if (data.fatal) info.textContent = `Playback failed: ${data.details}.`;
