@@ -89,3 +89,49 @@ def decode_times(segment: bytes) -> list[int]:
             wide = segment[payload] == 1
             times.append(struct.unpack_from(">Q" if wide else ">I", segment, payload + 4)[0])
     return times
+
+
+def append_fragments(segment: bytes, tail: bytes) -> bytes:
+    """`segment` with the fragments (moof + mdat) of the segment that follows it appended: one CMAF
+    segment of two fragments. The tail's own `styp` and `sidx` go; the segment's `sidx` (ffmpeg
+    writes one with a single reference) is widened so its reference spans both fragments, in bytes
+    and in time, as a player reading the index expects. The fragments keep their sequence numbers
+    and decode times, which already follow on."""
+    tail_boxes = list(_boxes(tail, 0, len(tail)))
+    fragments = b"".join(tail[payload - 8:stop] for kind, payload, stop in tail_boxes
+                         if kind not in (b"styp", b"sidx"))
+    data = bytearray(segment)
+    index = next((payload for kind, payload, _ in _boxes(data, 0, len(data)) if kind == b"sidx"), None)
+    tail_index = next((payload for kind, payload, _ in tail_boxes if kind == b"sidx"), None)
+    if index is not None:
+        if tail_index is None:
+            raise ValueError("the segment has a sidx box, the fragment after it none")
+        _widen_index(data, index, len(fragments), _index_duration(tail, tail_index))
+    return bytes(data) + fragments
+
+
+def _index_reference(data: bytearray | bytes, payload: int) -> tuple[int, int]:
+    """(offset of the last reference, reference count) of the sidx box at `payload`."""
+    wide = data[payload] == 1
+    count_at = payload + 12 + (16 if wide else 8) + 2
+    count = struct.unpack_from(">H", data, count_at)[0]
+    if count == 0:
+        raise ValueError("a sidx box without references")
+    return count_at + 2 + 12 * (count - 1), count
+
+
+def _index_duration(data: bytes, payload: int) -> int:
+    """The whole duration a sidx box indexes, in its timescale."""
+    last, count = _index_reference(data, payload)
+    return sum(struct.unpack_from(">I", data, last - 12 * i + 4)[0] for i in range(count))
+
+
+def _widen_index(data: bytearray, payload: int, size: int, duration: int) -> None:
+    """The sidx's last reference (a subsegment: one or more fragments) grown by `size` bytes and
+    `duration` ticks, the fragments appended after it."""
+    last, _ = _index_reference(data, payload)
+    reference = struct.unpack_from(">I", data, last)[0]
+    if (reference & 0x7FFFFFFF) + size >= 1 << 31:
+        raise ValueError("the appended fragments do not fit the sidx reference's size field")
+    struct.pack_into(">I", data, last, reference + size)
+    _add(data, last + 4, False, duration)

@@ -485,7 +485,7 @@ class AudioAttempt(TaskAttempt):
         args = audio_args(self.source_input(), self.folder / "audio.m4a", folder, start_s=start_s,
                           segment_s=segment_seconds(plan))
         self.ffmpeg(args, on_progress=lambda _: self.publish_closed(folder))
-        self.keep_closed(folder)
+        self.keep_closed(folder, ended=True)
         return {"segments": self.stored, "complete": True}
 
     def publish_closed(self, folder: Path) -> None:
@@ -498,12 +498,18 @@ class AudioAttempt(TaskAttempt):
         if len(self.stored) > self.recorded and self.record_segments():
             self.announce_if_playable()
 
-    def keep_closed(self, folder: Path) -> None:
-        """Store the segments ffmpeg listed since the last look (its playlist lists closed ones only;
-        it is replaced whole, by a rename, each time one closes)."""
+    def keep_closed(self, folder: Path, *, ended: bool = False) -> None:
+        """Store the segments ffmpeg listed since the last look that are final (its playlist lists
+        closed ones only; it is replaced whole, by a rename, each time one closes): a segment is
+        served as soon as it is stored, so one a short closing fragment may still join waits
+        (package.settled_cuts)."""
         cut_list = folder / CUT_LIST
         closed = package.read_cut_list(cut_list) if cut_list.exists() else []
-        for name, seconds in closed[len(self.stored):]:
+        settled, tail = package.settled_cuts(closed, ended=ended)
+        if tail is not None:
+            last = folder / settled[-1][0]
+            last.write_bytes(fragments.append_fragments(last.read_bytes(), (folder / tail).read_bytes()))
+        for name, seconds in settled[len(self.stored):]:
             if not self.stored:
                 self.keep_file(f"{segments.AUDIO}/{package.INIT_SEGMENT}")
             self.keep_file(f"{segments.AUDIO}/{name}")

@@ -91,6 +91,28 @@ def read_cut_list(playlist: Path) -> list[tuple[str, float]]:
     return cuts
 
 
+# A closing fragment shorter than this is joined to the segment before it. A track a whole number of
+# segments long ends in a lone AAC frame (the encoder's priming puts the sound one frame past the
+# picture); hls.js never counts so short a last segment as buffered, and never fires `ended`.
+SHORT_TAIL_S = 0.5
+
+
+def settled_cuts(closed: list[tuple[str, float]], *, ended: bool) -> tuple[list[tuple[str, float]], str | None]:
+    """Of the segments ffmpeg closed so far (its cut list), those that can be published now, for good,
+    and the name of a short closing fragment to append to the last of them (SHORT_TAIL_S).
+
+    Only the last segment of a track can be short, and it joins the one before, so while ffmpeg runs
+    the newest segment is held back (the next may be that tail), and so is the one before a short
+    newest. Once ffmpeg has ended, the tail joins its predecessor, which is listed with both durations."""
+    if not ended:
+        held = 2 if closed and closed[-1][1] < SHORT_TAIL_S else 1
+        return closed[:max(len(closed) - held, 0)], None
+    if len(closed) >= 2 and closed[-1][1] < SHORT_TAIL_S:
+        (name, seconds), (tail, extra) = closed[-2], closed[-1]
+        return [*closed[:-2], (name, round(seconds + extra, 6))], tail
+    return closed, None
+
+
 def avc_codecs(init_segment: bytes) -> str:
     """RFC 6381 codec string from the avcC box: profile, constraint flags and level as coded."""
     at = init_segment.find(b"avcC")
