@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
@@ -28,7 +29,7 @@ from transcoder import job as job_module
 from transcoder.command import CUT_LIST, segment_args
 from transcoder.job import segment_seconds
 from transcoder.ladder import OutputPlan
-from transcoder.package import read_cut_list
+from transcoder.package import SHORT_TAIL_S, read_cut_list
 from uploader.auth import tenant_of
 from vidfarm import events, segments
 from vidfarm.outbox import EVENT_TYPES
@@ -184,6 +185,40 @@ def assert_audio_cut_as_in_one_pass(http, base: str, download: Path, tmp_path: P
     assert [md5 for _, md5 in packets] == [md5 for _, md5 in frames(download, "a:0", "-c", "copy")]
 
 
+WHOLE_SECONDS = 30  # five whole segments: the sound runs one AAC frame (its priming) past them
+MPD = "{urn:mpeg:dash:schema:mpd:2011}"
+
+
+def test_a_clip_of_whole_segments_ends_its_audio_in_a_full_segment_with_the_same_sound(
+        http, worker, tmp_path):
+    """The lone AAC frame past the last whole segment (hls.js never counts it as buffered, so the
+    stream never ends) is part of the last audio segment instead: in HLS and DASH alike, and joined,
+    the segments hold the download's very packets."""
+    source = make_clip(tmp_path / "whole.mp4", WHOLE_SECONDS, size="320x180", rate="5")
+    ready = wait_for(http, upload(http, source).json()["id"], timeout_s=240)
+    assert ready["status"] == "ready", ready["error"]
+    base = ready["playback"]["hls"].rsplit("/", 1)[0]
+    playlist = published(http, base, segments.AUDIO, "index.m3u8").decode()
+    durations = [float(line[8:].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF:")]
+    assert len(durations) == WHOLE_SECONDS // 6 and min(durations) >= SHORT_TAIL_S, playlist
+    assert 0 <= sum(durations) - WHOLE_SECONDS <= 2 * AAC_FRAME_S, playlist
+
+    mpd = ET.fromstring(http.get(ready["playback"]["dash"]).content)
+    audio = mpd.find(f".//{MPD}AdaptationSet[@contentType='audio']//{MPD}SegmentTimeline")
+    timeline = [int(s.get("d")) / 48000 for s in audio for _ in range(int(s.get("r", 0)) + 1)]
+    assert timeline == pytest.approx(durations, abs=1 / 48000)
+
+    names = ["init.mp4", *(segments.segment_name(i) for i in range(len(durations)))]
+    joined = tmp_path / "audio-joined.mp4"
+    joined.write_bytes(b"".join(published(http, base, segments.AUDIO, name) for name in names))
+    download = tmp_path / "download.mp4"
+    download.write_bytes(http.get(f"/v1/videos/{ready['id']}/renditions/{ready['renditions'][0]['name']}").content)
+    packets = frames(joined, "a:0", "-c", "copy")
+    assert [md5 for _, md5 in packets] == [md5 for _, md5 in frames(download, "a:0", "-c", "copy")]
+    last = published(http, base, segments.AUDIO, names[-1])
+    assert len(fragments.decode_times(last)) == 2  # the last whole segment and the lone frame
+
+
 def audio_result(farm, video_id: str) -> dict | None:
     task = tasks(farm, video_id)["audio"]
     return task.result if task.status == "running" and (task.result or {}).get("segments") else None
@@ -206,7 +241,9 @@ def test_audio_segments_are_stored_and_recorded_while_the_track_is_encoded(http,
     assert partial["complete"] is False and partial["attempt"] == audio.job_id
     done = tasks(farm, video_id)["audio"]
     assert done.status == "done" and done.result["complete"] is True
-    assert len(done.result["segments"]) == 101 > len(partial["segments"])
+    # 600 s is 100 whole segments: the lone AAC frame past them joined the last one.
+    assert len(done.result["segments"]) == 100 > len(partial["segments"])
+    assert min(seconds for seconds, _ in done.result["segments"]) >= SHORT_TAIL_S
     assert done.result["segments"][:len(partial["segments"])] == partial["segments"]
     for index, (_, size) in enumerate(done.result["segments"]):
         name = f"audio/{segments.segment_name(index)}"
