@@ -202,11 +202,11 @@ def test_hls_and_dash_play_to_the_end_at_every_level(farm, http, worker, page_ur
             assert result["playerErrors"][0]["code"] == 403, why
 
 
-# 27 s of 720p at 25 fps, three stream rungs, one worker: it stays `processing` long after it is
-# playable (several chunks of 6 s segments), so the browser starts on the growing playlists. Not a
-# multiple of 6 s: then the audio's last segment is a single AAC frame, which hls.js never counts as
-# buffered, so it never ends the stream (VOD too; a packaging issue of its own).
-GROWING_CLIP = ("testsrc2=size=1280x720:rate=25:duration=27", True, [])
+# 30 s of 720p at 25 fps, three stream rungs, one worker: it stays `processing` long after it is
+# playable (several chunks of 6 s segments), so the browser starts on the growing playlists. A
+# multiple of 6 s: the sound runs one AAC frame past the last whole segment, a closing fragment
+# hls.js would never count as buffered (no `ended`) were it not joined to the segment before it.
+GROWING_CLIP = ("testsrc2=size=1280x720:rate=25:duration=30", True, [])
 GROWING_TIMEOUT_MS = 240_000
 
 
