@@ -92,3 +92,15 @@ def test_the_joined_segment_holds_the_same_packets_and_an_index_spanning_both_fr
     before.write_bytes(init + b"".join((cut / name).read_bytes() for name, _ in listed))
     after.write_bytes(init + b"".join((cut / name).read_bytes() for name, _ in settled[:-1]) + joined)
     assert packets(after) == packets(before)  # not a sample lost, moved or repeated
+
+
+def test_segments_without_an_index_are_simply_joined_and_a_lone_index_is_refused(cut):
+    first, tail = (cut / "seg_00004.m4s").read_bytes(), (cut / "seg_00005.m4s").read_bytes()
+
+    def without_index(segment: bytes) -> bytes:
+        return b"".join(segment[p - 8:stop] for kind, p, stop in _boxes(segment, 0, len(segment)) if kind != b"sidx")
+
+    fragments_of_tail = without_index(tail)[24:]  # past the 24-byte styp
+    assert append_fragments(without_index(first), without_index(tail)) == without_index(first) + fragments_of_tail
+    with pytest.raises(ValueError, match="sidx"):
+        append_fragments(first, without_index(tail))
