@@ -24,7 +24,7 @@ from transcoder.ladder import OutputPlan
 from transcoder.runner import run_ffmpeg
 from vidfarm.chunks import ChunkWindow
 
-# 4 s at 25 fps: one chunk (under two 6 s segments) of two GOPs of 50 frames, each scored at frames 5, 15, ..., 45.
+# 4 s at 25 fps: one chunk (under one 6 s segment) of two GOPs of 50 frames, each scored at frames 5, 15, ..., 45.
 SECONDS = 4
 EVERY = 10
 GOP = 50
