@@ -230,6 +230,11 @@ class TaskAttempt:
         except (SQLAlchemyError, redis.RedisError) as exc:
             log.warning("video %s: playable not checked: %s", self.video_id, type(exc).__name__)
 
+    def keep_file(self, name: str) -> None:
+        """Keep one file of this running attempt now, where other workers and the API read it."""
+        self.storage.keep_attempt_file(self.video_id, self.job_id, name)
+        self.kept.add(name)
+
     def fail(self, code: str, message: str) -> str:
         """Fails the whole video (a chunk that cannot be encoded is a video that cannot be); the
         lifecycle stops its other tasks."""
@@ -333,13 +338,38 @@ class ChunkAttempt(TaskAttempt):
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
         frames = count_frames(outputs[0][1])
         self.check_frames(video, task, frames, fps)
+        settings = self.farm.settings
+        # Scoring takes as long as the encode or longer: where it cannot change the MP4s, the segments
+        # are recorded first, so that the video plays that much sooner.
+        early = scorer is not None and not floor.may_encode_again(plans, settings.vmaf_floor,
+                                                                  settings.vmaf_floor_ceiling)
+        cut = self.record_segments(plans, task.start_frame) if early else None
         # Scores; a rung under its floor is encoded again here and its MP4 replaced, before anything reads it.
         scores = floor.score_chunk(scorer, outputs, lambda again: self.ffmpeg(encode(again)),
-                                   floors=self.farm.settings.vmaf_floor, ceiling=self.farm.settings.vmaf_floor_ceiling)
+                                   floors=settings.vmaf_floor, ceiling=settings.vmaf_floor_ceiling)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
         return {"frames": frames, "rungs": [plan.name for plan in plans],
-                "quality": scores, **self.cut_segments(plans, task.start_frame)}
+                "quality": scores, **(cut or self.cut_segments(plans, task.start_frame))}
+
+    def record_segments(self, plans: list[OutputPlan], start_frame: int) -> dict[str, Any]:
+        """Cut the segments, keep their files and record them while the chunk still runs (best effort,
+        as the audio's: task_done records them anyway); then the video may be playable."""
+        cut = self.cut_segments(plans, start_frame)
+        names = [f"{rung}/{name}" for rung, made in cut["segments"].items()
+                 for name in [package.INIT_SEGMENT, *(segments.segment_name(cut["first_segment"] + i)
+                                                      for i in range(len(made)))]]
+        with ThreadPoolExecutor(max_workers=8) as pool:  # object stores answer each slowly
+            list(pool.map(self.keep_file, names))
+        try:
+            written = lifecycle.running_segments(self.farm, self.video_id, self.task_name, self.job_id, cut)
+        except SQLAlchemyError as exc:
+            log.warning("video %s: %s segments not recorded early: %s", self.video_id, self.task_name,
+                        type(exc).__name__)
+            return cut
+        if written:
+            self.announce_if_playable()
+        return cut
 
     def cut_segments(self, plans: list[OutputPlan], start_frame: int) -> dict[str, Any]:
         """The chunk's final CMAF segments of every rung (stream copy of its MP4, which finalize still

@@ -309,11 +309,15 @@ def task_done(farm: Farm, video_id: str, task_name: str, job_id: str, result: di
                                     status=TaskStatus.DONE, result={"attempt": job_id, **result})
 
 
-def audio_segments(farm: Farm, video_id: str, task_name: str, job_id: str, result: dict[str, Any]) -> bool:
-    """The running audio attempt `job_id` stored more segments: its result says which (see
-    vidfarm/segments.py), only while the catalog still names it. The task stays running."""
+def running_segments(farm: Farm, video_id: str, task_name: str, job_id: str, result: dict[str, Any]) -> bool:
+    """The running attempt `job_id` stored segments (the audio as they close, a chunk before its
+    quality scoring): its result says which (see vidfarm/segments.py), only while the catalog still
+    names it. The task stays running."""
     return farm.catalog.update_task(video_id, task_name, expect={"job_id": job_id, "status": TaskStatus.RUNNING},
                                     result={"attempt": job_id, **result})
+
+
+audio_segments = running_segments  # the audio task's name for it
 
 
 def announce_if_playable(farm: Farm, video_id: str) -> bool:
