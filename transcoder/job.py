@@ -44,7 +44,7 @@ from transcoder.command import (
 )
 from transcoder.ladder import RUNGS, OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
-from vidfarm import cancel, events, lifecycle, metrics, segments
+from vidfarm import cancel, events, lifecycle, metrics, rerun, segments
 from vidfarm.catalog import Task
 from vidfarm.chunks import ChunkSpan, chunk_window, segment_frames
 from vidfarm.farm import Farm
@@ -570,8 +570,25 @@ class FinalizeAttempt(TaskAttempt):
             # Run early (a repaired graph): the reconciler queues finalize again once they are done.
             log.info("video %s: finalize waits for %s", self.video_id, ", ".join(waiting[:5]))
             return None
+        if self.encode_unrecorded(tasks):
+            return None
         self.siblings = tasks
         return super().claim()
+
+    def encode_unrecorded(self, tasks: list[Task]) -> bool:
+        """Chunks encoded by a vidfarm from before segments were recorded (a rolling upgrade) left
+        nothing to publish: they run again, and finalize is queued again after them. Whether any did."""
+        current = any(t.kind == TaskKind.FINALIZE and t.job_id == self.job_id for t in tasks)
+        unrecorded = [t for t in tasks if t.kind == TaskKind.CHUNK
+                      and "segments" not in (segments.current_result(t) or {})]
+        # A stale finalize job (replaced, its chunks released it anyway) leaves it to the current one.
+        video = self.catalog.get(self.video_id, cached=False) if unrecorded and current else None
+        if video is None or video["status"] not in ACTIVE:
+            return False
+        for task in unrecorded:
+            if rerun.run_again(self.farm, video, task) is not None:
+                log.info("video %s: %s recorded no segments; it runs again", self.video_id, task.name)
+        return True
 
     def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
         chunks = sorted((t for t in self.siblings if t.kind == TaskKind.CHUNK), key=lambda t: t.start_frame)
@@ -617,8 +634,8 @@ class FinalizeAttempt(TaskAttempt):
     def complete(state: dict[str, segments.TrackState], name: str) -> segments.TrackState:
         track = state.get(name)
         if track is None or not track.complete:
-            # Every task is done, so only a chunk encoded by a vidfarm that recorded no segments
-            # (before a rolling upgrade) leaves a hole: that video must be encoded again.
+            # Every task is done and every chunk recorded segments (claim ran the others again): a
+            # rung that some chunk did not encode, which `encoded_by_every_chunk` leaves out.
             raise VideoFailed("internal_error", f"the {name} segments of some chunk were not recorded")
         return track
 

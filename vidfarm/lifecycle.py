@@ -11,7 +11,8 @@ docs/design.md, "The lifecycle", draws both state machines.
             processing ─playable→ processing (once: playable_at set, it plays while encoded)
             uploading ─admit→ queued
             any of receiving/uploading/queued/processing ─fail→ failed, ─cancel→ canceled
-    task:   queued ─start→ running ─task_done→ done;  queued/running ─retry→ queued (a new job id)
+    task:   queued ─start→ running ─task_done→ done;  queued/running ─retry→ queued (a new job id);
+            done ─retry→ queued (a chunk that recorded no segments, from before an upgrade)
 
 Errors the asker caused are domain errors (`Rejected` and its kinds): the API maps them to HTTP
 (uploader/errors.py); nothing here knows about HTTP.
@@ -358,7 +359,7 @@ def playable(farm: Farm, video_id: str) -> bool:
 
 
 def retry(farm: Farm, video_id: str, task: Task) -> Task | None:
-    """The task runs again under a new job id (queued or running → queued); the stale attempt, if it
+    """The task runs again under a new job id (queued, running or done → queued); the stale attempt, if it
     ever runs, sees that it is not current and stops. The new task, or None when it moved meanwhile.
     The caller queues it (it knows what the job waits on)."""
     job_id = new_job_id(video_id, task.name)
