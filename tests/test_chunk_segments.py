@@ -268,3 +268,30 @@ def test_worker_killed_during_the_first_chunk_still_makes_it_playable_then_ready
     assert farm.catalog.get(video_id, cached=False)["playable_at"] is not None
     assert http.get(ready["playback"]["hls"]).status_code == 200
     assert reconciler == []
+
+
+def test_chunks_encoded_before_segments_were_recorded_run_again_at_finalize(http, farm, start_worker, tmp_path):
+    """A rolling upgrade: a chunk done by a vidfarm that recorded no segments. Finalize runs it again
+    (and waits for it) instead of failing the video."""
+    source = make_clip(tmp_path / "clip.mp4", 9, rate="30")  # two chunks: 6 s and 3 s
+    video_id = upload(http, source).json()["id"]
+    job_module.use_farm(farm)
+    for task in farm.catalog.tasks(video_id):  # here, so that finalize cannot start before the change
+        if task.kind != "finalize":
+            assert job_module.run_task(video_id, task.name, task.job_id) == "done"
+    old = tasks(farm, video_id)["chunk-00001"]
+    unrecorded = {k: v for k, v in old.result.items() if k not in ("segments", "first_segment", "tracks")}
+    assert farm.catalog.update_task(video_id, old.name, expect={"job_id": old.job_id}, result=unrecorded)
+
+    start_worker()
+    ready = wait_for(http, video_id, timeout_s=120)
+    assert ready["status"] == "ready", ready["error"]
+    again = tasks(farm, video_id)["chunk-00001"]
+    assert again.attempts == 2 and again.job_id != old.job_id and "segments" in again.result
+    base = ready["playback"]["hls"].rsplit("/", 1)[0]
+    playlist = published(http, base, RUNG, "index.m3u8").decode()
+    names = [line for line in playlist.splitlines() if line.endswith(".m4s")]
+    assert names == ["seg_00000.m4s", "seg_00001.m4s"] and "#EXT-X-ENDLIST" in playlist
+    joined = tmp_path / "joined.mp4"
+    joined.write_bytes(b"".join(published(http, base, RUNG, n) for n in ["init.mp4", *names]))
+    assert len(frames(joined)) == 9 * 30

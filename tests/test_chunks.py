@@ -23,9 +23,15 @@ def test_chunks_are_whole_segments_of_output_frames():
     assert chunk_frames(Fraction(30), 0.5) == 180  # never less than one segment
 
 
-def test_a_video_of_up_to_two_segments_is_one_chunk():
-    assert plan_chunks(12.0, Fraction(30), 6) == [ChunkSpan(0, 0, None)]
+def test_a_video_of_one_segment_and_less_than_a_gop_is_one_chunk():
     assert plan_chunks(4.0, Fraction(30), 6) == [ChunkSpan(0, 0, None)]
+    assert plan_chunks(7.9, Fraction(30), 6) == [ChunkSpan(0, 0, None)]  # 237 frames: a second chunk of 57
+
+
+def test_a_longer_video_cuts_its_first_segment_off_as_its_own_chunk():
+    for seconds in (8.0, 9.5, 12.0):  # the rest, 2 to 6 s, is one chunk however short
+        assert plan_chunks(seconds, Fraction(30), 6) == [ChunkSpan(0, 0, SEGMENT), ChunkSpan(1, SEGMENT, None)]
+    assert lengths(plan_chunks(12.5, Fraction(30), 6)) == [1, None]  # two segments and a short third
 
 
 def test_the_first_chunk_is_one_segment_and_every_chunk_starts_on_a_segment():

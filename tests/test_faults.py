@@ -71,8 +71,9 @@ def make(path: Path, lavfi: str, *extra: str, audio_s: float | None = None) -> P
 def fault_clips(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("fault-clips")
     clips = {
-        # Long enough (a few seconds of x264 at 720p on two cores) to be killed in the middle.
-        "long": make(d / "long.mp4", "testsrc2=size=1280x720:rate=30:duration=12", audio_s=12),
+        # Long enough (a few seconds of x264 at 720p on two cores) to be killed in the middle: 60 fps,
+        # so that each of its two 6 s chunks holds as many frames as 12 s at 30 fps.
+        "long": make(d / "long.mp4", "testsrc2=size=1280x720:rate=60:duration=12", audio_s=12),
         "short": make(d / "short.mp4", "testsrc2=size=640x360:rate=25:duration=4", audio_s=4),
         # Small on disk, big once transcoded at CRF 23: fills a small disk in the middle of a write.
         "dense": make(d / "dense.mp4", "testsrc2=size=1280x720:rate=30:duration=6", "-crf", "51"),

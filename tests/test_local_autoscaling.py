@@ -46,8 +46,9 @@ def test_burst_from_zero_scales_up_fast_completes_and_returns_to_zero(farm_up, c
 
 
 def test_scale_down_never_stops_a_busy_worker(farm_up, clips, tmp_path, settings):
-    # 12 s: the longest video that is one chunk (two segments), so one worker holds all of its picture.
-    long_clip = make_clip(tmp_path / "long.mp4", "testsrc2=size=1920x1080:rate=30:duration=12", True, [])
+    # 7.9 s at 60 fps: the longest video that is one chunk (a segment and less than a GOP), so one
+    # worker holds all of its picture.
+    long_clip = make_clip(tmp_path / "long.mp4", "testsrc2=size=1920x1080:rate=60:duration=7.9", True, [])
     long_id = upload(farm_up, long_clip).json()["id"]
     short_id = upload(farm_up, clips["small"]).json()["id"]
     assert wait_for(farm_up, short_id)["status"] == "ready"

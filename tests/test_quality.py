@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from dataclasses import replace
+from datetime import datetime
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from transcoder.ladder import OutputPlan
 from transcoder.runner import run_ffmpeg
 from vidfarm.chunks import ChunkWindow
 
-# 4 s at 25 fps: one chunk (under two 6 s segments) of two GOPs of 50 frames, each scored at frames 5, 15, ..., 45.
+# 4 s at 25 fps: one chunk (under one 6 s segment) of two GOPs of 50 frames, each scored at frames 5, 15, ..., 45.
 SECONDS = 4
 EVERY = 10
 GOP = 50
@@ -225,9 +226,30 @@ def test_a_chunk_over_the_floor_is_left_alone(tmp_path):
     assert "floor" not in scores["360p"] and out.read_bytes() == before
 
 
+def playable_before_scored(farm, video: dict) -> bool:
+    """Whether the (video-only, one-chunk) video was playable before its chunk ended, scores and all."""
+    chunk = farm.catalog.task(video["id"], "chunk-00000")
+    return datetime.fromisoformat(video["playable_at"]) < datetime.fromisoformat(chunk.updated_at)
+
+
+def test_a_scored_chunk_records_its_segments_before_its_scores(farm, http, settings, tmp_path):
+    """Scoring every frame takes about as long as the encode: without a floor it cannot change the
+    picture, so the video plays before it ends."""
+    worker = WorkerProcess(settings)
+    try:
+        video = wait_for(http, upload(http, clip(tmp_path / "easy.mp4", EASY), quality="full").json()["id"])
+    finally:
+        worker.stop()
+    assert video["status"] == "ready", video["error"]
+    assert video["renditions"][0]["quality"]["frames_scored"] == SECONDS * 25
+    assert playable_before_scored(farm, video), (video["playable_at"], farm.catalog.task(video["id"], "chunk-00000"))
+
+
 def test_the_floor_through_the_farm_records_both_attempts(farm, http, settings, tmp_path):
     video = transcode(http, settings, clip(tmp_path / "hard.mp4", HARD), vmaf_floor=(("360p", 99.0),))
     assert video["status"] == "ready", video["error"]
+    # Segments are immutable once listed: a rung the floor may encode again is cut once scored.
+    assert not playable_before_scored(farm, video)
     chunks = [t.result["quality"]["360p"]["floor"] for t in farm.catalog.tasks(video["id"]) if t.kind == "chunk"]
     assert chunks and all(c["retry"]["cap_kbps"] == 2 * c["first"]["cap_kbps"] for c in chunks), chunks
     assert all(c["retry"]["vmaf_p5"] > c["first"]["vmaf_p5"] for c in chunks), chunks

@@ -58,6 +58,21 @@ def test_a_retried_tasks_old_result_counts_for_nothing():
     assert state[AUDIO].segments == () and not is_playable(state)
 
 
+def test_a_running_chunk_counts_once_it_recorded_its_segments():
+    """A chunk scored without a floor records its segments before its scores: they play at once, yet
+    the track is not complete until the chunk is done."""
+    recorded = chunk(0, 1)
+    running = Task("chunk-00000", TaskKind.CHUNK, status=TaskStatus.RUNNING, job_id="job-c0",
+                   result={k: v for k, v in recorded.result.items() if k not in ("frames", "rungs")})
+    state = stream_state([running, chunk(1, 2, first=1), audio(3, complete=True)])
+    assert [s.index for s in state["180p"].segments] == [0, 1, 2] and is_playable(state)
+    assert locate(state, "180p/init.mp4") == ("job-c0", "180p/init.mp4")
+    assert not state["180p"].complete and state[AUDIO].complete
+    retried = Task("chunk-00000", TaskKind.CHUNK, status=TaskStatus.RUNNING, job_id="job-again",
+                   result=running.result)  # the attempt that recorded them was lost
+    assert not is_playable(stream_state([retried, audio(3)]))
+
+
 def test_locate_names_the_attempt_holding_each_file():
     state = stream_state([chunk(0, 1), chunk(1, 2, first=1), audio(2)])
     assert locate(state, "180p/init.mp4") == ("job-c0", "180p/init.mp4")

@@ -54,6 +54,12 @@ def floor_for(floors: Floors, plan: OutputPlan) -> float | None:
     return named.get(ALL_RUNGS) if plan.download else None
 
 
+def may_encode_again(plans: Sequence[OutputPlan], floors: Floors, ceiling: float) -> bool:
+    """Whether `score_chunk` may replace a rung's MP4 of these plans: only then must a chunk's
+    segments (immutable once recorded) wait for its scores."""
+    return ceiling > 1 and any(floor_for(floors, plan) is not None for plan in plans)
+
+
 def scored(outputs: Outputs, floors: Floors) -> list[tuple[OutputPlan, Path]]:
     """The renditions users see a score of (downloads), and any rung with a floor of its own."""
     return [(plan, path) for plan, path in outputs if plan.download or floor_for(floors, plan) is not None]

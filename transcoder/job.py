@@ -44,7 +44,7 @@ from transcoder.command import (
 )
 from transcoder.ladder import RUNGS, OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
-from vidfarm import cancel, events, lifecycle, metrics, segments
+from vidfarm import cancel, events, lifecycle, metrics, rerun, segments
 from vidfarm.catalog import Task
 from vidfarm.chunks import ChunkSpan, chunk_window, segment_frames
 from vidfarm.farm import Farm
@@ -230,6 +230,11 @@ class TaskAttempt:
         except (SQLAlchemyError, redis.RedisError) as exc:
             log.warning("video %s: playable not checked: %s", self.video_id, type(exc).__name__)
 
+    def keep_file(self, name: str) -> None:
+        """Keep one file of this running attempt now, where other workers and the API read it."""
+        self.storage.keep_attempt_file(self.video_id, self.job_id, name)
+        self.kept.add(name)
+
     def fail(self, code: str, message: str) -> str:
         """Fails the whole video (a chunk that cannot be encoded is a video that cannot be); the
         lifecycle stops its other tasks."""
@@ -333,13 +338,38 @@ class ChunkAttempt(TaskAttempt):
         self.ffmpeg(args, on_progress=lambda s: self.progress(video, round(s * fps)))
         frames = count_frames(outputs[0][1])
         self.check_frames(video, task, frames, fps)
+        settings = self.farm.settings
+        # Scoring takes as long as the encode or longer: where it cannot change the MP4s, the segments
+        # are recorded first, so that the video plays that much sooner.
+        early = scorer is not None and not floor.may_encode_again(plans, settings.vmaf_floor,
+                                                                  settings.vmaf_floor_ceiling)
+        cut = self.record_segments(plans, task.start_frame) if early else None
         # Scores; a rung under its floor is encoded again here and its MP4 replaced, before anything reads it.
         scores = floor.score_chunk(scorer, outputs, lambda again: self.ffmpeg(encode(again)),
-                                   floors=self.farm.settings.vmaf_floor, ceiling=self.farm.settings.vmaf_floor_ceiling)
+                                   floors=settings.vmaf_floor, ceiling=settings.vmaf_floor_ceiling)
         self.progress(video, frames, force=True)
         metrics.TRANSCODE_SECONDS.labels(video["queue"], self.encoder.name).observe(time.monotonic() - started)
         return {"frames": frames, "rungs": [plan.name for plan in plans],
-                "quality": scores, **self.cut_segments(plans, task.start_frame)}
+                "quality": scores, **(cut or self.cut_segments(plans, task.start_frame))}
+
+    def record_segments(self, plans: list[OutputPlan], start_frame: int) -> dict[str, Any]:
+        """Cut the segments, keep their files and record them while the chunk still runs (best effort,
+        as the audio's: task_done records them anyway); then the video may be playable."""
+        cut = self.cut_segments(plans, start_frame)
+        names = [f"{rung}/{name}" for rung, made in cut["segments"].items()
+                 for name in [package.INIT_SEGMENT, *(segments.segment_name(cut["first_segment"] + i)
+                                                      for i in range(len(made)))]]
+        with ThreadPoolExecutor(max_workers=8) as pool:  # object stores answer each slowly
+            list(pool.map(self.keep_file, names))
+        try:
+            written = lifecycle.running_segments(self.farm, self.video_id, self.task_name, self.job_id, cut)
+        except SQLAlchemyError as exc:
+            log.warning("video %s: %s segments not recorded early: %s", self.video_id, self.task_name,
+                        type(exc).__name__)
+            return cut
+        if written:
+            self.announce_if_playable()
+        return cut
 
     def cut_segments(self, plans: list[OutputPlan], start_frame: int) -> dict[str, Any]:
         """The chunk's final CMAF segments of every rung (stream copy of its MP4, which finalize still
@@ -546,8 +576,25 @@ class FinalizeAttempt(TaskAttempt):
             # Run early (a repaired graph): the reconciler queues finalize again once they are done.
             log.info("video %s: finalize waits for %s", self.video_id, ", ".join(waiting[:5]))
             return None
+        if self.encode_unrecorded(tasks):
+            return None
         self.siblings = tasks
         return super().claim()
+
+    def encode_unrecorded(self, tasks: list[Task]) -> bool:
+        """Chunks encoded by a vidfarm from before segments were recorded (a rolling upgrade) left
+        nothing to publish: they run again, and finalize is queued again after them. Whether any did."""
+        current = any(t.kind == TaskKind.FINALIZE and t.job_id == self.job_id for t in tasks)
+        unrecorded = [t for t in tasks if t.kind == TaskKind.CHUNK
+                      and "segments" not in (segments.current_result(t) or {})]
+        # A stale finalize job (replaced, its chunks released it anyway) leaves it to the current one.
+        video = self.catalog.get(self.video_id, cached=False) if unrecorded and current else None
+        if video is None or video["status"] not in ACTIVE:
+            return False
+        for task in unrecorded:
+            if rerun.run_again(self.farm, video, task) is not None:
+                log.info("video %s: %s recorded no segments; it runs again", self.video_id, task.name)
+        return True
 
     def work(self, video: dict[str, Any], task: Task) -> dict[str, Any]:
         chunks = sorted((t for t in self.siblings if t.kind == TaskKind.CHUNK), key=lambda t: t.start_frame)
@@ -593,8 +640,8 @@ class FinalizeAttempt(TaskAttempt):
     def complete(state: dict[str, segments.TrackState], name: str) -> segments.TrackState:
         track = state.get(name)
         if track is None or not track.complete:
-            # Every task is done, so only a chunk encoded by a vidfarm that recorded no segments
-            # (before a rolling upgrade) leaves a hole: that video must be encoded again.
+            # Every task is done and every chunk recorded segments (claim ran the others again): a
+            # rung that some chunk did not encode, which `encoded_by_every_chunk` leaves out.
             raise VideoFailed("internal_error", f"the {name} segments of some chunk were not recorded")
         return track
 

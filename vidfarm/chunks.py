@@ -28,8 +28,8 @@ DEFAULT_POOL_MAX_WORKERS = 10  # deploy/k8s/base/pools.yaml's max for the cpu po
 # chunk at 720p, 3 % at 52 s, rounded up to whole segments (bench/chunking.py --part overhead,
 # BENCHMARKS.md "Chunk length and overhead").
 MIN_CHUNK_SECONDS = 54.0
-# A video of up to this many segments is one chunk: see plan_chunks.
-SINGLE_CHUNK_SEGMENTS = 2
+# A video of this many segments, plus less than a GOP, is one chunk: see plan_chunks.
+SINGLE_CHUNK_SEGMENTS = 1
 MAX_FPS = 60.0
 
 
@@ -86,17 +86,19 @@ def plan_chunks(duration_s: float, fps: Fraction, chunk_seconds: float = DEFAULT
     """A first chunk of one segment, then `later_chunk_segments` of the whole segments left; the last
     chunk is open-ended, so it absorbs the short last segment and any error in the declared duration.
 
-    A video of up to two segments (12 s) is one chunk: split, its second chunk would start a second
-    job (and need a second free worker) to save the encode of one segment, a second or two, while its
-    fixed cost is a large share of a 6 s chunk; the first segment of a 12 s one-chunk video exists
-    about as soon as the whole video is encoded, which is a few seconds."""
+    Any video longer than its first segment cuts that segment off as its own chunk, so that a 12 s
+    video plays once 6 s are encoded, not 12. The rest must hold a GOP at least: a second chunk of a
+    few frames would save nothing, and the declared duration (the container's, audio included) may
+    promise frames the picture does not have, which a chunk of its own could not encode."""
     segment = segment_frames(fps)
     total = expected_frames(duration_s, fps)
-    if math.ceil(total / segment) <= SINGLE_CHUNK_SEGMENTS:
+    if total < SINGLE_CHUNK_SEGMENTS * segment + gop_frames(fps):
         return [ChunkSpan(0, 0, None)]
     max_segments = chunk_frames(fps, chunk_seconds) // segment
     min_segments = max(1, round(min_chunk_seconds * float(fps) / segment))
-    lengths = [1, *later_chunk_segments(total // segment - 1, workers, max_segments, min_segments)]
+    # Under two whole segments the rest is one open-ended chunk (its length is never read: 0).
+    later = later_chunk_segments(total // segment - 1, workers, max_segments, min_segments) or [0]
+    lengths = [1, *later]
     spans, start = [], 0
     for index, length in enumerate(lengths):
         last = index == len(lengths) - 1

@@ -11,7 +11,8 @@ docs/design.md, "The lifecycle", draws both state machines.
             processing ─playable→ processing (once: playable_at set, it plays while encoded)
             uploading ─admit→ queued
             any of receiving/uploading/queued/processing ─fail→ failed, ─cancel→ canceled
-    task:   queued ─start→ running ─task_done→ done;  queued/running ─retry→ queued (a new job id)
+    task:   queued ─start→ running ─task_done→ done;  queued/running ─retry→ queued (a new job id);
+            done ─retry→ queued (a chunk that recorded no segments, from before an upgrade)
 
 Errors the asker caused are domain errors (`Rejected` and its kinds): the API maps them to HTTP
 (uploader/errors.py); nothing here knows about HTTP.
@@ -309,11 +310,15 @@ def task_done(farm: Farm, video_id: str, task_name: str, job_id: str, result: di
                                     status=TaskStatus.DONE, result={"attempt": job_id, **result})
 
 
-def audio_segments(farm: Farm, video_id: str, task_name: str, job_id: str, result: dict[str, Any]) -> bool:
-    """The running audio attempt `job_id` stored more segments: its result says which (see
-    vidfarm/segments.py), only while the catalog still names it. The task stays running."""
+def running_segments(farm: Farm, video_id: str, task_name: str, job_id: str, result: dict[str, Any]) -> bool:
+    """The running attempt `job_id` stored segments (the audio as they close, a chunk before its
+    quality scoring): its result says which (see vidfarm/segments.py), only while the catalog still
+    names it. The task stays running."""
     return farm.catalog.update_task(video_id, task_name, expect={"job_id": job_id, "status": TaskStatus.RUNNING},
                                     result={"attempt": job_id, **result})
+
+
+audio_segments = running_segments  # the audio task's name for it
 
 
 def announce_if_playable(farm: Farm, video_id: str) -> bool:
@@ -354,7 +359,7 @@ def playable(farm: Farm, video_id: str) -> bool:
 
 
 def retry(farm: Farm, video_id: str, task: Task) -> Task | None:
-    """The task runs again under a new job id (queued or running → queued); the stale attempt, if it
+    """The task runs again under a new job id (queued, running or done → queued); the stale attempt, if it
     ever runs, sees that it is not current and stops. The new task, or None when it moved meanwhile.
     The caller queues it (it knows what the job waits on)."""
     job_id = new_job_id(video_id, task.name)

@@ -24,18 +24,12 @@ from typing import Any
 from rq.job import Job, JobStatus
 from sqlalchemy.exc import OperationalError
 
-from vidfarm import lifecycle, metrics, ownership, presence, tus
+from vidfarm import lifecycle, metrics, ownership, presence, rerun, tus
 from vidfarm.catalog import Task
 from vidfarm.farm import Farm
-from vidfarm.jobs import (
-    enqueue_graph,
-    enqueue_task,
-    notify,
-    plan_tasks,
-    total_frames,
-)
+from vidfarm.jobs import enqueue_graph, plan_tasks, total_frames
 from vidfarm.queues import announce, tenant_queues, waiting_job_ids
-from vidfarm.states import ACTIVE, TaskKind, TaskStatus, VideoStatus
+from vidfarm.states import TaskKind, TaskStatus, VideoStatus
 from vidfarm.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -226,53 +220,11 @@ class Reconciler:
         return int(lifecycle.fail(self.farm, video["id"], "worker_lost", message, expect={"status": video["status"]}))
 
     def _requeue(self, video: dict[str, Any], task: Task, why: str) -> int:
-        again = lifecycle.retry(self.farm, video["id"], task)
+        again = rerun.run_again(self.farm, video, task)
         if again is None:
             return 0
         log.info("video %s: %s re-queued (attempt %d done): %s", video["id"], task.name, task.attempts, why)
-        self._forget_job(task.job_id)
-        if task.kind == TaskKind.FINALIZE:
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
-                         depends_on=self._unfinished_jobs(video["id"]))
-        else:
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again)
-            self._requeue_finalize_after(video)
-        if self._drop_if_ended(video["id"], again.job_id):
-            return 0
-        notify(self.farm.rq_redis, video)
-        metrics.JOBS_ENQUEUED.labels(video["queue"]).inc()
         return 1
-
-    def _requeue_finalize_after(self, video: dict[str, Any]) -> None:
-        """A replaced job leaves finalize waiting on a job that will never run: queue it again, waiting
-        on the jobs of today's attempts."""
-        finalize = self.farm.catalog.task(video["id"], TaskKind.FINALIZE)
-        if finalize is None or finalize.status != TaskStatus.QUEUED:
-            return
-        again = lifecycle.retry(self.farm, video["id"], finalize)
-        if again is not None:
-            self._forget_job(finalize.job_id)
-            enqueue_task(self.farm.rq_redis, self.farm.settings, video, again,
-                         depends_on=self._unfinished_jobs(video["id"]))
-            self._drop_if_ended(video["id"], again.job_id)
-
-    def _drop_if_ended(self, video_id: str, job_id: str) -> bool:
-        """A video that failed or was canceled while this pass re-queued one of its tasks: its stop read
-        the catalog's job ids before this job existed, or deleted the job this pass took for lost. Drop
-        the new one too, so nothing of an ended video waits in a queue."""
-        row = self.farm.catalog.get(video_id)
-        if row is not None and row["status"] in ACTIVE:
-            return False
-        self._forget_job(job_id)
-        return True
-
-    def _unfinished_jobs(self, video_id: str) -> list[str]:
-        """Jobs finalize must wait for: those of unfinished tasks that RQ still knows (a running task
-        whose job hash was wiped cannot be waited on; `_job_lost` catches that case)."""
-        ids = [t.job_id for t in self.farm.catalog.tasks(video_id)
-               if t.kind != TaskKind.FINALIZE and t.status != TaskStatus.DONE]
-        jobs = Job.fetch_many(ids, connection=self.farm.rq_redis) if ids else []
-        return [job.id for job in jobs if job is not None]
 
     def _plan(self, video: dict[str, Any]) -> int:
         """A video accepted before chunked encoding existed: plan its graph now and queue it."""
@@ -285,16 +237,6 @@ class Reconciler:
         enqueue_graph(self.farm.rq_redis, settings, video, tasks)
         log.info("video %s: planned %d tasks", video["id"], len(tasks))
         return 1
-
-    def _forget_job(self, job_id: str) -> None:
-        """Drop the superseded attempt's RQ job, so RQ does not later count it as failed
-        (abandoned) when the task was in fact run again."""
-        try:
-            job = Job.fetch_many([job_id], connection=self.farm.rq_redis)[0]
-            if job is not None:
-                job.delete()
-        except Exception as exc:  # noqa: BLE001 - bookkeeping only; the catalog already moved on
-            log.debug("could not delete superseded job %s: %s", job_id, exc)
 
 
 def _epoch_s(iso: str) -> float:

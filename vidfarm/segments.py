@@ -3,7 +3,8 @@
 Segments are 6 s (3 GOPs of 2 s) on the whole video's frame grid: segment n of a video rung holds
 output frames [n*S, (n+1)*S), S = SEGMENT_GOPS * gop frames. Chunks start on multiples of S, so a
 chunk's segments are a contiguous run from `start_frame // S`; a chunk records them (durations and
-sizes) in its one task_done write. The audio task records its segments while it runs. The files
+sizes) in its one task_done write, or, when it is scored and no VMAF floor may encode it again, just
+before its scoring (then they count while it runs). The audio task records its segments while it runs. The files
 stay in the attempt folder that made them: `<rung>/init.mp4`, `<rung>/seg_NNNNN.m4s`,
 `audio/init.mp4`, `audio/seg_NNNNN.m4s`.
 
@@ -56,11 +57,12 @@ class TrackState:
 
 def current_result(task: Task) -> dict[str, Any] | None:
     """The result written by the task's current attempt: a retried task's old result (another job
-    id, its files maybe gone) counts for nothing. Chunks count once done; the audio while it runs."""
+    id, its files maybe gone) counts for nothing. The audio counts while it runs; a chunk once done,
+    or while it runs once it recorded its segments (before its quality scoring)."""
     result = task.result
     if not result or result.get("attempt") != task.job_id:
         return None
-    if task.kind == TaskKind.CHUNK and task.status != TaskStatus.DONE:
+    if task.kind == TaskKind.CHUNK and task.status != TaskStatus.DONE and "segments" not in result:
         return None
     return result
 
@@ -77,7 +79,8 @@ def stream_state(tasks: Sequence[Task]) -> dict[str, TrackState]:
 
 
 def _rung_names(chunks: Sequence[Task]) -> list[str]:
-    """The rungs of the first chunk that is done (the first chunk's, once done: the one served)."""
+    """The rungs of the first chunk that recorded its segments (the first chunk's, once it has: the
+    one served)."""
     for task in chunks:
         if (result := current_result(task)) is not None and "tracks" in result:
             return list(result["tracks"])
@@ -97,6 +100,7 @@ def _rung_state(name: str, chunks: Sequence[Task]) -> TrackState:
         info = info or result["tracks"][name]
         segments += [Segment(result["first_segment"] + i, d, size, result["attempt"])
                      for i, (d, size) in enumerate(recorded)]
+        whole = whole and task.status == TaskStatus.DONE  # a running chunk may still fail
     first = current_result(chunks[0]) if chunks else None
     init = first["attempt"] if first is not None and segments else None
     return TrackState(name, tuple(segments), init, whole and bool(chunks), info)
