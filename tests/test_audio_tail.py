@@ -1,5 +1,5 @@
 """A track a whole number of segments long ends in a lone AAC frame: that closing fragment joins the
-segment before it (transcoder/package.py settled_cuts, transcoder/fragments.py append_fragments).
+segment before it (vidfarm/package.py settled_cuts, transcoder/fragments.py append_fragments).
 The rule on cut lists, then the merge on segments ffmpeg really cut; the published package of a real
 farm is checked in tests/test_chunk_segments.py."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from transcoder.command import CUT_LIST, audio_options, cmaf_options
 from transcoder.fragments import _boxes, _walk, append_fragments, decode_times
-from transcoder.package import SHORT_TAIL_S, read_cut_list, settled_cuts
+from vidfarm.package import SHORT_TAIL_S, read_cut_list, settled_cuts
 
 FULL, TAIL = 6.016, 0.021333  # what ffmpeg lists for 30 s of sound in 6 s segments
 

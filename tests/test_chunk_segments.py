@@ -29,10 +29,10 @@ from transcoder import job as job_module
 from transcoder.command import CUT_LIST, segment_args
 from transcoder.job import segment_seconds
 from transcoder.ladder import OutputPlan
-from transcoder.package import SHORT_TAIL_S, read_cut_list
 from uploader.auth import tenant_of
 from vidfarm import events, segments
 from vidfarm.outbox import EVENT_TYPES
+from vidfarm.package import SHORT_TAIL_S, read_cut_list
 
 NTSC = "30000/1001"
 SECONDS = 20  # 6 s chunks: one segment, one segment, the rest (8 s: a full segment and a short one)

@@ -1,5 +1,5 @@
 """The playlists of a video still encoded, written from its tasks (uploader/growing.py over
-transcoder/package.py): what a player reads before the video is ready. Pure: no farm needed."""
+vidfarm/package.py): what a player reads before the video is ready. Pure: no farm needed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import replace
 from tests.conftest import ROOT
 from tests.test_lint import imported_modules, module_name
 from tests.test_segments import audio, chunk
-from transcoder import package
 from uploader import growing
+from vidfarm import package
 from vidfarm.catalog import Task
 from vidfarm.segments import stream_state
 
@@ -109,5 +109,5 @@ def test_the_api_never_imports_ffmpeg_running_code():
         imported = imported_modules(paths[module])
         assert not imported & set(RUNS_FFMPEG), f"{module} imports {sorted(imported & set(RUNS_FFMPEG))}"
         todo += sorted(imported)
-    assert "uploader.growing" in seen and "transcoder.package" in seen
+    assert "uploader.growing" in seen and "vidfarm.package" in seen
 

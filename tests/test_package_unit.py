@@ -1,4 +1,4 @@
-"""transcoder/package.py on its own: the HLS playlists and the DASH manifest written from given
+"""vidfarm/package.py on its own: the HLS playlists and the DASH manifest written from given
 segments, line by line and attribute by attribute as players read them, and the reading back of what
 ffmpeg's segmenter wrote, on a real clip. No farm: the whole file runs in about a second."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ffprobe
 from transcoder.command import segment_args
-from transcoder.package import (
+from vidfarm.package import (
     AAC_LC_CODECS,
     AUDIO_FOLDER,
     INIT_SEGMENT,

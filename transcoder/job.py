@@ -30,7 +30,7 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
-from transcoder import floor, fragments, package, quality
+from transcoder import floor, fragments, quality
 from transcoder.command import (
     CUT_LIST,
     ENCODERS,
@@ -44,7 +44,7 @@ from transcoder.command import (
 )
 from transcoder.ladder import RUNGS, OutputPlan, plan_outputs, poster_size, rungs_named
 from transcoder.runner import Canceled, FfmpegError, FfmpegKilled, FfmpegStalled, run_ffmpeg
-from vidfarm import cancel, events, lifecycle, metrics, rerun, segments
+from vidfarm import cancel, events, lifecycle, metrics, package, rerun, segments
 from vidfarm.catalog import Task
 from vidfarm.chunks import ChunkSpan, chunk_window, segment_frames
 from vidfarm.farm import Farm
@@ -545,14 +545,10 @@ class AudioAttempt(TaskAttempt):
             self.keep_file(f"{segments.AUDIO}/{name}")
             self.stored.append([seconds, (folder / name).stat().st_size])
 
-    def keep_file(self, name: str) -> None:
-        self.storage.keep_attempt_file(self.video_id, self.job_id, name)
-        self.kept.add(name)
-
     def record_segments(self) -> bool:
         try:
-            written = lifecycle.audio_segments(self.farm, self.video_id, self.task_name, self.job_id,
-                                               {"segments": self.stored, "complete": False})
+            written = lifecycle.running_segments(self.farm, self.video_id, self.task_name, self.job_id,
+                                                 {"segments": self.stored, "complete": False})
         except SQLAlchemyError as exc:
             # Best effort, as progress is: task_done records them all anyway.
             log.warning("video %s: audio segments not recorded: %s", self.video_id, type(exc).__name__)

@@ -2,7 +2,7 @@
 
 While a video is `processing` its segments live in the folders of the attempts that made them
 (vidfarm/segments.py says which segment is whose); nothing in storage is a playlist yet. The API
-writes the master and media playlists per request from that record, with transcoder/package.py's
+writes the master and media playlists per request from that record, with vidfarm/package.py's
 functions, so they have exactly the VOD format of today apart from what growing changes (EVENT
 type, a start at 0, no end, bandwidths from the rungs' caps). Pure: no I/O here.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from transcoder import package
+from vidfarm import package
 from vidfarm.segments import AUDIO, TrackState, segment_name
 
 # A growing playlist is reloaded by players about every target duration; caches may keep it for at

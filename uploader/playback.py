@@ -28,13 +28,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from transcoder.package import DASH_MANIFEST
 from uploader import growing
 from uploader.errors import ApiError
 from uploader.serve import stored_response
 from vidfarm import segments
 from vidfarm.catalog import VideoRow
 from vidfarm.farm import Farm
+from vidfarm.package import DASH_MANIFEST
 from vidfarm.settings import Settings
 from vidfarm.states import VideoStatus
 from vidfarm.storage import CONTENT_TYPES, InvalidKey, is_video_id, stream_key, work_key

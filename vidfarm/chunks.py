@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 GOP_SECONDS = 2
-GOPS_PER_SEGMENT = 3  # 6 s segments, Apple's recommended length; transcoder/package.py cuts these
+GOPS_PER_SEGMENT = 3  # 6 s segments, Apple's recommended length; vidfarm/package.py cuts these
 DEFAULT_CHUNK_SECONDS = 60.0
 DEFAULT_POOL_MAX_WORKERS = 10  # deploy/k8s/base/pools.yaml's max for the cpu pool
 # The shortest later chunk whose fixed cost (job start, the seek from the source keyframe before it,

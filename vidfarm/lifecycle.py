@@ -318,7 +318,6 @@ def running_segments(farm: Farm, video_id: str, task_name: str, job_id: str, res
                                     result={"attempt": job_id, **result})
 
 
-audio_segments = running_segments  # the audio task's name for it
 
 
 def announce_if_playable(farm: Farm, video_id: str) -> bool:
