@@ -513,7 +513,8 @@ def test_transient_failure_is_retried(fault_clips, http, settings, worker, recon
     fault, so the video runs again, on the same surviving worker."""
     video_id = upload(http, fault_clips["long"]).json()["id"]
     wait_until(lambda: video(http, video_id)["progress"] >= 5, 60, "the transcode to get going")
-    for pid in ffmpeg_pids(video_id):
+    # An encoder, not the moment between two chunks or while a chunk is scored (another binary).
+    for pid in wait_until(lambda: ffmpeg_pids(video_id), 30, "an ffmpeg encoding the video"):
         os.kill(pid, signal.SIGKILL)
     ready = wait_for(http, video_id, timeout_s=120)
     assert ready["status"] == "ready", ready["error"]
@@ -537,9 +538,12 @@ def test_sigterm_to_a_busy_worker_finishes_the_job_then_exits(fault_clips, http,
     worker = start_worker()
     video_id = upload(http, fault_clips["long"]).json()["id"]
     wait_until(lambda: video(http, video_id)["progress"] >= 5, 60, "the transcode to get going")
+    wait_until(lambda: ffmpeg_pids(video_id), 30, "an ffmpeg encoding the video")
     busy_with = running_tasks(farm, video_id)
     worker.proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: [w["state"] for w in http.get("/v1/farm").json()["workers"]] == ["draining"], 10,
+    # Draining shows until the job ends; a first chunk (one 6 s segment) may end and the worker exit first.
+    wait_until(lambda: worker.proc.poll() is not None
+               or [w["state"] for w in http.get("/v1/farm").json()["workers"]] == ["draining"], 10,
                "the worker to show as draining")
     assert worker.proc.wait(timeout=90) == 0
     assert busy_with and all(farm.catalog.task(video_id, name).status == "done" for name in busy_with)
